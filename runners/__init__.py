@@ -1,0 +1,1 @@
+"""Entry points: ``python -m runners.sweep`` (main job)."""

@@ -1,0 +1,149 @@
+"""The contract every registered variant meets, parametrized over the whole registry.
+
+A variant added later is checked here with no new test code.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_variant, qkv
+
+import models
+import variants
+
+ALL = variants.names()
+CAUSAL = variants.causal_names()
+MASKABLE = [n for n in ALL if variants.get(n).supports_mask]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_shape_and_dtype(name):
+    attn = build_variant(name).eval()
+    q, k, v = qkv(2, 96)
+    out = attn(q, k, v)
+    assert out.shape == q.shape
+    assert out.dtype == q.dtype
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_finite_at_seq_4096(name):
+    attn = build_variant(name).eval()
+    q, k, v = qkv(1, 4096)
+    with torch.no_grad():
+        out = attn(q, k, v)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_finite_with_large_magnitude_inputs(name):
+    attn = build_variant(name)
+    q, k, v = qkv(2, 256, scale=100.0, requires_grad=True)
+    out = attn(q, k, v)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradients_reach_inputs_and_every_parameter(name):
+    attn = build_variant(name)
+    q, k, v = qkv(2, 128, requires_grad=True)
+    mask = torch.ones(2, 128, dtype=torch.bool)
+    mask[0, 100:] = False
+    out = attn(q, k, v, mask if name in MASKABLE else None)
+    (out * torch.randn_like(out)).sum().backward()
+    for label, t in (("q", q), ("k", k), ("v", v)):
+        assert t.grad is not None and torch.isfinite(t.grad).all(), label
+        assert t.grad.abs().sum() > 0, f"no gradient reached {label}"
+    for pname, p in attn.named_parameters():
+        assert p.grad is not None, f"parameter {pname} got no gradient"
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_causal_future_does_not_leak(name):
+    attn = build_variant(name, causal=True).eval()
+    seq, cut = 200, 123
+    q, k, v = qkv(2, seq)
+    q2, k2, v2 = (t.clone() for t in (q, k, v))
+    for t in (q2, k2, v2):
+        t[:, :, cut + 1 :] = torch.randn_like(t[:, :, cut + 1 :]) * 5
+    out, out2 = attn(q, k, v), attn(q2, k2, v2)
+    torch.testing.assert_close(out[:, :, : cut + 1], out2[:, :, : cut + 1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out[:, :, cut + 1 :], out2[:, :, cut + 1 :]), "future changes should matter"
+
+
+MASK_CASES = [(n, False) for n in MASKABLE] + [(n, True) for n in MASKABLE if n in CAUSAL]
+
+
+@pytest.mark.parametrize(("name", "causal"), MASK_CASES)
+def test_padded_keys_get_no_weight(name, causal):
+    attn = build_variant(name, causal=causal).eval()
+    seq = 150
+    q, k, v = qkv(3, seq)
+    mask = torch.ones(3, seq, dtype=torch.bool)
+    mask[0, 97:] = False
+    mask[1, 10:] = False
+    q2, k2, v2 = (t.clone() for t in (q, k, v))
+    pad = ~mask[:, None, :, None]  # (B, 1, N, 1)
+    for t in (q2, k2, v2):
+        t.copy_(torch.where(pad, torch.randn_like(t) * 50, t))
+    out, out2 = attn(q, k, v, mask), attn(q2, k2, v2, mask)
+    real = mask[:, None, :, None].expand_as(out)
+    assert torch.isfinite(out).all() and torch.isfinite(out2).all()
+    torch.testing.assert_close(out[real], out2[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_batch_items_are_independent(name):
+    attn = build_variant(name).eval()
+    q, k, v = qkv(3, 80)
+    together = attn(q, k, v)
+    for i in range(3):
+        alone = attn(q[i : i + 1], k[i : i + 1], v[i : i + 1])
+        torch.testing.assert_close(together[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_same_seed_same_output(name):
+    def run():
+        torch.manual_seed(1234)
+        attn = build_variant(name)
+        return attn(*qkv(2, 64, seed=7))
+
+    torch.testing.assert_close(run(), run(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_runs_under_bf16_autocast_on_cpu(name):
+    attn = build_variant(name).eval()
+    q, k, v = qkv(2, 128)
+    reference = attn(q, k, v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(q, k, v)
+    assert out.shape == q.shape
+    assert torch.isfinite(out).all()
+    assert (out.float() - reference).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_skeleton_trains_with_every_variant(name):
+    torch.manual_seed(0)
+    model = models.Transformer(
+        vocab_size=16, num_outputs=4, max_seq_len=64, attention={"name": name}, dim=32, layers=2, heads=2
+    )
+    tokens = torch.randint(0, 16, (16, 48))
+    labels = tokens[:, 5] % 4  # the answer sits at one position: attention must find it
+    mask = torch.ones(16, 48, dtype=torch.bool)
+    mask[::2, 40:] = False
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(tokens, mask if name in MASKABLE else None), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses

@@ -1,0 +1,53 @@
+"""Registry of attention variants that plug into one Transformer skeleton.
+
+Add a variant by dropping one module file into this folder::
+
+    import variants
+
+    @variants.register("mine")
+    class Mine(variants.Attention):
+        supports_causal = True
+
+        def attend(self, q, k, v, mask):
+            ...
+
+Every public module here (name not starting with ``_``) is imported on
+``import variants``, so the new name shows up in :func:`variants.names`.
+"""
+
+from variants._base import (
+    Attention,
+    AttentionError,
+    HyperparameterError,
+    UnknownVariantError,
+    UnsupportedError,
+    check_range,
+)
+from variants._discovery import discover
+from variants._registry import (
+    build,
+    causal_names,
+    get,
+    hyperparameters,
+    names,
+    register,
+    unregister,
+)
+
+__all__ = [
+    "Attention",
+    "AttentionError",
+    "HyperparameterError",
+    "UnknownVariantError",
+    "UnsupportedError",
+    "build",
+    "causal_names",
+    "check_range",
+    "get",
+    "hyperparameters",
+    "names",
+    "register",
+    "unregister",
+]
+
+discover()

@@ -1,0 +1,151 @@
+"""The one contract every attention variant meets, and the errors it raises.
+
+A variant owns only the mixing step ``(B, H, N, Dh) -> (B, H, N, Dh)``; the
+skeleton owns embeddings and projections. The base class validates inputs once,
+so each variant's ``attend`` can assume well-formed tensors.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+class AttentionError(ValueError):
+    """Base class for every error the registry raises on bad requests."""
+
+
+class UnknownVariantError(AttentionError):
+    """A name that is not in the registry."""
+
+
+class UnsupportedError(AttentionError):
+    """A capability (causal, padding mask, length) the variant does not have."""
+
+
+class HyperparameterError(AttentionError):
+    """A hyperparameter that is unknown or out of its allowed range."""
+
+
+def check_range(
+    name: str,
+    value: float,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> None:
+    """Raise a HyperparameterError naming ``name`` and its allowed range."""
+    too_low = low is not None and (value < low if low_inclusive else value <= low)
+    too_high = high is not None and (value > high if high_inclusive else value >= high)
+    if too_low or too_high:
+        left = "[" if low_inclusive else "("
+        right = "]" if high_inclusive else ")"
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise HyperparameterError(f"{name}={value!r} is out of range; allowed: {left}{lo}, {hi}{right}")
+
+
+class Attention(nn.Module):
+    """Base class of a registered attention core.
+
+    Subclasses set the capability flags, take their hyperparameters as explicit
+    keyword arguments (so a typo in YAML fails at build time) and implement
+    :meth:`attend`. ``forward`` validates shapes and capabilities first.
+    """
+
+    name: ClassVar[str] = ""
+    supports_causal: ClassVar[bool] = False
+    supports_mask: ClassVar[bool] = True
+    needs_max_seq_len: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        heads: int,
+        dim_head: int,
+        max_seq_len: int | None = None,
+        causal: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        check_range("heads", heads, low=1)
+        check_range("dim_head", dim_head, low=1)
+        check_range("dropout", dropout, low=0.0, high=1.0, high_inclusive=False)
+        if max_seq_len is not None:
+            check_range("max_seq_len", max_seq_len, low=1)
+        self.heads = heads
+        self.dim_head = dim_head
+        self.max_seq_len = max_seq_len
+        self.causal = causal
+        self.dropout = dropout
+
+    @property
+    def dropout_p(self) -> float:
+        """Dropout on attention weights, active only in training mode."""
+        return self.dropout if self.training else 0.0
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mix ``v`` by attention of ``q`` over ``k``; all ``(B, H, N, Dh)``.
+
+        ``mask`` is a bool ``(B, N)`` tensor, True for real tokens; padded keys
+        get no weight. Outputs at padded query positions are finite but
+        otherwise unspecified.
+        """
+        self._check_inputs(q, k, v, mask)
+        return self.attend(q, k, v, mask)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The variant's mixing step, called with validated inputs."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, dim_head={self.dim_head}, causal={self.causal}"
+
+    def _check_inputs(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> None:
+        if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+            raise ValueError(
+                f"{self.name}: q, k, v must share one shape (batch, heads, seq, dim_head); "
+                f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            )
+        batch, heads, seq, dim_head = q.shape
+        if heads != self.heads or dim_head != self.dim_head:
+            raise ValueError(
+                f"{self.name}: built for heads={self.heads}, dim_head={self.dim_head}; "
+                f"got heads={heads}, dim_head={dim_head}"
+            )
+        if self.needs_max_seq_len and self.max_seq_len is not None and seq > self.max_seq_len:
+            raise UnsupportedError(
+                f"{self.name}: sequence length {seq} exceeds max_seq_len={self.max_seq_len}; "
+                "build it with a larger max_seq_len"
+            )
+        if mask is None:
+            return
+        if not self.supports_mask:
+            raise UnsupportedError(f"{self.name} does not support a padding mask; pass mask=None")
+        if mask.dtype != torch.bool or mask.shape != (batch, seq):
+            raise ValueError(
+                f"{self.name}: mask must be a bool tensor of shape (batch, seq)=({batch}, {seq}), "
+                f"True for real tokens; got dtype={mask.dtype}, shape={tuple(mask.shape)}"
+            )

@@ -1,0 +1,91 @@
+"""Name -> class registry: the one way docs, tests and runners find variants."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from variants._base import (
+    Attention,
+    HyperparameterError,
+    UnknownVariantError,
+    UnsupportedError,
+)
+
+_REGISTRY: dict[str, type[Attention]] = {}
+_COMMON_ARGS = frozenset({"self", "heads", "dim_head", "max_seq_len", "causal", "dropout"})
+
+
+def register(name: str) -> Callable[[type[Attention]], type[Attention]]:
+    """Class decorator: ``@variants.register("name")`` adds an Attention subclass."""
+
+    def decorator(cls: type[Attention]) -> type[Attention]:
+        if not (isinstance(cls, type) and issubclass(cls, Attention)):
+            raise TypeError(f"@register({name!r}) expects a subclass of variants.Attention, got {cls!r}")
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            owner = f"{existing.__module__}.{existing.__qualname__}"
+            raise ValueError(f"variant name {name!r} is already registered by {owner}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def unregister(name: str) -> None:
+    """Remove a variant (for tests that register throwaway ones)."""
+    _REGISTRY.pop(name, None)
+
+
+def names() -> list[str]:
+    """Registered variant names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type[Attention]:
+    """The class registered under ``name``; a clear error lists the valid names."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownVariantError(f"unknown attention variant {name!r}; registered: {', '.join(names())}") from None
+
+
+def causal_names() -> list[str]:
+    """Names of the variants that can run causally."""
+    return [n for n in names() if _REGISTRY[n].supports_causal]
+
+
+def hyperparameters(name: str) -> dict[str, Any]:
+    """The variant's own hyperparameters and their defaults (beyond the common ones)."""
+    params = inspect.signature(get(name).__init__).parameters
+    return {
+        p.name: (None if p.default is inspect.Parameter.empty else p.default)
+        for p in params.values()
+        if p.name not in _COMMON_ARGS and p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def build(
+    name: str,
+    *,
+    heads: int,
+    dim_head: int,
+    max_seq_len: int | None,
+    causal: bool = False,
+    dropout: float = 0.0,
+    **hparams: Any,
+) -> Attention:
+    """A ready module of variant ``name``; bad requests fail here with a clear message."""
+    cls = get(name)
+    if causal and not cls.supports_causal:
+        raise UnsupportedError(f"{name!r} cannot be causal; variants that can: {', '.join(causal_names())}")
+    if cls.needs_max_seq_len and max_seq_len is None:
+        raise UnsupportedError(f"{name!r} needs a fixed max_seq_len; pass max_seq_len=<longest sequence>")
+    accepted = hyperparameters(name)
+    unknown = sorted(set(hparams) - set(accepted))
+    if unknown:
+        allowed = ", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "none"
+        raise HyperparameterError(f"unknown hyperparameter(s) {unknown} for {name!r}; it accepts: {allowed}")
+    return cls(heads=heads, dim_head=dim_head, max_seq_len=max_seq_len, causal=causal, dropout=dropout, **hparams)
