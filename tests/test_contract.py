@@ -132,7 +132,7 @@ def test_runs_under_bf16_autocast_on_cpu(name):
 def test_skeleton_trains_with_every_variant(name):
     torch.manual_seed(0)
     model = models.Transformer(
-        vocab_size=16, num_outputs=4, max_seq_len=64, attention={"name": name}, dim=32, layers=2, heads=2
+        vocab_size=16, num_outputs=4, max_seq_len=256, attention={"name": name}, dim=32, layers=2, heads=2
     )
     tokens = torch.randint(0, 16, (16, 48))
     labels = tokens[:, 5] % 4  # the answer sits at one position: attention must find it

@@ -114,6 +114,13 @@ class Attention(nn.Module):
         """The variant's mixing step, called with validated inputs."""
         raise NotImplementedError
 
+    def on_train_step(self, step: int) -> None:
+        """Called by the training loop once per optimizer step, never inside ``forward``.
+
+        Variants with state to refresh (Performer's random features) override it,
+        so timed forward passes never change the module.
+        """
+
     def extra_repr(self) -> str:
         return f"heads={self.heads}, dim_head={self.dim_head}, causal={self.causal}"
 

@@ -1,0 +1,64 @@
+"""Building blocks shared by the blocked variants (local, sparse).
+
+Sequences are cut into blocks; each query block attends to a small set of key
+blocks gathered next to it, so work and memory grow linearly in length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, *, dim: int, value: float | bool = 0) -> torch.Tensor:
+    """Pad ``x`` at the end of ``dim`` so its length is a multiple of ``multiple``."""
+    remainder = -x.shape[dim] % multiple
+    if remainder == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, remainder]
+    return F.pad(x, pad, value=value)
+
+
+def key_validity(mask: torch.Tensor | None, seq: int, padded: int, device: torch.device) -> torch.Tensor:
+    """Bool ``(B|1, padded)``: True for real keys, False for user and internal padding."""
+    valid = torch.ones(1, seq, dtype=torch.bool, device=device) if mask is None else mask
+    return pad_to_multiple(valid, padded, dim=1, value=False) if padded > seq else valid
+
+
+def neighbour_blocks(x: torch.Tensor, *, dim: int, before: int, after: int, fill: float | bool = 0) -> torch.Tensor:
+    """Join each block with ``before`` blocks behind it and ``after`` ahead of it.
+
+    ``x`` has blocks along ``dim`` and their tokens along ``dim + 1``; the result
+    has ``(before + 1 + after) * w`` tokens per block. Blocks past either end are
+    filled with ``fill`` (callers mask them out).
+    """
+    nb = x.shape[dim]
+    edge_shape = list(x.shape)
+    edge_shape[dim] = 1
+    edge = torch.full(edge_shape, fill, dtype=x.dtype, device=x.device)
+    padded = torch.cat([edge] * before + [x] + [edge] * after, dim=dim)
+    return torch.cat([padded.narrow(dim, offset, nb) for offset in range(before + 1 + after)], dim=dim + 1)
+
+
+def blocked_softmax_attention(
+    q_blocks: torch.Tensor,
+    k_windows: torch.Tensor,
+    v_windows: torch.Tensor,
+    allowed: torch.Tensor,
+    *,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Softmax attention of each query block over its own key window.
+
+    ``q_blocks`` ``(B, H, nb, w, Dh)``, ``k_windows``/``v_windows`` ``(B, H, nb, K, Dh)``,
+    ``allowed`` bool broadcastable to ``(B, H, nb, w, K)``. Scores, not projections,
+    are the only ``O(n K)`` intermediate.
+    """
+    scores = (q_blocks * (1.0 / math.sqrt(q_blocks.shape[-1]))) @ k_windows.transpose(-1, -2)  # (B, H, nb, w, K)
+    scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
+    probs = scores.softmax(dim=-1)
+    if dropout_p > 0:
+        probs = F.dropout(probs, p=dropout_p)
+    return probs.to(v_windows.dtype) @ v_windows  # (B, H, nb, w, Dh)
