@@ -7,6 +7,7 @@ blocks gathered next to it, so work and memory grow linearly in length.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,22 +43,37 @@ def neighbour_blocks(x: torch.Tensor, *, dim: int, before: int, after: int, fill
     return torch.cat([padded.narrow(dim, offset, nb) for offset in range(before + 1 + after)], dim=dim + 1)
 
 
+ScoreMask = Callable[[torch.Tensor], None]
+
+
+def masked_fill_disallowed(allowed: torch.Tensor) -> ScoreMask:
+    """A score mask that fills every position where ``allowed`` is False."""
+
+    def fill(scores: torch.Tensor) -> None:
+        scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
+
+    return fill
+
+
 def blocked_softmax_attention(
     q_blocks: torch.Tensor,
     k_windows: torch.Tensor,
     v_windows: torch.Tensor,
-    allowed: torch.Tensor,
     *,
+    mask_scores: ScoreMask,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Softmax attention of each query block over its own key window.
 
-    ``q_blocks`` ``(B, H, nb, w, Dh)``, ``k_windows``/``v_windows`` ``(B, H, nb, K, Dh)``,
-    ``allowed`` bool broadcastable to ``(B, H, nb, w, K)``. Scores, not projections,
-    are the only ``O(n K)`` intermediate.
+    ``q_blocks`` ``(B, H, nb, w, Dh)``, ``k_windows``/``v_windows`` ``(B, H, nb, K, Dh)``.
+    ``mask_scores`` fills disallowed ``(B, H, nb, w, K)`` scores in place (with the
+    dtype's min, so fully masked rows stay finite); callers that know their
+    structure touch only the blocks that need it. The scores are the only
+    ``O(n K)`` intermediate, scaled in place.
     """
-    scores = (q_blocks * (1.0 / math.sqrt(q_blocks.shape[-1]))) @ k_windows.transpose(-1, -2)  # (B, H, nb, w, K)
-    scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
+    scores = q_blocks @ k_windows.transpose(-1, -2)  # (B, H, nb, w, K)
+    scores.mul_(1.0 / math.sqrt(q_blocks.shape[-1]))  # in place: no scaled copy of q kept for backward
+    mask_scores(scores)
     probs = scores.softmax(dim=-1)
     if dropout_p > 0:
         probs = F.dropout(probs, p=dropout_p)

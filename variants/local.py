@@ -13,7 +13,13 @@ from __future__ import annotations
 import torch
 
 import variants
-from variants._blocks import blocked_softmax_attention, key_validity, neighbour_blocks, pad_to_multiple
+from variants._blocks import (
+    blocked_softmax_attention,
+    key_validity,
+    masked_fill_disallowed,
+    neighbour_blocks,
+    pad_to_multiple,
+)
 
 
 @variants.register("local")
@@ -44,13 +50,29 @@ class LocalAttention(variants.Attention):
         near = {"dim": 2, "before": self.before, "after": self.after}
         k_windows = neighbour_blocks(k_blocks, **near)  # (B, H, nb, K, Dh)
         v_windows = neighbour_blocks(v_blocks, **near)
-        valid = key_validity(mask, seq, padded, q.device).view(-1, nb, w)
-        allowed = neighbour_blocks(valid, dim=1, before=self.before, after=self.after, fill=False)  # (B|1, nb, K)
-        allowed = allowed[:, None, :, None, :]  # (B|1, 1, nb, 1, K)
-        if self.order_ok is not None:
-            allowed = allowed & self.order_ok  # (B|1, 1, nb, w, K)
-        out = blocked_softmax_attention(q_blocks, k_windows, v_windows, allowed, dropout_p=self.dropout_p)
+        if mask is None and padded == seq:
+            mask_scores = self._mask_structure  # only the edge blocks and the causal triangle
+        else:
+            valid = key_validity(mask, seq, padded, q.device).view(-1, nb, w)
+            allowed = neighbour_blocks(valid, dim=1, before=self.before, after=self.after, fill=False)
+            allowed = allowed[:, None, :, None, :]  # (B|1, 1, nb, 1, K)
+            if self.order_ok is not None:
+                allowed = allowed & self.order_ok  # (B|1, 1, nb, w, K)
+            mask_scores = masked_fill_disallowed(allowed)
+        out = blocked_softmax_attention(
+            q_blocks, k_windows, v_windows, mask_scores=mask_scores, dropout_p=self.dropout_p
+        )
         return out.reshape(batch, heads, padded, dim_head)[:, :, :seq]
+
+    def _mask_structure(self, scores: torch.Tensor) -> None:
+        """Mask what every input shares, touching only the slices concerned."""
+        w, low = self.window, torch.finfo(scores.dtype).min
+        scores[:, :, 0, :, : self.before * w] = low  # nothing before the first block
+        if self.after:
+            scores[:, :, -1, :, -self.after * w :] = low  # nothing after the last block
+        if self.order_ok is not None:
+            own = scores[..., self.before * w : (self.before + 1) * w]  # the query's own block
+            own.masked_fill_(~self.order_ok[:, self.before * w : (self.before + 1) * w], low)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window={self.window}"

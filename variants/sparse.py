@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import variants
-from variants._blocks import blocked_softmax_attention, key_validity, pad_to_multiple
+from variants._blocks import blocked_softmax_attention, key_validity, masked_fill_disallowed, pad_to_multiple
 
 
 @variants.register("sparse")
@@ -113,7 +113,11 @@ class SparseAttention(variants.Attention):
             allowed = torch.cat([allowed, valid[:, None, :g].expand(allowed.shape[0], nb, g)], dim=2)
         q_blocks = pad_to_multiple(q, b, dim=2).view(batch, heads, nb, b, dim_head)
         out = blocked_softmax_attention(
-            q_blocks, k_windows, v_windows, allowed[:, None, :, None, :], dropout_p=self.dropout_p
+            q_blocks,
+            k_windows,
+            v_windows,
+            mask_scores=masked_fill_disallowed(allowed[:, None, :, None, :]),
+            dropout_p=self.dropout_p,
         ).reshape(batch, heads, padded, dim_head)[:, :, :seq]
         if g == 0:
             return out
