@@ -107,15 +107,16 @@ class PerformerAttention(variants.Attention):
 
     def _causal(self, q_feat: torch.Tensor, k_logit: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Chunked prefix sums with an online-rescaled key stabilizer."""
-        batch, heads, seq, _ = v.shape
+        batch, heads, _, _ = v.shape
         m = q_feat.shape[-1]
         state = v.new_zeros(batch, heads, m, v.shape[-1])  # sum_j phi(k_j) v_j^T so far
         norm = v.new_zeros(batch, heads, m)  # sum_j phi(k_j) so far
         running = v.new_full((batch, heads, 1, 1), torch.finfo(v.dtype).min)
         outputs = []
-        for start in range(0, seq, self.chunk_size):
-            stop = min(start + self.chunk_size, seq)
-            qc, lc, vc = q_feat[:, :, start:stop], k_logit[:, :, start:stop], v[:, :, start:stop]
+        # split() rather than slicing in the loop: slicing's backward would allocate a full-length
+        # gradient per chunk, making the backward pass quadratic in the sequence length.
+        chunks = zip(*(t.split(self.chunk_size, dim=2) for t in (q_feat, k_logit, v)), strict=True)
+        for qc, lc, vc in chunks:
             new_running = torch.maximum(running, shared_max(lc, dims=(-2, -1)))
             decay = torch.exp(running - new_running)  # rescale the prefix to the new max
             state, norm = state * decay, norm * decay[..., 0]

@@ -1,0 +1,114 @@
+"""Benchmark mechanics on tiny sizes: records, failures as statuses, memory probe, peers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from runners import bench, memory
+from runners.peers import PEERS
+
+TINY = ["--batch", "1", "--heads", "2", "--dim-head", "8", "--repeats", "3"]
+
+
+def test_bench_records_every_point_and_prints_tables(tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    records = bench.main(["--variants", "full", "linformer", "--seq-lens", "256", "512", *TINY, "--out", str(out)])
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == len(records) == 2 * 2 + 2  # full both directions, linformer bidirectional
+    assert all(r["status"] == "ok" and r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in lines)
+    printed = capsys.readouterr().out
+    assert "peak memory of one forward+backward step" in printed and "linformer (bidir)" in printed
+
+
+def test_a_point_that_times_out_is_recorded_and_longer_ones_skipped(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    args = ["--variants", "full_math", "--seq-lens", "32", "64", *TINY, "--timeout", "0.01", "--out", str(out)]
+    records = bench.main(args)
+    assert [r["status"] for r in records] == ["timeout"] * 4
+    assert "exceeded" in records[0]["message"] and "skipped" in records[1]["message"]
+    assert len(out.read_text().splitlines()) == 4, "failed points are results too"
+
+
+def test_unknown_variant_is_refused_with_the_registered_names():
+    with pytest.raises(Exception, match=r"registered: .*full"):
+        bench.main(["--variants", "nope"])
+
+
+def test_growth_per_doubling():
+    import pandas as pd
+
+    values = pd.Series({1024: 1.0, 2048: 2.0, 4096: 4.0, 8192: 8.0})
+    assert bench.growth_per_doubling(values, 2048, 8192) == pytest.approx(2.0)
+    assert bench.growth_per_doubling(values**2, 2048, 8192) == pytest.approx(4.0)
+
+
+@pytest.mark.skipif(not memory.cpu_peak_supported(), reason="needs Linux /proc/self/clear_refs")
+def test_cpu_peak_memory_sees_a_step_allocation_and_not_earlier_ones():
+    before = torch.ones(32 * 2**20 // 4)  # 32 MiB live before the step: not the step's
+
+    def allocate_64_mib():
+        x = torch.ones(64 * 2**20 // 4)
+        return float(x.sum())
+
+    assert 60 < memory.cpu_step_peak_mib(allocate_64_mib) < 80
+    assert memory.cpu_step_peak_mib(lambda: None) < 8
+    del before
+
+
+def test_timing_takes_the_median_of_repeats():
+    from runners.timing import time_calls
+
+    calls = []
+    timing = time_calls(lambda: calls.append(1), device=torch.device("cpu"), warmup=2, repeats=5)
+    assert len(calls) == 7 and timing.repeats == 5
+    assert timing.min_s <= timing.median_s <= timing.max_s
+
+
+# ------------------------------------------------------------ peers compute the same thing
+
+
+def _peer(name, **kwargs):
+    peer = PEERS[name]
+    if not peer.available():
+        pytest.skip(f"{peer.package} not installed (pip install -e '.[peers]')")
+    return peer.build(**kwargs)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_local_matches_local_attention_package(causal):
+    import variants
+
+    q, k, v = (torch.randn(2, 2, 96, 16) for _ in range(3))
+    _, peer = _peer("local", heads=2, dim_head=16, seq_len=96, causal=causal, hparams={"window": 16})
+    ours = variants.build("local", heads=2, dim_head=16, max_seq_len=None, causal=causal, window=16)
+    torch.testing.assert_close(ours(q, k, v), peer(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_linformer_matches_linformer_package_with_the_same_projections():
+    import variants
+
+    x = torch.randn(2, 2, 64, 16)
+    module, peer = _peer(
+        "linformer", heads=2, dim_head=16, seq_len=64, causal=False, hparams={"k": 8, "share_kv": False}
+    )
+    ours = variants.build("linformer", heads=2, dim_head=16, max_seq_len=64, k=8)
+    with torch.no_grad():
+        ours.proj_k.copy_(module.proj_k.T)
+        ours.proj_v.copy_(module.proj_v.T)
+    torch.testing.assert_close(ours(x, x, x), peer(x, x, x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_performer_matches_performer_pytorch_with_the_same_features(causal):
+    import variants
+
+    q, k, v = (torch.randn(2, 2, 128, 16) * 0.5 for _ in range(3))
+    module, peer = _peer("performer", heads=2, dim_head=16, seq_len=128, causal=causal, hparams={"nb_features": 64})
+    ours = variants.build("performer", heads=2, dim_head=16, max_seq_len=None, causal=causal, nb_features=64)
+    with torch.no_grad():
+        ours.features.copy_(module.projection_matrix * 16**-0.25)
+    # The peer adds eps=1e-4 to every feature; we do not (it would leak the future when causal).
+    torch.testing.assert_close(ours(q, k, v), peer(q, k, v), atol=2e-3, rtol=2e-2)
