@@ -1,0 +1,83 @@
+"""What a result needs to be reproduced: config, versions, commit and hardware fingerprint."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+PACKAGES = ("torch", "pytorch-lightning", "torchmetrics", "hydra-core", "wandb", "pandas", "numpy")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit() -> str | None:
+    """The project's commit (with ``-dirty`` if there are uncommitted changes), if in a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_fingerprint(accelerator: str) -> dict[str, Any]:
+    """CPU model and threads, or GPU name and memory: what the numbers were measured on."""
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(),
+    }
+    if accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info |= {"gpu_name": props.name, "gpu_memory_mib": props.total_memory // 2**20}
+        info["fingerprint"] = f"{props.name} ({props.total_memory // 2**30} GiB)"
+    else:
+        info["fingerprint"] = f"{info['cpu_model']} x{info['torch_threads']} threads"
+    return info
+
+
+def collect(cfg: DictConfig) -> dict[str, Any]:
+    """Context shared by every point of a sweep."""
+    return {
+        "resolved_config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": package_versions() | {"python": platform.python_version()},
+        "git_commit": git_commit(),
+        "hardware_info": hardware_fingerprint(cfg.hardware.accelerator),
+        "date": dt.datetime.now(dt.UTC).isoformat(),
+    }

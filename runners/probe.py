@@ -1,0 +1,100 @@
+"""Speed probe of the whole skeleton: throughput, peak memory, FLOPs and parameters.
+
+Measures one variant at one sequence length on one device: tokens/s of a full
+optimizer step (forward, backward, AdamW) and of a forward pass, each the
+median of repeated timed steps after warm-up (synchronized on GPU), the peak
+memory of one training step (:mod:`runners.memory`) and the FLOPs of one step
+from torch's FLOP counter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import models
+from runners.memory import step_peak_mib
+from runners.timing import time_calls
+
+
+def build_model(
+    *, model_cfg: dict[str, Any], attention: dict[str, Any], vocab_size: int, seq_len: int, causal: bool
+) -> models.Transformer:
+    """The skeleton as the probe and the trainer build it (per-token head)."""
+    return models.Transformer(
+        vocab_size=vocab_size,
+        num_outputs=vocab_size,
+        max_seq_len=seq_len,
+        attention=attention,
+        head="token",
+        causal=causal,
+        **model_cfg,
+    )
+
+
+def speed_probe(
+    *,
+    model_cfg: dict[str, Any],
+    attention: dict[str, Any],
+    seq_len: int,
+    batch_size: int,
+    causal: bool,
+    device: torch.device,
+    precision: str = "32-true",
+    vocab_size: int = 128,
+    warmup: int = 2,
+    repeats: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Throughput, memory and FLOPs of one configuration; raises on failure (the sweep records it)."""
+    torch.manual_seed(seed)
+    model = build_model(
+        model_cfg=model_cfg, attention=attention, vocab_size=vocab_size, seq_len=seq_len, causal=causal
+    ).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = torch.randint(0, vocab_size, (batch_size, seq_len), device=device)
+    targets = torch.randint(0, vocab_size, (batch_size, seq_len), device=device)
+    autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+
+    def forward() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            return model(tokens)
+
+    def train_step() -> None:
+        loss = F.cross_entropy(forward().flatten(0, 1).float(), targets.flatten())
+        if not torch.isfinite(loss):
+            raise FloatingPointError("loss is NaN/inf")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def inference() -> None:
+        with torch.inference_mode():
+            forward()
+
+    model.train()
+    train = time_calls(train_step, device=device, warmup=warmup, repeats=repeats)
+    model.eval()
+    infer = time_calls(inference, device=device, warmup=warmup, repeats=repeats)
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        train_step()
+    peak = step_peak_mib(train_step, device)
+    tokens_per_step = batch_size * seq_len
+    return {
+        "train_tokens_per_s": tokens_per_step / train.median_s,
+        "train_tokens_per_s_min": tokens_per_step / train.max_s,
+        "train_tokens_per_s_max": tokens_per_step / train.min_s,
+        "train_step_spread": train.spread,
+        "infer_tokens_per_s": tokens_per_step / infer.median_s,
+        "infer_tokens_per_s_min": tokens_per_step / infer.max_s,
+        "infer_tokens_per_s_max": tokens_per_step / infer.min_s,
+        "infer_spread": infer.spread,
+        "timed_repeats": repeats,
+        "peak_memory_mib": peak,
+        "flops_per_step": counter.get_total_flops(),
+        "params": sum(p.numel() for p in model.parameters()),
+    }

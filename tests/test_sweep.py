@@ -1,0 +1,170 @@
+"""The sweep end to end on tiny sizes: store, resume, failures as results, wandb offline."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from runners import store, sweep
+from runners.config import CONF_DIR
+from runners.probe import build_model
+
+TINY = [
+    "model=tiny",
+    "task.vocab_size=32",
+    "task.num_pairs=4",
+    "task.num_queries=4",
+    "task.num_train=256",
+    "task.num_val=32",
+    "task.num_test=32",
+    "task.batch_size=32",
+    "optim.max_steps=20",
+    "optim.val_every=10",
+    "optim.warmup_steps=2",
+    "sweep.seq_lens=[32,64]",
+    "sweep.accuracy_seq_lens=[32]",
+    "sweep.repeats=2",
+    "sweep.warmup=1",
+    "sweep.batch_size=2",
+]
+
+
+def config(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[*TINY, f"results_dir={tmp_path / 'store'}", "logger=none", *overrides],
+        )
+
+
+def point_files(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "store" / "points").glob("*.json"))
+
+
+def test_tiny_sweep_writes_one_record_per_point(tmp_path):
+    table = sweep.run_sweep(config(tmp_path, "attention=full"))
+    records = store.read_records(tmp_path / "store")
+    assert len(records) == len(point_files(tmp_path)) == 3  # 2 speed + 1 accuracy
+    assert all(r["status"] == "ok" for r in records), [r.get("message") for r in records]
+    speed = [r for r in records if r["probe"] == "speed"]
+    for r in speed:
+        assert r["train_tokens_per_s"] > 0 and r["infer_tokens_per_s"] > 0
+        assert r["peak_memory_mib"] > 0 and r["flops_per_step"] > 0 and r["params"] > 0
+        assert r["train_tokens_per_s_min"] <= r["train_tokens_per_s"] <= r["train_tokens_per_s_max"]
+    accuracy = next(r for r in records if r["probe"] == "accuracy")
+    assert 0 <= accuracy["test_acc"] <= 1 and accuracy["task"] == "MQAR"
+    context = records[0]
+    assert context["versions"]["torch"] == torch.__version__.split("+")[0] or context["versions"]["torch"]
+    assert context["hardware_info"]["cpu_count"] >= 1 and "fingerprint" in context["hardware_info"]
+    assert context["resolved_config"]["attention"]["name"] == "full" and context["date"]
+    assert (tmp_path / "store" / "results_table.csv").exists()
+    assert len(table) == 3
+
+
+def test_resume_skips_done_points_and_force_remeasures(tmp_path):
+    cfg = config(tmp_path, "attention=full", "sweep.accuracy_seq_lens=[]")
+    sweep.run_sweep(cfg)
+    first = {p.name: p.read_text() for p in point_files(tmp_path)}
+    sweep.run_sweep(cfg)
+    assert {p.name: p.read_text() for p in point_files(tmp_path)} == first, "nothing re-measured"
+    sweep.run_sweep(config(tmp_path, "attention=full", "sweep.accuracy_seq_lens=[]", "force=true"))
+    again = {p.name: p.read_text() for p in point_files(tmp_path)}
+    assert again.keys() == first.keys() and again != first
+    bigger = config(tmp_path, "attention=full", "sweep.accuracy_seq_lens=[]", "sweep.seq_lens=[32,64,96]")
+    sweep.run_sweep(bigger)
+    assert len(point_files(tmp_path)) == 3, "only the new length was added"
+
+
+def test_an_injected_failure_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    real_probe = sweep.speed_probe
+
+    def flaky(**kwargs):
+        if kwargs["seq_len"] == 32:
+            raise RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory")
+        return real_probe(**kwargs)
+
+    monkeypatch.setattr(sweep, "speed_probe", flaky)
+    sweep.run_sweep(config(tmp_path, "attention=local", "sweep.accuracy_seq_lens=[]"))
+    by_len = {r["seq_len"]: r for r in store.read_records(tmp_path / "store")}
+    assert by_len[32]["status"] == "oom" and "can't allocate" in by_len[32]["message"]
+    assert by_len[64]["status"] == "ok"
+
+
+def test_unsupported_combinations_are_results(tmp_path):
+    sweep.run_sweep(config(tmp_path, "attention=linformer", "attention.k=16", "sweep.seq_lens=[]"))
+    (record,) = store.read_records(tmp_path / "store")
+    assert record["status"] == "unsupported" and "cannot be causal" in record["message"]
+    if not torch.cuda.is_available():
+        sweep.run_sweep(config(tmp_path, "attention=full", "hardware=cuda", "sweep.accuracy_seq_lens=[]"))
+        cuda = [r for r in store.read_records(tmp_path / "store") if r["hardware"] == "cuda"]
+        assert len(cuda) == 2 and all(r["status"] == "unsupported" for r in cuda)
+
+
+def test_corrupted_result_file_is_skipped_with_a_warning(tmp_path):
+    sweep.run_sweep(config(tmp_path, "attention=full", "sweep.accuracy_seq_lens=[]"))
+    (tmp_path / "store" / "points" / "broken--x.json").write_text('{"key": "abc", "status": ')
+    with pytest.warns(UserWarning, match="skipping unreadable result file"):
+        records = store.read_records(tmp_path / "store")
+    assert len(records) == 2
+
+
+def test_bad_config_stops_before_any_work(tmp_path):
+    with pytest.raises(sweep.ConfigError, match="window=0 is out of range"):
+        sweep.run_sweep(config(tmp_path, "attention=local", "attention.window=0"))
+    with pytest.raises(sweep.ConfigError, match="unknown hyperparameter"):
+        sweep.run_sweep(config(tmp_path, "attention=local", "+attention.windw=3"))
+    assert not (tmp_path / "store").exists()
+
+
+def test_wandb_offline_writes_run_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = config(tmp_path, "attention=full", "sweep.accuracy_seq_lens=[]", "sweep.seq_lens=[32]", "logger=wandb")
+    cfg.wandb.dir = str(tmp_path)
+    sweep.run_sweep(cfg)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_atomic_writes_from_two_writers_do_not_clobber(tmp_path):
+    record = {"key": "k1", "status": "ok"}
+    first = store.write_point(tmp_path, record)
+    second = first.with_name("k1--otherhost-1.json")
+    second.write_text(json.dumps(record | {"status": "oom"}))
+    assert len(store.read_records(tmp_path)) == 2
+    assert not list((tmp_path / "points").glob(".*.tmp"))
+
+
+def test_recorded_inference_throughput_matches_a_plain_timing_loop(tmp_path):
+    """Measurement honesty: full_math at seq 1024, the sweep's number vs a loop written here."""
+    seq, batch = 1024, 2
+    cfg = config(
+        tmp_path,
+        "attention=full_math",
+        f"sweep.seq_lens=[{seq}]",
+        "sweep.accuracy_seq_lens=[]",
+        f"sweep.batch_size={batch}",
+        "sweep.repeats=7",
+        "sweep.warmup=2",
+    )
+    sweep.run_sweep(cfg)
+    (record,) = store.read_records(tmp_path / "store")
+    torch.manual_seed(0)
+    model = build_model(
+        model_cfg=dict(cfg.model), attention={"name": "full_math"}, vocab_size=128, seq_len=seq, causal=False
+    ).eval()
+    tokens = torch.randint(0, 128, (batch, seq))
+    times = []
+    with torch.inference_mode():
+        for i in range(9):
+            start = time.perf_counter()
+            model(tokens)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+    plain = batch * seq / statistics.median(times)
+    assert record["infer_tokens_per_s"] == pytest.approx(plain, rel=0.15)
