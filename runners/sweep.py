@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import variants
-from runners import context, store
+from runners import context, report, store
 from runners.config import CONF_DIR, default_attention
 from runners.probe import speed_probe
 from runners.train import run_training
@@ -246,6 +246,8 @@ def run_sweep(cfg: DictConfig) -> pd.DataFrame:
     table = results_table(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(results_dir / "results_table.csv", index=False)
+    if cfg.report_dir and not table.empty:
+        report.build_report(report.flat_results(store.read_records(results_dir)), Path(cfg.report_dir))
     return table
 
 
@@ -258,6 +260,8 @@ def main(cfg: DictConfig) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False))
     print(f"\nresults: {Path(cfg.results_dir).resolve()} (table: results_table.csv)")
+    if cfg.report_dir:
+        print(f"report: {Path(cfg.report_dir).resolve() / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,13 @@ def config(tmp_path: Path, *overrides: str):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(
             "config",
-            overrides=[*TINY, f"results_dir={tmp_path / 'store'}", "logger=none", *overrides],
+            overrides=[
+                *TINY,
+                f"results_dir={tmp_path / 'store'}",
+                f"report_dir={tmp_path / 'report'}",
+                "logger=none",
+                *overrides,
+            ],
         )
 
 
@@ -64,6 +70,7 @@ def test_tiny_sweep_writes_one_record_per_point(tmp_path):
     assert context["hardware_info"]["cpu_count"] >= 1 and "fingerprint" in context["hardware_info"]
     assert context["resolved_config"]["attention"]["name"] == "full" and context["date"]
     assert (tmp_path / "store" / "results_table.csv").exists()
+    assert "full" in (tmp_path / "report" / "report.md").read_text()
     assert len(table) == 3
 
 

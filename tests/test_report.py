@@ -1,0 +1,133 @@
+"""Report from a small fixed set of records: numbers, failed points, two machines, valid PNGs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from runners import report, store
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def speed(variant, n, tok, mib, fp="cpu-A", status="ok", message=None):
+    record = {
+        "variant": variant,
+        "probe": "speed",
+        "seq_len": n,
+        "status": status,
+        "hardware": "cpu",
+        "hardware_info": {"fingerprint": fp},
+        "sweep_id": "s1",
+    }
+    if status == "ok":
+        record |= {
+            "train_tokens_per_s": tok,
+            "infer_tokens_per_s": 3 * tok,
+            "peak_memory_mib": mib,
+            "flops_per_step": 1e9 * n,
+            "params": 1000,
+        }
+    else:
+        record["message"] = message
+    return record
+
+
+def accuracy(variant, acc, status="ok", message=None, fp="cpu-A"):
+    record = {
+        "variant": variant,
+        "probe": "accuracy",
+        "seq_len": 128,
+        "status": status,
+        "task": "MQAR",
+        "hardware": "cpu",
+        "hardware_info": {"fingerprint": fp},
+        "sweep_id": "s1",
+        "majority_baseline": 0.1,
+    }
+    return record | ({"test_acc": acc} if status == "ok" else {"message": message})
+
+
+RECORDS = [
+    speed("full", 1024, 1000.0, 400.0),
+    speed("full", 2048, 400.0, 1600.0),
+    speed("local", 1024, 1500.0, 200.0),
+    speed("local", 2048, 1500.0, 400.0),
+    speed("linformer", 1024, 2000.0, 100.0),
+    speed("linformer", 2048, 0, 0, status="oom", message="can't allocate"),
+    speed("full", 1024, 5000.0, 300.0, fp="gpu-B"),
+    speed("local", 1024, 9000.0, 150.0, fp="gpu-B"),
+    accuracy("full", 0.95),
+    accuracy("local", 0.945),
+    accuracy("linformer", None, "unsupported", "'linformer' cannot be causal"),
+]
+
+
+@pytest.fixture
+def built(tmp_path):
+    for i, record in enumerate(RECORDS):
+        store.write_point(tmp_path / "store", record | {"key": f"k{i}"})
+    path = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "out")])
+    return path, path.read_text()
+
+
+def test_report_tables_hold_the_right_numbers(built):
+    path, text = built
+    assert "Built from **11 results** (2 failed or unsupported" in text
+    assert "## cpu-A" in text and "## gpu-B" in text
+    frame = report.flat_results(store.read_records(path.parent.parent / "store"))
+    speed_a = frame[(frame.fingerprint == "cpu-A") & (frame.probe == "speed")]
+    rel = report.relative_table(speed_a, "train_tokens_per_s")
+    assert rel.loc["local", 2048] == pytest.approx(3.75) and rel.loc["full", 1024] == 1.0
+    mem = report.relative_table(speed_a, "peak_memory_mib")
+    assert mem.loc["local", 2048] == pytest.approx(0.25)
+    assert "| local | 1.50 | 3.75 |" in text
+
+
+def test_failed_points_are_shown_not_dropped(built):
+    _, text = built
+    assert "OOM" in text
+    assert "n/a: causal unsupported" in text
+
+
+def test_summary_picks_fastest_leanest_and_trade_off(built):
+    path, _ = built
+    frame = report.flat_results(store.read_records(path.parent.parent / "store"))
+    a = frame[frame.fingerprint == "cpu-A"]
+    table = report.summary(a[a.probe == "speed"], a[a.probe == "accuracy"]).set_index("seq_len")
+    assert table.loc[1024, "fastest (train tok/s)"].startswith("linformer")
+    assert table.loc[2048, "fastest (train tok/s)"].startswith("local")
+    assert table.loc[2048, "leanest (peak MiB)"].startswith("local")
+    assert table.loc[1024, "most accurate"].startswith("full")
+    assert table.loc[1024, "best trade-off (fastest within 1 pt of full)"] == "local"
+
+
+def test_cross_hardware_table_and_scaling_exponent(built):
+    _, text = built
+    assert "## Across hardware" in text and "9,000" in text
+    assert report.scaling_exponent(pd.Series([1024, 2048]), pd.Series([400.0, 1600.0])) == pytest.approx(2.0)
+    assert "full (n^2.00)" in text or (built[0].parent / "memory_hw0.png").exists()
+
+
+def test_every_plot_is_a_valid_png_and_csv_is_written(built):
+    path, text = built
+    pngs = sorted(path.parent.glob("*.png"))
+    assert len(pngs) == 8  # 4 plots x 2 hardware fingerprints
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
+        assert f"]({png.name})" in text
+    assert len(pd.read_csv(path.parent / "results.csv")) == 11
+
+
+def test_filters_select_rows(tmp_path):
+    for i, record in enumerate(RECORDS):
+        store.write_point(tmp_path / "store", record | {"key": f"k{i}"})
+    path = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "o"), "fingerprint=gpu-B"])
+    assert "cpu-A" not in path.read_text() and "gpu-B" in path.read_text()
+    with pytest.raises(SystemExit, match="bad filter"):
+        report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "o"), "nosuch=1"])
+
+
+def test_pareto_front():
+    points = pd.DataFrame({"x": [1, 2, 3, 4], "y": [0.9, 0.95, 0.5, 0.6]})
+    assert sorted(report.pareto_front(points, "x", "y").x) == [2, 4]
