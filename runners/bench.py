@@ -90,7 +90,7 @@ def run_point(case: Case, *, seq_len: int, batch: int, heads: int, dim_head: int
     # Timing first, with the default allocator; then memory (see runners.memory for why this order).
     fwd = time_calls(forward, device=device, warmup=1, repeats=repeats, budget_s=20.0)
     step = time_calls(forward_backward, device=device, warmup=1, repeats=repeats, budget_s=20.0)
-    peak_mib = step_peak_mib(forward_backward, device)
+    peak_mib = step_peak_mib(forward_backward, device, repeats=3 if step.median_s < 5 else 1)
     return {
         "fwd_ms": fwd.median_s * 1e3,
         "fwd_bwd_ms": step.median_s * 1e3,

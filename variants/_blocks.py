@@ -43,6 +43,11 @@ def neighbour_blocks(x: torch.Tensor, *, dim: int, before: int, after: int, fill
     return torch.cat([padded.narrow(dim, offset, nb) for offset in range(before + 1 + after)], dim=dim + 1)
 
 
+def scale_keys(k: torch.Tensor) -> torch.Tensor:
+    """Keys times ``1/sqrt(Dh)``, done before they are gathered into windows."""
+    return k * (1.0 / math.sqrt(k.shape[-1]))
+
+
 ScoreMask = Callable[[torch.Tensor], None]
 
 
@@ -69,10 +74,11 @@ def blocked_softmax_attention(
     ``mask_scores`` fills disallowed ``(B, H, nb, w, K)`` scores in place (with the
     dtype's min, so fully masked rows stay finite); callers that know their
     structure touch only the blocks that need it. The scores are the only
-    ``O(n K)`` intermediate, scaled in place.
+    ``O(n K)`` intermediate. Keys must come pre-scaled by ``1/sqrt(Dh)``
+    (:func:`scale_keys`): scaling ``n x Dh`` keys once is cheaper than scaling
+    ``n x K`` scores forward and backward, and keeps no scaled copy of q.
     """
-    scores = q_blocks @ k_windows.transpose(-1, -2)  # (B, H, nb, w, K)
-    scores.mul_(1.0 / math.sqrt(q_blocks.shape[-1]))  # in place: no scaled copy of q kept for backward
+    scores = q_blocks @ k_windows.transpose(-1, -2)  # (B, H, nb, w, K); callers pre-scale the keys
     mask_scores(scores)
     probs = scores.softmax(dim=-1)
     if dropout_p > 0:

@@ -19,6 +19,7 @@ from variants._blocks import (
     masked_fill_disallowed,
     neighbour_blocks,
     pad_to_multiple,
+    scale_keys,
 )
 
 
@@ -45,7 +46,7 @@ class LocalAttention(variants.Attention):
         padded = seq + (-seq % w)
         nb = padded // w
         q_blocks, k_blocks, v_blocks = (
-            pad_to_multiple(t, w, dim=2).view(batch, heads, nb, w, dim_head) for t in (q, k, v)
+            pad_to_multiple(t, w, dim=2).view(batch, heads, nb, w, dim_head) for t in (q, scale_keys(k), v)
         )
         near = {"dim": 2, "before": self.before, "after": self.after}
         k_windows = neighbour_blocks(k_blocks, **near)  # (B, H, nb, K, Dh)

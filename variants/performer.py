@@ -33,16 +33,19 @@ def orthogonal_gaussian_features(nb_features: int, dim: int) -> torch.Tensor:
 
 
 def query_features(x_proj: torch.Tensor) -> torch.Tensor:
-    """Positive query features; the per-query shift (and ``-|q|^2/2``) cancel in the ratio."""
-    return torch.exp(x_proj - x_proj.amax(dim=-1, keepdim=True).detach())
+    """Positive query features; the per-query shift (and ``-|q|^2/2``) cancel in the ratio.
+
+    In place on ``x_proj`` (a fresh matmul output): one ``(n, m)`` buffer, not three.
+    """
+    return x_proj.sub_(x_proj.amax(dim=-1, keepdim=True).detach()).exp_()
 
 
 def key_logits(x_proj: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """``W k - |k|^2 / 2`` per key and feature, ``-inf`` at padded keys."""
     sq_norm = keys.square().sum(dim=-1, keepdim=True) * (0.5 / math.sqrt(keys.shape[-1]))
-    logits = x_proj - sq_norm
+    logits = x_proj.sub_(sq_norm)  # in place on a fresh matmul output
     if valid is not None:
-        logits = logits.masked_fill(~valid[:, None, :, None], float("-inf"))
+        logits.masked_fill_(~valid[:, None, :, None], float("-inf"))
     return logits
 
 
@@ -100,7 +103,7 @@ class PerformerAttention(variants.Attention):
             if self.causal:
                 out = self._causal(q_feat, k_logit, v)
             else:
-                k_feat = torch.exp(k_logit - shared_max(k_logit, dims=(-2, -1)))
+                k_feat = k_logit.sub_(shared_max(k_logit, dims=(-2, -1))).exp_()
                 context = k_feat.transpose(-2, -1) @ v  # (B, H, m, Dh)
                 out = normalize(q_feat @ context, (q_feat @ k_feat.sum(dim=-2)[..., None]).squeeze(-1))
         return out.to(out_dtype)

@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 
 import variants
-from variants._blocks import blocked_softmax_attention, key_validity, masked_fill_disallowed, pad_to_multiple
+from variants._blocks import (
+    blocked_softmax_attention,
+    key_validity,
+    masked_fill_disallowed,
+    pad_to_multiple,
+    scale_keys,
+)
 
 
 @variants.register("sparse")
@@ -102,13 +108,14 @@ class SparseAttention(variants.Attention):
         valid_blocks = F.pad(valid, (b, b), value=False).view(-1, nb + 2, b)
         allowed = valid_blocks[:, index] & slot_ok[None, :, :, None]  # (B|1, nb, slots, b)
         allowed = allowed.reshape(-1, nb, slots * b)
-        k_windows, v_windows = gather(k), gather(v)
+        k_scaled = scale_keys(k)  # blocked_softmax_attention expects pre-scaled keys
+        k_windows, v_windows = gather(k_scaled), gather(v)
         if g > 0:
             # Global keys are appended once per block; the same positions inside gathered blocks are masked.
             position = F.pad(torch.arange(padded, device=q.device), (b, b), value=padded).view(nb + 2, b)
             allowed = allowed & (position[index] >= g).reshape(1, nb, slots * b)
             expand = (batch, heads, nb, g, dim_head)
-            k_windows = torch.cat([k_windows, k[:, :, None, :g].expand(expand)], dim=3)
+            k_windows = torch.cat([k_windows, k_scaled[:, :, None, :g].expand(expand)], dim=3)
             v_windows = torch.cat([v_windows, v[:, :, None, :g].expand(expand)], dim=3)
             allowed = torch.cat([allowed, valid[:, None, :g].expand(allowed.shape[0], nb, g)], dim=2)
         q_blocks = pad_to_multiple(q, b, dim=2).view(batch, heads, nb, b, dim_head)
