@@ -199,7 +199,7 @@ def _metric(trainer: pl.Trainer, key: str) -> float | None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> dict[str, Any]:
     result = run_training(cfg)
-    print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()})
+    print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items() if k != "loss_trace"})
     return result
 
 
