@@ -17,6 +17,7 @@ unsupported combination) is recorded with its status and the sweep goes on.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 import time
 import traceback
@@ -173,6 +174,7 @@ def run_point(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
 
 def log_to_wandb(cfg: DictConfig, record: dict[str, Any], sweep_id: str) -> None:
     """One wandb run per point, grouped per sweep; offline unless wandb.mode=online."""
+    os.environ.setdefault("WANDB_SILENT", "true")  # one progress line per point is enough
     import wandb
 
     metrics = {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
