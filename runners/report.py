@@ -125,7 +125,7 @@ def summary(speed: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
                 best = candidates.loc[candidates.train_tokens_per_s.idxmax()]
                 row["best trade-off (fastest within 1 pt of full)"] = best.variant
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["seq_len"]).set_index("seq_len")
 
 
 def _plot(path: Path, title: str, xlabel: str, ylabel: str, draw) -> Path:
@@ -252,7 +252,7 @@ def build_report(frame: pd.DataFrame, out: Path) -> Path:
         speed = part[part.probe == "speed"]
         accuracy = part[part.probe == "accuracy"]
         lines += [f"## {fingerprint}", ""]
-        lines += ["### Summary", "", md_table(summary(speed, accuracy).set_index("seq_len")), ""]
+        lines += ["### Summary", "", md_table(summary(speed, accuracy)), ""]
         lines += [
             "### Relative to full (Long Range Arena form)",
             "",

@@ -219,8 +219,8 @@ def run_sweep(cfg: DictConfig) -> pd.DataFrame:
             print(f"[{index}/{len(points)}] {label}: already in the store, skipped", file=sys.stderr)
             continue
         remaining = len(points) - index + 1
-        eta = (time.perf_counter() - started) / measured * remaining if measured else float("nan")
-        print(f"[{index}/{len(points)}] {label} (ETA {eta:.0f}s)", file=sys.stderr, flush=True)
+        eta = f"{(time.perf_counter() - started) / measured * remaining:.0f}s" if measured else "?"
+        print(f"[{index}/{len(points)}] {label} (ETA {eta})", file=sys.stderr, flush=True)
         point_start = time.perf_counter()
         result = run_point(cfg, point)
         measured += 1

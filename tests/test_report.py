@@ -94,7 +94,7 @@ def test_summary_picks_fastest_leanest_and_trade_off(built):
     path, _ = built
     frame = report.flat_results(store.read_records(path.parent.parent / "store"))
     a = frame[frame.fingerprint == "cpu-A"]
-    table = report.summary(a[a.probe == "speed"], a[a.probe == "accuracy"]).set_index("seq_len")
+    table = report.summary(a[a.probe == "speed"], a[a.probe == "accuracy"])
     assert table.loc[1024, "fastest (train tok/s)"].startswith("linformer")
     assert table.loc[2048, "fastest (train tok/s)"].startswith("local")
     assert table.loc[2048, "leanest (peak MiB)"].startswith("local")
@@ -131,3 +131,9 @@ def test_filters_select_rows(tmp_path):
 def test_pareto_front():
     points = pd.DataFrame({"x": [1, 2, 3, 4], "y": [0.9, 0.95, 0.5, 0.6]})
     assert sorted(report.pareto_front(points, "x", "y").x) == [2, 4]
+
+
+def test_report_from_only_failed_points(tmp_path):
+    store.write_point(tmp_path / "store", RECORDS[-1] | {"key": "only"})
+    text = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "o")]).read_text()
+    assert "Built from **1 results** (1 failed" in text and "n/a: causal unsupported" in text
