@@ -88,31 +88,30 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
     task = OmegaConf.to_container(cfg.task, resolve=True)
     points = []
     for attention in attentions:
+        shared = {"attention": attention, "model": model, "hardware": hardware}
         for seq_len in cfg.sweep.seq_lens:
-            identity = {
-                "probe": "speed",
-                "attention": attention,
-                "model": model,
-                "hardware": hardware,
-                "seq_len": seq_len,
-                "causal": cfg.sweep.causal,
-                "batch_size": cfg.sweep.batch_size,
-                "warmup": cfg.sweep.warmup,
-                "repeats": cfg.sweep.repeats,
-            }
-            points.append(identity)
+            points.append(
+                shared
+                | {
+                    "probe": "speed",
+                    "seq_len": seq_len,
+                    "causal": cfg.sweep.causal,
+                    "batch_size": cfg.sweep.batch_size,
+                    "warmup": cfg.sweep.warmup,
+                    "repeats": cfg.sweep.repeats,
+                }
+            )
         for seq_len in cfg.sweep.accuracy_seq_lens:
-            identity = {
-                "probe": "accuracy",
-                "attention": attention,
-                "model": model,
-                "hardware": hardware,
-                "seq_len": seq_len,
-                "task": task | {"seq_len": seq_len},
-                "optim": OmegaConf.to_container(cfg.optim, resolve=True),
-                "seed": cfg.seed,
-            }
-            points.append(identity)
+            points.append(
+                shared
+                | {
+                    "probe": "accuracy",
+                    "seq_len": seq_len,
+                    "task": task | {"seq_len": seq_len},
+                    "optim": OmegaConf.to_container(cfg.optim, resolve=True),
+                    "seed": cfg.seed,
+                }
+            )
     return points
 
 
