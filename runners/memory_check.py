@@ -14,18 +14,34 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from runners.config import default_attention
+from omegaconf import OmegaConf
+
+import variants
+from runners.config import CONF_DIR, default_attention
+from runners.probe import speed_probe
+
+
+def probe(variant: str, seq_len: int, batch: int) -> dict:
+    """The sweep's speed probe with the `small` model preset, in this process."""
+    import torch
+
+    return speed_probe(
+        model_cfg=OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "small.yaml")),
+        attention=default_attention(variant),
+        seq_len=seq_len,
+        batch_size=batch,
+        causal=False,
+        device=torch.device("cpu"),
+        repeats=3,
+    )
 
 
 def probe_in_subprocess(variant: str, seq_len: int, batch: int) -> dict:
-    code = (
-        "import json, torch; from runners.probe import speed_probe; from runners.config import default_attention;"
-        f"print(json.dumps(speed_probe(model_cfg=dict(dim=64, layers=2, heads=4, dim_head=None, ff_mult=4,"
-        f" dropout=0.0, attn_dropout=0.0, positional='sinusoidal'), attention=default_attention({variant!r}),"
-        f" seq_len={seq_len}, batch_size={batch}, causal=False, device=torch.device('cpu'), repeats=3)))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    """One point per fresh interpreter, so no point's heap state leaks into another."""
+    command = [sys.executable, "-m", "runners.memory_check", "--worker", json.dumps([variant, seq_len, batch])]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -34,11 +50,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--variants", nargs="+", default=["full_math", "linformer"])
     parser.add_argument("--seq-lens", nargs=2, type=int, default=[2048, 4096])
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(probe(*json.loads(args.worker))))
+        return {}
     short, long = args.seq_lens
     ratios = {}
     for variant in args.variants:
-        default_attention(variant)
+        variants.get(variant)  # unknown names fail here, listing the registered ones
         a, b = (probe_in_subprocess(variant, n, args.batch) for n in (short, long))
         ratios[variant] = b["peak_memory_mib"] / a["peak_memory_mib"]
         print(

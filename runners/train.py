@@ -124,7 +124,7 @@ class SequenceModel(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def build_trainer(cfg: DictConfig, *, logger: Any = False, callbacks: list | None = None) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, *, logger: Any = False) -> pl.Trainer:
     """A Trainer from the optim and hardware configs."""
     return pl.Trainer(
         accelerator=cfg.hardware.accelerator,
@@ -141,7 +141,6 @@ def build_trainer(cfg: DictConfig, *, logger: Any = False, callbacks: list | Non
         enable_model_summary=False,
         enable_checkpointing=False,
         logger=logger,
-        callbacks=callbacks,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
     )
