@@ -21,6 +21,7 @@ import ctypes
 import re
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -66,8 +67,16 @@ def _prepare_heap() -> None:
     libc.malloc_trim(0)
 
 
-def cpu_step_peak_mib(step: Callable[[], object]) -> float:
-    """Peak resident memory (MiB) that ``step()`` adds on top of what was live before it."""
+@dataclass(frozen=True)
+class StepPeak:
+    """One step's peak: what it adds over the memory live before it, and the process-wide high-water mark."""
+
+    added_mib: float
+    process_mib: float  # CPU: peak resident set of the process (interpreter and libraries included); CUDA: reserved
+
+
+def cpu_step_peak(step: Callable[[], object]) -> StepPeak:
+    """Peak resident memory that ``step()`` adds on top of what was live before it, and the process's peak."""
     if not cpu_peak_supported():
         raise RuntimeError("CPU peak memory needs Linux /proc/self/clear_refs (resetting VmHWM)")
     _prepare_heap()
@@ -76,25 +85,77 @@ def cpu_step_peak_mib(step: Callable[[], object]) -> float:
     _CLEAR_REFS.write_text("5")
     before = _status_kib("VmRSS")
     step()
-    return (_status_kib("VmHWM") - before) / 1024
+    high_water = _status_kib("VmHWM")
+    return StepPeak(added_mib=(high_water - before) / 1024, process_mib=high_water / 1024)
 
 
-def cuda_step_peak_mib(step: Callable[[], object], device: torch.device) -> float:
-    """Peak allocated CUDA memory (MiB) that ``step()`` adds over what was allocated before it."""
+def cpu_step_peak_mib(step: Callable[[], object]) -> float:
+    """Peak resident memory (MiB) that ``step()`` adds on top of what was live before it."""
+    return cpu_step_peak(step).added_mib
+
+
+def cuda_step_peak(step: Callable[[], object], device: torch.device) -> StepPeak:
+    """Peak allocated CUDA memory that ``step()`` adds over what was allocated before it, and the reserved peak."""
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     step()
     torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    return StepPeak(
+        added_mib=(torch.cuda.max_memory_allocated(device) - before) / 2**20,
+        process_mib=torch.cuda.max_memory_reserved(device) / 2**20,
+    )
+
+
+def tensor_mib(*holders: object) -> float:
+    """MiB of the distinct tensor storages reachable from ``holders``.
+
+    Holders may be tensors, modules (parameters, their gradients, buffers),
+    optimizers (their state) or containers of these. A training step's peak is
+    this resident state plus what the step adds on top, which is what CUDA's
+    ``max_memory_allocated`` reports; on CPU the resident size also holds the
+    interpreter and libraries, so the state is counted from the tensors.
+    """
+    seen: dict[int, int] = {}
+
+    def visit(obj: object) -> None:
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+            if obj.grad is not None:
+                visit(obj.grad)
+        elif isinstance(obj, torch.nn.Module):
+            for tensor in [*obj.parameters(), *obj.buffers()]:
+                visit(tensor)
+        elif isinstance(obj, torch.optim.Optimizer):
+            for state in obj.state.values():
+                visit(list(state.values()))
+        elif isinstance(obj, dict):
+            visit(list(obj.values()))
+        elif isinstance(obj, list | tuple):
+            for item in obj:
+                visit(item)
+
+    for holder in holders:
+        visit(holder)
+    return sum(seen.values()) / 2**20
+
+
+def measure_step_peak(step: Callable[[], object], device: torch.device, *, repeats: int = 1) -> StepPeak:
+    """Peak memory of one step on ``device``, by the method that device allows.
+
+    With ``repeats > 1`` the median of each figure over that many steps: on CPU
+    the order in which Python frees a step's tensors varies a little between
+    steps (we saw +-4%, one activation-sized tensor), and the median removes
+    that noise.
+    """
+    peaks = [cuda_step_peak(step, device) if device.type == "cuda" else cpu_step_peak(step) for _ in range(repeats)]
+    return StepPeak(
+        added_mib=statistics.median(p.added_mib for p in peaks),
+        process_mib=statistics.median(p.process_mib for p in peaks),
+    )
 
 
 def step_peak_mib(step: Callable[[], object], device: torch.device, *, repeats: int = 1) -> float:
-    """Peak memory of one step on ``device``, by the method that device allows.
-
-    With ``repeats > 1`` the median over that many steps: on CPU the order in
-    which Python frees a step's tensors varies a little between steps (we saw
-    +-4%, one activation-sized tensor), and the median removes that noise.
-    """
-    measure = (lambda: cuda_step_peak_mib(step, device)) if device.type == "cuda" else (lambda: cpu_step_peak_mib(step))
-    return statistics.median(measure() for _ in range(repeats))
+    """Median peak memory (MiB) that one step adds over what was live before it."""
+    return measure_step_peak(step, device, repeats=repeats).added_mib

@@ -3,8 +3,12 @@
 Measures one variant at one sequence length on one device: tokens/s of a full
 optimizer step (forward, backward, AdamW) and of a forward pass, each the
 median of repeated timed steps after warm-up (synchronized on GPU), the peak
-memory of one training step (:mod:`runners.memory`) and the FLOPs of one step
-from torch's FLOP counter.
+memory of one training step and the FLOPs of one step from torch's FLOP
+counter. Peak memory is what a training step needs in total, as CUDA's
+``max_memory_allocated`` counts it: the state it keeps (parameters, gradients,
+AdamW moments, the batch) plus the most the step adds on top, measured
+(:mod:`runners.memory`); both parts are recorded too, and the process's
+high-water mark (CPU: resident set incl. interpreter; CUDA: allocator reserve).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import models
-from runners.memory import step_peak_mib
+from runners.memory import measure_step_peak, tensor_mib
 from runners.timing import time_calls
 
 
@@ -82,7 +86,8 @@ def speed_probe(
     model.train()
     with FlopCounterMode(display=False) as counter:
         train_step()
-    peak = step_peak_mib(train_step, device, repeats=3 if train.median_s < 5 else 1)
+    state = tensor_mib(model, optimizer, tokens, targets)  # parameters, gradients, AdamW moments, batch
+    peak = measure_step_peak(train_step, device, repeats=3 if train.median_s < 5 else 1)
     tokens_per_step = batch_size * seq_len
     return {
         "train_tokens_per_s": tokens_per_step / train.median_s,
@@ -94,7 +99,10 @@ def speed_probe(
         "infer_tokens_per_s_max": tokens_per_step / infer.min_s,
         "infer_spread": infer.spread,
         "timed_repeats": repeats,
-        "peak_memory_mib": peak,
+        "peak_memory_mib": state + peak.added_mib,
+        "state_memory_mib": state,
+        "step_memory_mib": peak.added_mib,
+        "process_peak_mib": peak.process_mib,
         "flops_per_step": counter.get_total_flops(),
         "params": sum(p.numel() for p in model.parameters()),
     }

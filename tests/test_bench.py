@@ -55,7 +55,19 @@ def test_cpu_peak_memory_sees_a_step_allocation_and_not_earlier_ones():
 
     assert 60 < memory.cpu_step_peak_mib(allocate_64_mib) < 80
     assert memory.cpu_step_peak_mib(lambda: None) < 8
+    peak = memory.cpu_step_peak(allocate_64_mib)
+    assert peak.process_mib > 32 + 60  # the process peak holds what was live before, too
     del before
+
+
+def test_tensor_mib_counts_parameters_gradients_optimizer_state_and_batch_once():
+    layer = torch.nn.Linear(1024, 256, bias=False)  # 1 MiB of weights
+    optimizer = torch.optim.AdamW(layer.parameters())
+    batch = torch.zeros(256, 1024)  # 1 MiB
+    assert memory.tensor_mib(layer, optimizer, batch) == pytest.approx(2.0)
+    layer(batch).sum().backward()
+    optimizer.step()  # gradient + two AdamW moments (+ a scalar step counter)
+    assert memory.tensor_mib(layer, optimizer, batch, batch[:10]) == pytest.approx(5.0, abs=1e-3)
 
 
 def test_timing_takes_the_median_of_repeats():

@@ -62,6 +62,8 @@ def test_tiny_sweep_writes_one_record_per_point(tmp_path):
     for r in speed:
         assert r["train_tokens_per_s"] > 0 and r["infer_tokens_per_s"] > 0
         assert r["peak_memory_mib"] > 0 and r["flops_per_step"] > 0 and r["params"] > 0
+        assert r["peak_memory_mib"] == pytest.approx(r["state_memory_mib"] + r["step_memory_mib"])
+        assert r["state_memory_mib"] >= 4 * r["params"] * 4 / 2**20  # weights, gradients, two AdamW moments
         assert r["train_tokens_per_s_min"] <= r["train_tokens_per_s"] <= r["train_tokens_per_s_max"]
     accuracy = next(r for r in records if r["probe"] == "accuracy")
     assert 0 <= accuracy["test_acc"] <= 1 and accuracy["task"] == "MQAR"
