@@ -39,7 +39,12 @@ COLUMNS = {
     "sweep_id": "sweep_id",
     "train_tokens_per_s": "train_tokens_per_s",
     "infer_tokens_per_s": "infer_tokens_per_s",
+    "config.batch_size": "batch_size",
+    "config.causal": "causal",
     "peak_memory_mib": "peak_memory_mib",
+    "state_memory_mib": "state_memory_mib",
+    "step_memory_mib": "step_memory_mib",
+    "process_peak_mib": "process_peak_mib",
     "flops_per_step": "flops_per_step",
     "params": "params",
     "test_acc": "test_acc",
@@ -91,6 +96,36 @@ def scaling_exponent(seq_lens: pd.Series, values: pd.Series) -> float:
     if mask.sum() < 2:
         return float("nan")
     return float(np.polyfit(np.log(seq_lens[mask].astype(float)), np.log(values[mask].astype(float)), 1)[0])
+
+
+SCALED = {
+    "peak memory": "peak_memory_mib",
+    "step memory": "step_memory_mib",
+    "train step time": "train_step_s",
+    "inference time": "infer_step_s",
+    "FLOPs": "flops_per_step",
+}
+
+
+def scaling_table(speed: pd.DataFrame) -> pd.DataFrame:
+    """Per variant, the fitted exponent p of n^p for memory, time and FLOPs over the measured lengths.
+
+    Times per step come from throughput (tokens per step / tokens per second),
+    so a variant whose throughput holds steady scales as n^1.
+    """
+    ok = speed[speed.status == "ok"].copy()
+    tokens = ok.seq_len * ok.batch_size.fillna(1)
+    ok["train_step_s"] = tokens / ok.train_tokens_per_s
+    ok["infer_step_s"] = tokens / ok.infer_tokens_per_s
+    rows = {}
+    for variant, group in ok.groupby("variant"):
+        if group.seq_len.nunique() < 2:
+            continue
+        row = {"lengths": f"{group.seq_len.min()}-{group.seq_len.max()}"}
+        for label, column in SCALED.items():
+            row[label] = scaling_exponent(group.seq_len, group[column])
+        rows[variant] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -201,7 +236,15 @@ def make_plots(speed: pd.DataFrame, accuracy: pd.DataFrame, out: Path, tag: str)
             ax.annotate(row.variant, (row.train_tokens_per_s, row.test_acc), fontsize=8)
         if not merged.empty:
             front = pareto_front(merged, "train_tokens_per_s", "test_acc").sort_values("train_tokens_per_s")
-            ax.plot(front.train_tokens_per_s, front.test_acc, "k--", label="Pareto front")
+            ax.plot(
+                front.train_tokens_per_s,
+                front.test_acc,
+                "k--",
+                marker="o",
+                markersize=14,
+                markerfacecolor="none",
+                label="Pareto front (ringed)",
+            )
         ax.set_xscale("log")
 
     paths.append(
@@ -263,6 +306,15 @@ def build_report(frame: pd.DataFrame, out: Path) -> Path:
             "",
             md_table(relative_table(speed, "peak_memory_mib")),
         ]
+        lines += [
+            "### Scaling with sequence length",
+            "",
+            "Fitted exponent p of n^p (1 = linear, 2 = quadratic) over the measured lengths. Peak memory "
+            "includes the model state, which does not grow with n, so it bends below the step's own growth "
+            "at short lengths; `python -m runners.bench` measures the attention cores alone.",
+            "",
+            md_table(scaling_table(speed)),
+        ]
         lines += ["### Absolute numbers", ""]
         for title, value, fmt in [
             ("Training throughput, tokens/s", "train_tokens_per_s", ",.0f"),
@@ -294,7 +346,8 @@ def apply_filters(frame: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
         column, _, value = item.partition("=")
         if column not in frame.columns or not value:
             raise SystemExit(f"bad filter {item!r}: use column=value with column in {sorted(frame.columns)}")
-        frame = frame[(frame[column].astype(str) == value) | ((column == "task") & frame.task.isna())]
+        matches = frame[column].astype(str).str.lower() == value.lower()
+        frame = frame[matches | ((column == "task") & frame.task.isna())]
     return frame
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 
@@ -137,3 +139,23 @@ def test_report_from_only_failed_points(tmp_path):
     store.write_point(tmp_path / "store", RECORDS[-1] | {"key": "only"})
     text = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "o")]).read_text()
     assert "Built from **1 results** (1 failed" in text and "n/a: causal unsupported" in text
+
+
+def test_scaling_table_fits_memory_and_step_time_exponents(built):
+    path, text = built
+    frame = report.flat_results(store.read_records(path.parent.parent / "store"))
+    a = frame[(frame.fingerprint == "cpu-A") & (frame.probe == "speed")]
+    table = report.scaling_table(a)
+    assert table.loc["full", "peak memory"] == pytest.approx(2.0)
+    assert table.loc["local", "peak memory"] == pytest.approx(1.0)
+    assert table.loc["full", "train step time"] == pytest.approx(math.log2(5))  # 2x tokens at 0.4x the rate
+    assert table.loc["local", "train step time"] == pytest.approx(1.0)
+    assert "linformer" not in table.index  # one ok length: no fit
+    assert "### Scaling with sequence length" in text and "| full | 1024-2048 | 2.00 |" in text
+
+
+def test_filters_ignore_case(tmp_path):
+    for i, record in enumerate(RECORDS):
+        store.write_point(tmp_path / "store", record | {"key": f"k{i}"})
+    text = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "o"), "task=mqar"]).read_text()
+    assert "Test accuracy, MQAR" in text

@@ -177,3 +177,24 @@ def test_recorded_inference_throughput_matches_a_plain_timing_loop(tmp_path):
                 times.append(time.perf_counter() - start)
     plain = batch * seq / statistics.median(times)
     assert record["infer_tokens_per_s"] == pytest.approx(plain, rel=0.15)
+
+
+def test_flop_count_of_full_includes_its_fused_attention():
+    from runners.config import default_attention
+    from runners.probe import speed_probe
+
+    model = {"dim": 32, "layers": 1, "heads": 2, "dim_head": None, "ff_mult": 2}
+    flops = {
+        name: speed_probe(
+            model_cfg=model,
+            attention=default_attention(name),
+            seq_len=64,
+            batch_size=2,
+            causal=False,
+            device=torch.device("cpu"),
+            warmup=0,
+            repeats=1,
+        )["flops_per_step"]
+        for name in ("full", "full_math")
+    }
+    assert flops["full"] == flops["full_math"] > 0
