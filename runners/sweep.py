@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import variants
-from runners import context, report, store
+from runners import context, launch, report, store
 from runners.config import CONF_DIR, default_attention
 from runners.probe import speed_probe
 from runners.train import run_training
@@ -77,6 +77,12 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
         raise ConfigError("sweep.seq_lens and sweep.accuracy_seq_lens are both empty: nothing to measure")
     if cfg.sweep.repeats < 1 or cfg.sweep.batch_size < 1:
         raise ConfigError("sweep.repeats and sweep.batch_size must be >= 1")
+    if cfg.hardware.get("strategy") == "ddp" and cfg.hardware.devices != 1 and cfg.sweep.accuracy_seq_lens:
+        raise ConfigError(
+            "hardware.strategy=ddp relaunches this script once per device, and each copy would run the whole "
+            "sweep; inside a sweep use hardware.strategy=ddp_spawn (or train one config with "
+            "python -m runners.train hardware.strategy=ddp)"
+        )
     if cfg.logger not in ("wandb", "none"):
         raise ConfigError(f"logger={cfg.logger!r} is unknown; choose wandb or none")
 
@@ -205,9 +211,15 @@ def run_sweep(cfg: DictConfig) -> pd.DataFrame:
     attentions = attention_list(cfg)
     validate(cfg, attentions)
     results_dir = Path(cfg.results_dir)
+    with open_dict(cfg):  # the threads this job really uses, so they are part of every point's identity
+        cfg.hardware.threads = launch.threads_per_job(
+            cfg.hardware.threads, launch.hydra_launcher(), launch.available_cpus()
+        )
+    if cfg.hardware.accelerator == "cpu" or not torch.cuda.is_available():
+        torch.set_num_threads(cfg.hardware.threads)
     points = plan_points(cfg, attentions)
     done = set() if cfg.force else store.done_keys(results_dir)
-    sweep_id = cfg.sweep_id or dt.datetime.now(dt.UTC).strftime("sweep-%Y%m%d-%H%M%S")
+    sweep_id = cfg.sweep_id or launch.multirun_id() or dt.datetime.now(dt.UTC).strftime("sweep-%Y%m%d-%H%M%S")
     fixed_context = context.collect(cfg)
     started = time.perf_counter()
     measured = 0
@@ -244,25 +256,36 @@ def run_sweep(cfg: DictConfig) -> pd.DataFrame:
         if cfg.logger == "wandb":
             log_to_wandb(cfg, record, sweep_id)
         print(f"    -> {record['status']}", file=sys.stderr, flush=True)
+    if launch.in_multirun():
+        print("    (results table and report are built once the whole multirun ends)", file=sys.stderr)
+        return results_table(results_dir)
+    return finish(results_dir, cfg.report_dir)
+
+
+def finish(results_dir: Path, report_dir: str | None) -> pd.DataFrame:
+    """Write the store's results table and, if ``report_dir`` is set, the report; returns the table."""
     table = results_table(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(results_dir / "results_table.csv", index=False)
-    if cfg.report_dir and not table.empty:
-        report.build_report(report.flat_results(store.read_records(results_dir)), Path(cfg.report_dir))
+    if report_dir and not table.empty:
+        report.build_report(report.flat_results(store.read_records(results_dir)), Path(report_dir))
     return table
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
+    for key in ("results_dir", "report_dir"):  # every job of a multirun writes to the same folders
+        cfg[key] = launch.absolute(cfg[key])
+    cfg.wandb.dir = launch.absolute(cfg.wandb.dir)
     try:
         table = run_sweep(cfg)
     except ConfigError as error:
         sys.exit(f"config error: {error}")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False))
-    print(f"\nresults: {Path(cfg.results_dir).resolve()} (table: results_table.csv)")
-    if cfg.report_dir:
-        print(f"report: {Path(cfg.report_dir).resolve() / 'report.md'}")
+    print(f"\nresults: {cfg.results_dir} (table: results_table.csv)")
+    if cfg.report_dir and not launch.in_multirun():
+        print(f"report: {Path(cfg.report_dir) / 'report.md'}")
 
 
 if __name__ == "__main__":

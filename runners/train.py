@@ -25,11 +25,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 from torchmetrics.classification import MulticlassAccuracy
 
 import models
 import variants
 from runners.config import CONF_DIR, attention_dict
+from runners.throughput import TrainThroughput
 from tasks import GeneratedTask
 from tasks.data import IGNORE
 
@@ -90,6 +92,7 @@ class SequenceModel(pl.LightningModule):
         loss, _, _ = self._loss(batch)
         if not torch.isfinite(loss):
             self.diverged_at = self.global_step
+            self.trainer.callback_metrics["diverged_at"] = torch.tensor(float(self.global_step))  # survives ddp_spawn
             self.trainer.should_stop = True
             return None  # skip this optimizer step
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
@@ -105,7 +108,7 @@ class SequenceModel(pl.LightningModule):
     def _score(self, batch, metric: MulticlassAccuracy, prefix: str) -> None:
         loss, logits, labels = self._loss(batch)
         metric.update(logits.flatten(0, -2), labels.flatten())
-        self.log(f"{prefix}_loss", loss, prog_bar=prefix == "val")
+        self.log(f"{prefix}_loss", loss, prog_bar=prefix == "val", sync_dist=True)
         self.log(f"{prefix}_acc", metric, prog_bar=prefix == "val")
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -124,9 +127,10 @@ class SequenceModel(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def build_trainer(cfg: DictConfig, *, logger: Any = False) -> pl.Trainer:
-    """A Trainer from the optim and hardware configs."""
+def build_trainer(cfg: DictConfig, *, logger: Any = False, callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
+    """A Trainer from the optim and hardware configs (``hardware.strategy``: auto, ddp, ddp_spawn, ...)."""
     return pl.Trainer(
+        callbacks=callbacks,
         accelerator=cfg.hardware.accelerator,
         devices=cfg.hardware.devices,
         strategy=cfg.hardware.get("strategy", "auto"),
@@ -173,19 +177,24 @@ def run_training(cfg: DictConfig, *, logger: Any = False) -> dict[str, Any]:
         warmup_steps=cfg.optim.warmup_steps,
         max_steps=cfg.optim.max_steps,
     )
-    trainer = build_trainer(cfg, logger=logger)
+    trainer = build_trainer(cfg, logger=logger, callbacks=[TrainThroughput()])
     start = time.perf_counter()
     trainer.fit(module, datamodule=task)
     train_time = time.perf_counter() - start
     result = {
-        "steps": trainer.global_step,
+        "steps": int(_metric(trainer, "steps") or trainer.global_step),
         "train_time_s": train_time,
         "val_acc": _metric(trainer, "val_acc"),
         "majority_baseline": task.majority_baseline(),
-        "loss_trace": module.loss_trace,
+        "strategy": str(cfg.hardware.get("strategy", "auto")),
+        "world_size": int(_metric(trainer, "world_size") or 1),
+        "train_tokens_per_s_per_device": _metric(trainer, "train_tokens_per_s_per_device"),
+        "train_tokens_per_s_total": _metric(trainer, "train_tokens_per_s_total"),
+        "loss_trace": module.loss_trace,  # this process's steps only (empty from ddp_spawn workers)
     }
-    if module.diverged_at is not None:
-        return result | {"status": "diverged", "message": f"loss became NaN/inf at step {module.diverged_at}"}
+    diverged_at = _metric(trainer, "diverged_at")
+    if diverged_at is not None:
+        return result | {"status": "diverged", "message": f"loss became NaN/inf at step {int(diverged_at)}"}
     tested = trainer.test(module, datamodule=task, verbose=False)[0]
     return result | {"status": "ok", "test_acc": tested["test_acc"], "test_loss": tested["test_loss"]}
 
@@ -198,7 +207,8 @@ def _metric(trainer: pl.Trainer, key: str) -> float | None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> dict[str, Any]:
     result = run_training(cfg)
-    print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items() if k != "loss_trace"})
+    if rank_zero_only.rank == 0:  # under ddp every rank runs this script
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items() if k != "loss_trace"})
     return result
 
 

@@ -1,0 +1,118 @@
+"""Scale-out on existing engines: Hydra's joblib and submitit launchers, Lightning DDP on CPU (gloo)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from runners import launch, store, sweep
+from tests.test_sweep import config
+
+POINT = [
+    "model=tiny",
+    "sweep.seq_lens=[32,64]",
+    "sweep.accuracy_seq_lens=[]",
+    "sweep.repeats=1",
+    "sweep.warmup=0",
+    "sweep.batch_size=2",
+    "logger=none",
+]
+
+
+def test_threads_are_divided_among_parallel_jobs():
+    joblib = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}
+    assert launch.threads_per_job(0, joblib, cpus=8) == 4
+    assert launch.threads_per_job(0, joblib | {"n_jobs": -1}, cpus=8) == 1  # one job per CPU
+    assert launch.threads_per_job(0, joblib | {"n_jobs": 16}, cpus=8) == 1
+    assert launch.threads_per_job(3, joblib, cpus=8) == 3  # an explicit hardware.threads wins
+    submitit = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"}
+    assert launch.threads_per_job(0, submitit | {"cpus_per_task": 2}, cpus=8) == 2
+    assert launch.threads_per_job(0, submitit | {"cpus_per_task": None}, cpus=8) == 8
+    assert launch.threads_per_job(0, None, cpus=8) == 8  # not under a launcher: the whole machine
+
+
+def multirun(tmp_path: Path, *launcher: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "runners.sweep",
+        "-m",
+        *launcher,
+        "attention=full,full_math",
+        *POINT,
+        "results_dir=store",
+        "report_dir=report",
+        "hydra.sweep.dir=multirun",
+    ]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def check_merged(tmp_path: Path, expected_threads: int) -> None:
+    files = sorted((tmp_path / "store" / "points").glob("*.json"))
+    records = store.read_records(tmp_path / "store")
+    assert len(files) == len(records) == 4 and all(r["status"] == "ok" for r in records)
+    assert {(r["variant"], r["seq_len"]) for r in records} == {(v, n) for v in ("full", "full_math") for n in (32, 64)}
+    assert len({f.name.rsplit("-", 1)[-1] for f in files}) == 2  # written by two job processes
+    assert {r["config"]["hardware"]["threads"] for r in records} == {expected_threads}
+    assert len({r["sweep_id"] for r in records}) == 1  # one wandb group for the whole multirun
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "Built from **4 results**" in text  # one report, built once, from both jobs' points
+    assert len(pd.read_csv(tmp_path / "report" / "results.csv")) == 4
+
+
+def test_joblib_multirun_with_two_jobs_merges_into_one_store_and_report(tmp_path):
+    done = multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert "launching 2 jobs" in done.stderr + done.stdout
+    check_merged(tmp_path, expected_threads=max(1, launch.available_cpus() // 2))
+
+
+def test_submitit_local_multirun_merges_into_one_store_and_report(tmp_path):
+    multirun(tmp_path, "launcher=submitit_local")
+    check_merged(tmp_path, expected_threads=1)  # cpus_per_task of conf/launcher/submitit_local.yaml
+    assert list((tmp_path / "multirun" / ".submitit").iterdir())  # really went through submitit
+
+
+DDP_TRAIN = [
+    "model=tiny",
+    "hardware=cpu_ddp",
+    "optim.max_steps=8",
+    "optim.val_every=4",
+    "task.num_train=256",
+    "task.num_val=32",
+    "task.num_test=32",
+    "task.batch_size=16",
+    "task.seq_len=32",
+    "task.vocab_size=32",
+]
+
+
+def test_two_process_cpu_ddp_training_reports_throughput_per_device_and_total(tmp_path):
+    command = [sys.executable, "-m", "runners.train", *DDP_TRAIN, "hardware.strategy=ddp", "hydra.run.dir=."]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = ast.literal_eval(next(line for line in done.stdout.splitlines() if line.startswith("{")))
+    assert result["status"] == "ok" and result["strategy"] == "ddp" and result["steps"] == 8
+    assert result["world_size"] == 2
+    assert result["train_tokens_per_s_per_device"] > 0
+    assert result["train_tokens_per_s_total"] == pytest.approx(2 * result["train_tokens_per_s_per_device"])
+
+
+def test_sweep_accuracy_point_trains_with_ddp_spawn(tmp_path):
+    sweep.run_sweep(config(tmp_path, "attention=full", "hardware=cpu_ddp", "sweep.seq_lens=[]", "optim.max_steps=6"))
+    (record,) = store.read_records(tmp_path / "store")
+    assert record["status"] == "ok", record.get("message")
+    assert record["world_size"] == 2 and record["strategy"] == "ddp_spawn" and record["steps"] == 6
+    assert record["train_tokens_per_s_total"] > record["train_tokens_per_s_per_device"] > 0
+
+
+def test_plain_ddp_inside_a_sweep_is_refused_before_any_work(tmp_path):
+    with pytest.raises(sweep.ConfigError, match="ddp_spawn"):
+        sweep.run_sweep(config(tmp_path, "attention=full", "hardware=cpu_ddp", "hardware.strategy=ddp"))
+    assert not (tmp_path / "store").exists()
