@@ -48,6 +48,10 @@ COLUMNS = {
     "flops_per_step": "flops_per_step",
     "params": "params",
     "test_acc": "test_acc",
+    "steps": "steps",
+    "world_size": "world_size",
+    "train_tokens_per_s_total": "train_tokens_per_s_total",
+    "train_tokens_per_s_per_device": "train_tokens_per_s_per_device",
     "majority_baseline": "majority_baseline",
 }
 
@@ -71,6 +75,19 @@ def status_label(row: pd.Series) -> str:
     if status == "unsupported":
         return "n/a: causal unsupported" if "causal" in message else "n/a: unsupported"
     return str(status)
+
+
+def training_run_cells(accuracy: pd.DataFrame) -> pd.Series:
+    """'total (per device x N), steps' for each training run; blank where a run recorded no throughput."""
+
+    def cell(row: pd.Series) -> str:
+        if pd.isna(row.train_tokens_per_s_total):
+            return ""
+        world = int(row.world_size) if pd.notna(row.world_size) else 1
+        steps = f", {int(row.steps)} steps" if pd.notna(row.steps) else ""
+        return f"{row.train_tokens_per_s_total:,.0f} ({row.train_tokens_per_s_per_device:,.0f} x {world}){steps}"
+
+    return accuracy.apply(cell, axis=1) if not accuracy.empty else pd.Series(dtype=str)
 
 
 def cell_table(frame: pd.DataFrame, value: str, fmt: str) -> pd.DataFrame:
@@ -327,6 +344,12 @@ def build_report(frame: pd.DataFrame, out: Path) -> Path:
             baseline = group.majority_baseline.dropna()
             note = f" (majority-class baseline {baseline.iloc[0]:.3f})" if not baseline.empty else ""
             lines += [f"**Test accuracy, {task}**{note}", "", md_table(cell_table(group, "test_acc", ".3f")), ""]
+            lines += [
+                f"**Training runs on {task}: tokens/s in total (per device x devices), optimizer steps**",
+                "",
+                md_table(cell_table(group.assign(run=training_run_cells(group)), "run", "s")),
+                "",
+            ]
         for path in make_plots(speed, accuracy, out, tag):
             lines += [f"![{path.stem}]({path.name})", ""]
     ok_speed = frame[(frame.probe == "speed") & (frame.status == "ok")]

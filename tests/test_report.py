@@ -47,7 +47,15 @@ def accuracy(variant, acc, status="ok", message=None, fp="cpu-A"):
         "sweep_id": "s1",
         "majority_baseline": 0.1,
     }
-    return record | ({"test_acc": acc} if status == "ok" else {"message": message})
+    if status != "ok":
+        return record | {"message": message}
+    return record | {
+        "test_acc": acc,
+        "steps": 100,
+        "world_size": 2,
+        "train_tokens_per_s_total": 2000.0,
+        "train_tokens_per_s_per_device": 1000.0,
+    }
 
 
 RECORDS = [
@@ -84,6 +92,11 @@ def test_report_tables_hold_the_right_numbers(built):
     mem = report.relative_table(speed_a, "peak_memory_mib")
     assert mem.loc["local", 2048] == pytest.approx(0.25)
     assert "| local | 1.50 | 3.75 |" in text
+
+
+def test_training_runs_show_throughput_per_device_and_total(built):
+    _, text = built
+    assert "| full | 2,000 (1,000 x 2), 100 steps |" in text
 
 
 def test_failed_points_are_shown_not_dropped(built):
