@@ -74,9 +74,31 @@ def test_joblib_multirun_with_two_jobs_merges_into_one_store_and_report(tmp_path
 
 
 def test_submitit_local_multirun_merges_into_one_store_and_report(tmp_path):
-    multirun(tmp_path, "launcher=submitit_local")
-    check_merged(tmp_path, expected_threads=1)  # cpus_per_task of conf/launcher/submitit_local.yaml
+    multirun(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1")
+    check_merged(tmp_path, expected_threads=1)  # cpus_per_task becomes each job's torch threads
     assert list((tmp_path / "multirun" / ".submitit").iterdir())  # really went through submitit
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target", "settings"),
+    [
+        ("local", "BasicLauncher", {}),
+        ("joblib", "JoblibLauncher", {"n_jobs": 2}),
+        ("submitit_local", "LocalLauncher", {"cpus_per_task": 1}),
+        ("submitit_slurm", "SlurmLauncher", {"gpus_per_node": 1, "timeout_min": 240, "mem_gb": 64}),
+    ],
+)
+def test_launcher_group_selects_the_hydra_plugin_with_project_settings(launcher, target, settings):
+    from hydra import compose, initialize_config_dir
+
+    from runners.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    assert "partition" in cfg.hydra.launcher or launcher != "submitit_slurm"
+    for key, value in settings.items():
+        assert cfg.hydra.launcher[key] == value
 
 
 DDP_TRAIN = [
