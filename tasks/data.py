@@ -164,10 +164,14 @@ class ListOps(GeneratedTask):
 
 
 class MQAR(GeneratedTask):
-    """Zoology's multi-query associative recall: predict each queried key's value."""
+    """Zoology's multi-query associative recall: predict each queried key's value.
+
+    Causal as in Zoology by default; ``causal=False`` trains a bidirectional
+    encoder on the same examples (labels sit only at the queries and no later
+    token carries them), so variants that cannot be causal can be scored too.
+    """
 
     head = "token"
-    causal = True
 
     def __init__(
         self,
@@ -180,6 +184,7 @@ class MQAR(GeneratedTask):
         num_val: int = 500,
         num_test: int = 1_000,
         batch_size: int = 64,
+        causal: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__(
@@ -190,6 +195,7 @@ class MQAR(GeneratedTask):
             batch_size=batch_size,
             seed=seed,
         )
+        self.causal = causal
         self.num_pairs, self.num_queries = num_pairs, num_queries
         self.draw(random.Random(0))  # bad combinations fail here, before any work
 
