@@ -106,7 +106,7 @@ def test_an_injected_failure_is_recorded_and_the_sweep_goes_on(tmp_path, monkeyp
 
 
 def test_unsupported_combinations_are_results(tmp_path):
-    sweep.run_sweep(config(tmp_path, "attention=linformer", "attention.k=16", "sweep.seq_lens=[]", "sweep.causal=true"))
+    sweep.run_sweep(config(tmp_path, "attention=linformer", "attention.k=16", "sweep.seq_lens=[]"))
     (record,) = store.read_records(tmp_path / "store")
     assert record["status"] == "unsupported" and "cannot be causal" in record["message"]
     if not torch.cuda.is_available():
@@ -115,9 +115,8 @@ def test_unsupported_combinations_are_results(tmp_path):
         assert len(cuda) == 2 and all(r["status"] == "unsupported" for r in cuda)
 
 
-def test_bidirectional_sweep_scores_mqar_with_a_variant_that_cannot_be_causal(tmp_path):
-    cfg = config(tmp_path, "attention=linformer", "attention.k=16", "sweep.seq_lens=[]")
-    assert cfg.sweep.causal is False and cfg.task.causal is False  # the task follows the sweep's direction
+def test_bidirectional_mqar_scores_a_variant_that_cannot_be_causal(tmp_path):
+    cfg = config(tmp_path, "attention=linformer", "attention.k=16", "sweep.seq_lens=[]", "task.causal=false")
     sweep.run_sweep(cfg)
     (record,) = store.read_records(tmp_path / "store")
     assert record["status"] == "ok" and record["config"]["task"]["causal"] is False
