@@ -369,6 +369,9 @@ def apply_filters(frame: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
         column, _, value = item.partition("=")
         if column not in frame.columns or not value:
             raise SystemExit(f"bad filter {item!r}: use column=value with column in {sorted(frame.columns)}")
+        known = sorted(frame[column].dropna().astype(str).unique())
+        if value.lower() not in {k.lower() for k in known}:
+            raise SystemExit(f"no results with {column}={value}; values in the results: {', '.join(known) or 'none'}")
         matches = frame[column].astype(str).str.lower() == value.lower()
         frame = frame[matches | ((column == "task") & frame.task.isna())]
     return frame

@@ -172,3 +172,5 @@ def test_filters_ignore_case(tmp_path):
         store.write_point(tmp_path / "store", record | {"key": f"k{i}"})
     text = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "o"), "task=mqar"]).read_text()
     assert "Test accuracy, MQAR" in text
+    with pytest.raises(SystemExit, match="values in the results: MQAR"):  # a typo is not an empty report
+        report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "o"), "task=mqra"])
