@@ -144,9 +144,7 @@ def run_point(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
     """Measure one point; every failure comes back as a status and message."""
     name = point["attention"]["name"]
     try:
-        device = device_for(cfg.hardware)
-        if cfg.hardware.threads:
-            torch.set_num_threads(cfg.hardware.threads)
+        device = device_for(cfg.hardware)  # threads were set once for the whole job in run_sweep
         if point["probe"] == "speed":
             if point["causal"] and not variants.get(name).supports_causal:
                 raise variants.UnsupportedError(f"causal unsupported by {name!r}")
@@ -215,8 +213,7 @@ def run_sweep(cfg: DictConfig) -> pd.DataFrame:
         cfg.hardware.threads = launch.threads_per_job(
             cfg.hardware.threads, launch.hydra_launcher(), launch.available_cpus()
         )
-    if cfg.hardware.accelerator == "cpu" or not torch.cuda.is_available():
-        torch.set_num_threads(cfg.hardware.threads)
+    torch.set_num_threads(cfg.hardware.threads)
     points = plan_points(cfg, attentions)
     done = set() if cfg.force else store.done_keys(results_dir)
     sweep_id = cfg.sweep_id or launch.multirun_id() or dt.datetime.now(dt.UTC).strftime("sweep-%Y%m%d-%H%M%S")
