@@ -15,6 +15,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
+from omegaconf import OmegaConf
 
 
 def available_cpus() -> int:
@@ -49,8 +50,6 @@ def hydra_launcher() -> dict[str, Any] | None:
     """The launcher config of the running Hydra job, or None outside Hydra."""
     if not HydraConfig.initialized():
         return None
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_container(HydraConfig.get().launcher, resolve=False)
 
 
