@@ -9,6 +9,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from runners import launch
+from runners.sweep import finish
 
 
 class ReportAfterMultirun(Callback):
@@ -20,8 +21,6 @@ class ReportAfterMultirun(Callback):
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from runners.sweep import finish
-
         results_dir = Path(launch.absolute(config.results_dir))
         report_dir = launch.absolute(config.report_dir)
         table = finish(results_dir, report_dir)

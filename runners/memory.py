@@ -89,11 +89,6 @@ def cpu_step_peak(step: Callable[[], object]) -> StepPeak:
     return StepPeak(added_mib=(high_water - before) / 1024, process_mib=high_water / 1024)
 
 
-def cpu_step_peak_mib(step: Callable[[], object]) -> float:
-    """Peak resident memory (MiB) that ``step()`` adds on top of what was live before it."""
-    return cpu_step_peak(step).added_mib
-
-
 def cuda_step_peak(step: Callable[[], object], device: torch.device) -> StepPeak:
     """Peak allocated CUDA memory that ``step()`` adds over what was allocated before it, and the reserved peak."""
     torch.cuda.synchronize(device)

@@ -27,6 +27,7 @@ import pandas as pd
 from runners import store
 
 REFERENCE = "full"
+CAUSAL = " (causal)"  # suffix of causal speed points, which are compared with causal full
 COLUMNS = {
     "variant": "variant",
     "hardware": "hardware",
@@ -64,6 +65,8 @@ def flat_results(records: list[dict]) -> pd.DataFrame:
             frame[column] = np.nan
     frame = frame[list(COLUMNS)].rename(columns=COLUMNS)
     frame["fingerprint"] = frame["fingerprint"].fillna(frame["hardware"])
+    causal_speed = (frame.probe == "speed") & frame.causal.eq(True)
+    frame.loc[causal_speed, "variant"] = frame.loc[causal_speed, "variant"] + CAUSAL  # its own row in every table
     return frame.sort_values(["fingerprint", "probe", "variant", "seq_len"]).reset_index(drop=True)
 
 
@@ -99,12 +102,16 @@ def cell_table(frame: pd.DataFrame, value: str, fmt: str) -> pd.DataFrame:
 
 
 def relative_table(speed: pd.DataFrame, value: str) -> pd.DataFrame:
-    """LRA-style: each variant's ``value`` divided by full's at the same length."""
+    """LRA-style: each variant's ``value`` divided by full's at the same length and direction."""
     ok = speed[speed.status == "ok"]
-    if REFERENCE not in set(ok.variant):
-        return pd.DataFrame()
     table = ok.pivot_table(index="variant", columns="seq_len", values=value, aggfunc="last")
-    return table.div(table.loc[REFERENCE], axis=1)
+    parts = []
+    for causal in (False, True):
+        rows = table[table.index.str.endswith(CAUSAL) == causal]
+        reference = REFERENCE + CAUSAL if causal else REFERENCE
+        if reference in rows.index:
+            parts.append(rows.div(rows.loc[reference], axis=1))
+    return pd.concat(parts) if parts else pd.DataFrame()
 
 
 def scaling_exponent(seq_lens: pd.Series, values: pd.Series) -> float:

@@ -167,6 +167,16 @@ def test_scaling_table_fits_memory_and_step_time_exponents(built):
     assert "### Scaling with sequence length" in text and "| full | 1024-2048 | 2.00 |" in text
 
 
+def test_causal_speed_points_get_their_own_rows_relative_to_causal_full():
+    causal = [r | {"config": {"causal": True}} for r in RECORDS[:4]]  # full and local, causal, cpu-A
+    frame = report.flat_results(RECORDS[:4] + [c | {"train_tokens_per_s": 2 * c["train_tokens_per_s"]} for c in causal])
+    speed_a = frame[frame.probe == "speed"]
+    assert {"full", "local", "full (causal)", "local (causal)"} == set(speed_a.variant)
+    rel = report.relative_table(speed_a, "train_tokens_per_s")
+    assert rel.loc["full (causal)", 1024] == 1.0 and rel.loc["local (causal)", 2048] == pytest.approx(3.75)
+    assert rel.loc["local", 2048] == pytest.approx(3.75)
+
+
 def test_filters_ignore_case(tmp_path):
     for i, record in enumerate(RECORDS):
         store.write_point(tmp_path / "store", record | {"key": f"k{i}"})
