@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -114,7 +113,9 @@ def measure_in_subprocess(case: Case, seq_len: int, args: argparse.Namespace) ->
         "dim_head": args.dim_head,
         "repeats": args.repeats,
     }
-    env = dict(os.environ)
+    from runners.memory import timing_env
+
+    env = timing_env()
     if args.threads:
         env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     command = [sys.executable, "-m", "runners.bench", "--worker", json.dumps(spec)]

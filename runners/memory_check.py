@@ -17,23 +17,21 @@ large as what does; the script prints the verdict for both measures.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 import variants
 from runners.config import CONF_DIR, default_attention
-from runners.probe import speed_probe
+from runners.probe import isolated_speed_probe
 
 
-def probe(variant: str, seq_len: int, batch: int) -> dict:
-    """The sweep's speed probe with the `small` model preset, in this process."""
+def probe_in_subprocess(variant: str, seq_len: int, batch: int) -> dict:
+    """The sweep's own isolated speed probe with the `small` model preset, one fresh interpreter per point."""
     import torch
 
-    return speed_probe(
+    return isolated_speed_probe(
+        threads=torch.get_num_threads(),
         model_cfg=OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "small.yaml")),
         attention=default_attention(variant),
         seq_len=seq_len,
@@ -44,23 +42,12 @@ def probe(variant: str, seq_len: int, batch: int) -> dict:
     )
 
 
-def probe_in_subprocess(variant: str, seq_len: int, batch: int) -> dict:
-    """One point per fresh interpreter, so no point's heap state leaks into another."""
-    command = [sys.executable, "-m", "runners.memory_check", "--worker", json.dumps([variant, seq_len, batch])]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", default=["full_math", "linformer"])
     parser.add_argument("--seq-lens", nargs=2, type=int, default=[2048, 4096])
     parser.add_argument("--batch", type=int, default=4, help="batch size (the default sweep's)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(probe(*json.loads(args.worker))))
-        return {}
     short, long = args.seq_lens
     targets = {"full_math": (">=", 2.5), "linformer": ("<=", 1.5)}
     ratios = {}

@@ -13,6 +13,10 @@ high-water mark (CPU: resident set incl. interpreter; CUDA: allocator reserve).
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 from typing import Any
 
 import torch
@@ -21,7 +25,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import models
-from runners.memory import measure_step_peak, tensor_mib
+from runners.failures import PointFailed, classify_failure
+from runners.memory import measure_step_peak, tensor_mib, timing_env
 from runners.timing import time_calls
 
 
@@ -108,3 +113,43 @@ def speed_probe(
         "flops_per_step": counter.get_total_flops(),
         "params": sum(p.numel() for p in model.parameters()),
     }
+
+
+def isolated_speed_probe(*, threads: int, timeout_s: float | None = None, **kwargs: Any) -> dict[str, Any]:
+    """:func:`speed_probe` in a fresh interpreter with ``threads`` CPU threads.
+
+    Why: the CPU memory probe pins glibc's malloc thresholds for the rest of
+    the process (that cannot be undone), which slows the timing of every later
+    point; every point should be timed under the same allocator settings
+    (:func:`~runners.memory.timing_env`); and an out-of-memory kill or a hard
+    crash must end only its point.
+    Failures come back as :class:`~runners.failures.PointFailed` with their status.
+    """
+    spec = kwargs | {"device": str(kwargs["device"]), "threads": threads}
+    command = [sys.executable, "-m", "runners.probe", json.dumps(spec)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=timing_env())
+    except subprocess.TimeoutExpired:
+        raise PointFailed("timeout", f"the point took longer than {timeout_s} s") from None
+    if done.returncode in (-signal.SIGKILL, 137):
+        raise PointFailed("oom", "the probe process was killed (SIGKILL): out of memory")
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}, no output"])[-1]
+        raise PointFailed("error", f"probe process failed: {tail}"[:500])
+    result = json.loads(lines[-1])
+    if "failure" in result:
+        raise PointFailed(result["failure"], result["message"])
+    return result
+
+
+def _worker(spec: dict[str, Any]) -> dict[str, Any]:
+    torch.set_num_threads(spec.pop("threads"))
+    try:
+        return speed_probe(**spec | {"device": torch.device(spec["device"])})
+    except Exception as error:  # reported to the parent, which records it as the point's status
+        return {"failure": classify_failure(error), "message": f"{type(error).__name__}: {error}"[:500]}
+
+
+if __name__ == "__main__":
+    print(json.dumps(_worker(json.loads(sys.argv[1]))))

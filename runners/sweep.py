@@ -32,7 +32,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import variants
 from runners import context, launch, report, store
 from runners.config import CONF_DIR, default_attention
-from runners.probe import speed_probe
+from runners.failures import PointFailed, classify_failure
+from runners.probe import isolated_speed_probe as measure_speed
 from runners.train import run_training
 
 RESULT_COLUMNS = [
@@ -129,17 +130,6 @@ def device_for(hardware: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def classify_failure(error: BaseException) -> str:
-    text = str(error).lower()
-    if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate" in text:
-        return "oom"
-    if isinstance(error, FloatingPointError):
-        return "diverged"
-    if isinstance(error, variants.AttentionError) or text.startswith("unsupported"):
-        return "unsupported"
-    return "error"
-
-
 def run_point(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
     """Measure one point; every failure comes back as a status and message."""
     name = point["attention"]["name"]
@@ -148,7 +138,9 @@ def run_point(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
         if point["probe"] == "speed":
             if point["causal"] and not variants.get(name).supports_causal:
                 raise variants.UnsupportedError(f"causal unsupported by {name!r}")
-            return {"status": "ok"} | speed_probe(
+            return {"status": "ok"} | measure_speed(
+                threads=cfg.hardware.threads,
+                timeout_s=cfg.sweep.get("point_timeout_s"),
                 model_cfg=point["model"],
                 attention=point["attention"],
                 seq_len=point["seq_len"],
@@ -170,7 +162,7 @@ def run_point(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
     except Exception as error:  # a failed point is a result, never the end of the sweep
         return {
             "status": classify_failure(error),
-            "message": f"{type(error).__name__}: {error}"[:500],
+            "message": (str(error) if isinstance(error, PointFailed) else f"{type(error).__name__}: {error}")[:500],
             "traceback": traceback.format_exc(limit=3)[-2000:],
         }
 

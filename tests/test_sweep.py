@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import statistics
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from runners import store, sweep
 from runners.config import CONF_DIR
-from runners.probe import build_model
+from runners.memory import timing_env
 
 TINY = [
     "model=tiny",
@@ -91,14 +91,14 @@ def test_resume_skips_done_points_and_force_remeasures(tmp_path):
 
 
 def test_an_injected_failure_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    real_probe = sweep.speed_probe
+    real_probe = sweep.measure_speed
 
     def flaky(**kwargs):
         if kwargs["seq_len"] == 32:
             raise RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory")
         return real_probe(**kwargs)
 
-    monkeypatch.setattr(sweep, "speed_probe", flaky)
+    monkeypatch.setattr(sweep, "measure_speed", flaky)
     sweep.run_sweep(config(tmp_path, "attention=local", "sweep.accuracy_seq_lens=[]"))
     by_len = {r["seq_len"]: r for r in store.read_records(tmp_path / "store")}
     assert by_len[32]["status"] == "oom" and "can't allocate" in by_len[32]["message"]
@@ -156,8 +156,35 @@ def test_atomic_writes_from_two_writers_do_not_clobber(tmp_path):
     assert not list((tmp_path / "points").glob(".*.tmp"))
 
 
+PLAIN_LOOP = """
+import json, statistics, sys, time
+import torch
+from runners.probe import build_model
+
+seq, batch, model_cfg, threads = json.loads(sys.argv[1])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+model = build_model(model_cfg=model_cfg, attention={"name": "full_math"}, vocab_size=128, seq_len=seq, causal=False)
+model.eval()
+tokens = torch.randint(0, 128, (batch, seq))
+times = []
+with torch.inference_mode():
+    for i in range(9):
+        start = time.perf_counter()
+        model(tokens)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+print(batch * seq / statistics.median(times))
+"""
+
+
 def test_recorded_inference_throughput_matches_a_plain_timing_loop(tmp_path):
-    """Measurement honesty: full_math at seq 1024, the sweep's number vs a loop written here."""
+    """Measurement honesty: full_math at seq 1024, the sweep's number vs a loop written here.
+
+    The loop runs in a fresh interpreter with the same malloc settings as the
+    sweep's probe (``timing_env``): glibc's adaptive thresholds otherwise put a
+    process in a fast or a slow regime, 2x apart, for this allocation-heavy model.
+    """
     seq, batch = 1024, 2
     cfg = config(
         tmp_path,
@@ -170,20 +197,27 @@ def test_recorded_inference_throughput_matches_a_plain_timing_loop(tmp_path):
     )
     sweep.run_sweep(cfg)
     (record,) = store.read_records(tmp_path / "store")
-    torch.manual_seed(0)
-    model = build_model(
-        model_cfg=dict(cfg.model), attention={"name": "full_math"}, vocab_size=128, seq_len=seq, causal=False
-    ).eval()
-    tokens = torch.randint(0, 128, (batch, seq))
-    times = []
-    with torch.inference_mode():
-        for i in range(9):
-            start = time.perf_counter()
-            model(tokens)
-            if i >= 2:
-                times.append(time.perf_counter() - start)
-    plain = batch * seq / statistics.median(times)
+    spec = json.dumps([seq, batch, dict(cfg.model), cfg.hardware.threads])
+    command = [sys.executable, "-c", PLAIN_LOOP, spec]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=timing_env())
+    plain = float(done.stdout.strip().splitlines()[-1])
     assert record["infer_tokens_per_s"] == pytest.approx(plain, rel=0.15)
+
+
+def test_isolated_probe_reports_failures_with_their_status():
+    from runners.failures import PointFailed
+    from runners.probe import isolated_speed_probe
+
+    common = {"model_cfg": {"dim": 32, "layers": 1, "heads": 2}, "batch_size": 1, "causal": False}
+    common |= {"device": torch.device("cpu"), "threads": 1, "warmup": 0, "repeats": 1}
+    with pytest.raises(PointFailed) as failed:
+        isolated_speed_probe(attention={"name": "linformer", "k": 64}, seq_len=32, **common)
+    assert failed.value.status == "unsupported" and "k=64" in str(failed.value)
+    with pytest.raises(PointFailed) as failed:
+        isolated_speed_probe(attention={"name": "full"}, seq_len=32, timeout_s=0.01, **common)
+    assert failed.value.status == "timeout"
+    result = isolated_speed_probe(attention={"name": "full"}, seq_len=32, **common)
+    assert result["train_tokens_per_s"] > 0
 
 
 def test_flop_count_of_full_includes_its_fused_attention():
