@@ -58,6 +58,7 @@ def speed_probe(
     warmup: int = 2,
     repeats: int = 5,
     seed: int = 0,
+    parts: tuple[str, ...] = ("time", "memory"),
 ) -> dict[str, Any]:
     """Throughput, memory and FLOPs of one configuration; raises on failure (the sweep records it)."""
     torch.manual_seed(seed)
@@ -85,50 +86,67 @@ def speed_probe(
         with torch.inference_mode():
             forward()
 
-    model.train()
-    train = time_calls(train_step, device=device, warmup=warmup, repeats=repeats)
-    model.eval()
-    infer = time_calls(inference, device=device, warmup=warmup, repeats=repeats)
-    model.train()
-    # The math SDPA backend: fused CPU kernels are invisible to the FLOP counter, so `full` would count no attention.
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        train_step()
-    state = tensor_mib(model, optimizer, tokens, targets)  # parameters, gradients, AdamW moments, batch
-    peak = measure_step_peak(train_step, device, repeats=3 if train.median_s < 5 else 1)
-    tokens_per_step = batch_size * seq_len
-    return {
-        "train_tokens_per_s": tokens_per_step / train.median_s,
-        "train_tokens_per_s_min": tokens_per_step / train.max_s,
-        "train_tokens_per_s_max": tokens_per_step / train.min_s,
-        "train_step_spread": train.spread,
-        "infer_tokens_per_s": tokens_per_step / infer.median_s,
-        "infer_tokens_per_s_min": tokens_per_step / infer.max_s,
-        "infer_tokens_per_s_max": tokens_per_step / infer.min_s,
-        "infer_spread": infer.spread,
-        "timed_repeats": repeats,
-        "peak_memory_mib": state + peak.added_mib,
-        "state_memory_mib": state,
-        "step_memory_mib": peak.added_mib,
-        "process_peak_mib": peak.process_mib,
-        "flops_per_step": counter.get_total_flops(),
-        "params": sum(p.numel() for p in model.parameters()),
-    }
+    result: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
+    slow_steps = False
+    if "time" in parts:
+        model.train()
+        train = time_calls(train_step, device=device, warmup=warmup, repeats=repeats)
+        model.eval()
+        infer = time_calls(inference, device=device, warmup=warmup, repeats=repeats)
+        model.train()
+        # The math SDPA backend: fused CPU kernels are invisible to the FLOP counter; `full` would count nothing.
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            train_step()
+        tokens_per_step = batch_size * seq_len
+        slow_steps = train.median_s >= 5
+        result |= {
+            "train_tokens_per_s": tokens_per_step / train.median_s,
+            "train_tokens_per_s_min": tokens_per_step / train.max_s,
+            "train_tokens_per_s_max": tokens_per_step / train.min_s,
+            "train_step_spread": train.spread,
+            "infer_tokens_per_s": tokens_per_step / infer.median_s,
+            "infer_tokens_per_s_min": tokens_per_step / infer.max_s,
+            "infer_tokens_per_s_max": tokens_per_step / infer.min_s,
+            "infer_spread": infer.spread,
+            "timed_repeats": repeats,
+            "flops_per_step": counter.get_total_flops(),
+        }
+    if "memory" in parts:
+        model.train()
+        train_step()  # creates the gradients and AdamW moments that the state counts
+        state = tensor_mib(model, optimizer, tokens, targets)  # parameters, gradients, AdamW moments, batch
+        peak = measure_step_peak(train_step, device, repeats=1 if slow_steps else 3)
+        result |= {
+            "peak_memory_mib": state + peak.added_mib,
+            "state_memory_mib": state,
+            "step_memory_mib": peak.added_mib,
+            "process_peak_mib": peak.process_mib,
+        }
+    return result
 
 
 def isolated_speed_probe(*, threads: int, timeout_s: float | None = None, **kwargs: Any) -> dict[str, Any]:
     """:func:`speed_probe` in a fresh interpreter with ``threads`` CPU threads.
 
-    Why: the CPU memory probe pins glibc's malloc thresholds for the rest of
-    the process (that cannot be undone), which slows the timing of every later
-    point; every point should be timed under the same allocator settings
-    (:func:`~runners.memory.timing_env`); and an out-of-memory kill or a hard
-    crash must end only its point.
+    Timing and memory each get their own process. Why: the CPU memory probe
+    pins glibc's malloc thresholds for the rest of a process (that cannot be
+    undone), which slows any timing after it; timing runs with fixed high
+    thresholds (:func:`~runners.memory.timing_env`) so every point is timed in
+    the same allocator regime, but the heap that leaves behind is fragmented
+    and would inflate the memory reading (we saw +50% for full_math); and an
+    out-of-memory kill or a hard crash must end only its point.
     Failures come back as :class:`~runners.failures.PointFailed` with their status.
     """
+    timed = _run_isolated(kwargs | {"parts": ["time"]}, threads, timeout_s, timing_env())
+    measured = _run_isolated(kwargs | {"parts": ["memory"]}, threads, timeout_s, None)
+    return timed | measured
+
+
+def _run_isolated(kwargs: dict[str, Any], threads: int, timeout_s: float | None, env: dict | None) -> dict[str, Any]:
     spec = kwargs | {"device": str(kwargs["device"]), "threads": threads}
     command = [sys.executable, "-m", "runners.probe", json.dumps(spec)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=timing_env())
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         raise PointFailed("timeout", f"the point took longer than {timeout_s} s") from None
     if done.returncode in (-signal.SIGKILL, 137):
@@ -146,7 +164,7 @@ def isolated_speed_probe(*, threads: int, timeout_s: float | None = None, **kwar
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(spec.pop("threads"))
     try:
-        return speed_probe(**spec | {"device": torch.device(spec["device"])})
+        return speed_probe(**spec | {"device": torch.device(spec["device"]), "parts": tuple(spec["parts"])})
     except Exception as error:  # reported to the parent, which records it as the point's status
         return {"failure": classify_failure(error), "message": f"{type(error).__name__}: {error}"[:500]}
 
