@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -199,8 +200,8 @@ def test_recorded_inference_throughput_matches_a_plain_timing_loop(tmp_path):
     (record,) = store.read_records(tmp_path / "store")
     spec = json.dumps([seq, batch, dict(cfg.model), cfg.hardware.threads])
     command = [sys.executable, "-c", PLAIN_LOOP, spec]
-    done = subprocess.run(command, capture_output=True, text=True, check=True, env=timing_env())
-    plain = float(done.stdout.strip().splitlines()[-1])
+    runs = [subprocess.run(command, capture_output=True, text=True, check=True, env=timing_env()) for _ in range(3)]
+    plain = statistics.median(float(done.stdout.strip().splitlines()[-1]) for done in runs)  # 3 processes
     assert record["infer_tokens_per_s"] == pytest.approx(plain, rel=0.15)
 
 
