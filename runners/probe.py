@@ -125,7 +125,9 @@ def speed_probe(
     return result
 
 
-def isolated_speed_probe(*, threads: int, timeout_s: float | None = None, **kwargs: Any) -> dict[str, Any]:
+def isolated_speed_probe(
+    *, threads: int, timeout_s: float | None = None, parts: tuple[str, ...] = ("time", "memory"), **kwargs: Any
+) -> dict[str, Any]:
     """:func:`speed_probe` in a fresh interpreter with ``threads`` CPU threads.
 
     Timing and memory each get their own process. Why: the CPU memory probe
@@ -137,9 +139,12 @@ def isolated_speed_probe(*, threads: int, timeout_s: float | None = None, **kwar
     out-of-memory kill or a hard crash must end only its point.
     Failures come back as :class:`~runners.failures.PointFailed` with their status.
     """
-    timed = _run_isolated(kwargs | {"parts": ["time"]}, threads, timeout_s, timing_env())
-    measured = _run_isolated(kwargs | {"parts": ["memory"]}, threads, timeout_s, None)
-    return timed | measured
+    result: dict[str, Any] = {}
+    if "time" in parts:
+        result |= _run_isolated(kwargs | {"parts": ["time"]}, threads, timeout_s, timing_env())
+    if "memory" in parts:
+        result |= _run_isolated(kwargs | {"parts": ["memory"]}, threads, timeout_s, None)
+    return result
 
 
 def _run_isolated(kwargs: dict[str, Any], threads: int, timeout_s: float | None, env: dict | None) -> dict[str, Any]:
