@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -113,6 +112,7 @@ def measure_in_subprocess(case: Case, seq_len: int, args: argparse.Namespace) ->
         "dim_head": args.dim_head,
         "repeats": args.repeats,
     }
+    from runners.failures import PointFailed, run_json_worker
     from runners.memory import timing_env
 
     env = timing_env()
@@ -120,17 +120,11 @@ def measure_in_subprocess(case: Case, seq_len: int, args: argparse.Namespace) ->
         env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     command = [sys.executable, "-m", "runners.bench", "--worker", json.dumps(spec)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"status": "timeout", "message": f"exceeded {args.timeout}s"}
-    if done.returncode < 0 or done.returncode == 137:
-        return {"status": "oom", "message": f"killed by signal {-done.returncode} (out of memory)"}
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        status = "oom" if "memory" in tail.lower() and "alloc" in tail.lower() else "error"
-        return {"status": status, "message": tail[:300]}
-    return {"status": "ok"} | json.loads(lines[-1])
+        return {"status": "ok"} | run_json_worker(command, timeout_s=args.timeout, env=env, any_signal_is_oom=True)
+    except PointFailed as failed:
+        text = str(failed).lower()
+        status = "oom" if failed.status == "error" and "memory" in text and "alloc" in text else failed.status
+        return {"status": status, "message": str(failed)[:300]}
 
 
 def default_hparams(variant: str) -> dict[str, Any]:

@@ -14,8 +14,6 @@ high-water mark (CPU: resident set incl. interpreter; CUDA: allocator reserve).
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 from typing import Any
 
@@ -25,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import models
-from runners.failures import PointFailed, classify_failure
+from runners.failures import classify_failure, run_json_worker
 from runners.memory import measure_step_peak, tensor_mib, timing_env
 from runners.timing import time_calls
 
@@ -149,21 +147,7 @@ def isolated_speed_probe(
 
 def _run_isolated(kwargs: dict[str, Any], threads: int, timeout_s: float | None, env: dict | None) -> dict[str, Any]:
     spec = kwargs | {"device": str(kwargs["device"]), "threads": threads}
-    command = [sys.executable, "-m", "runners.probe", json.dumps(spec)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
-    except subprocess.TimeoutExpired:
-        raise PointFailed("timeout", f"the point took longer than {timeout_s} s") from None
-    if done.returncode in (-signal.SIGKILL, 137):
-        raise PointFailed("oom", "the probe process was killed (SIGKILL): out of memory")
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}, no output"])[-1]
-        raise PointFailed("error", f"probe process failed: {tail}"[:500])
-    result = json.loads(lines[-1])
-    if "failure" in result:
-        raise PointFailed(result["failure"], result["message"])
-    return result
+    return run_json_worker([sys.executable, "-m", "runners.probe", json.dumps(spec)], timeout_s=timeout_s, env=env)
 
 
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
