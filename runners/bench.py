@@ -5,12 +5,15 @@
     python -m runners.bench --variants local performer --seq-lens 1024 4096
 
 Only the mixing core is measured (no projections): q, k, v of shape
-``(batch, heads, n, dim_head)``. Each point runs in a fresh subprocess so that
+``(batch, heads, n, dim_head)``, by :func:`runners.measure.core_probe.core_probe`.
+Each point runs through the sweep's worker protocol
+(:mod:`runners.measure.worker`): timing and memory each in a fresh process, so
 one point's memory cannot hide in another's, and an out-of-memory kill or a
 timeout is recorded as that point's status while the benchmark goes on. Per
 point: forward time (no graph), forward+backward time (median of repeats after
 warm-up) and the peak memory of one forward+backward step (see
-:mod:`runners.memory`). Every finished point is appended to a JSON-lines file.
+:mod:`runners.measure.memory`). Every finished point is appended to a
+JSON-lines file.
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ from typing import Any
 
 import pandas as pd
 
+import variants
+from runners.measure.core_probe import OURS
+from runners.measure.failures import PointFailed
+from runners.measure.peers import PEERS
+from runners.measure.worker import measure_isolated
+
+CORE_PROBE = "runners.measure.core_probe:core_probe"
 DEFAULT_SEQ_LENS = [256, 512, 1024, 2048, 4096, 8192]
 
 
@@ -35,115 +45,38 @@ class Case:
 
     variant: str
     causal: bool
-    impl: str = "ours"  # "ours" or the peer's package name
+    impl: str = OURS  # or the peer's package name
     hparams: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         direction = "causal" if self.causal else "bidir"
-        who = "" if self.impl == "ours" else f" [{self.impl}]"
+        who = "" if self.impl == OURS else f" [{self.impl}]"
         return f"{self.variant}{who} ({direction})"
 
 
-# ---------------------------------------------------------------------- worker side
-
-
-def _make_call(case: Case, *, heads: int, dim_head: int, seq_len: int):
-    import variants
-    from runners.peers import PEERS
-
-    if case.impl == "ours":
-        module = variants.build(
-            case.variant, heads=heads, dim_head=dim_head, max_seq_len=seq_len, causal=case.causal, **case.hparams
-        )
-        return module, module
-    peer = PEERS[case.variant]
-    return peer.build(heads=heads, dim_head=dim_head, seq_len=seq_len, causal=case.causal, hparams=case.hparams)
-
-
-def run_point(case: Case, *, seq_len: int, batch: int, heads: int, dim_head: int, repeats: int) -> dict[str, Any]:
-    """Measure one point in this process (the benchmark calls it in a fresh subprocess)."""
-    import torch
-
-    from runners.memory import step_peak_mib
-    from runners.timing import time_calls
-
-    device = torch.device("cpu")
-    torch.manual_seed(0)
-    module, call = _make_call(case, heads=heads, dim_head=dim_head, seq_len=seq_len)
-    module.to(device)
-    q, k, v = (torch.randn(batch, heads, seq_len, dim_head, device=device, requires_grad=True) for _ in range(3))
-    grad_out = torch.randn(batch, heads, seq_len, dim_head, device=device)
-
-    def forward() -> None:
-        with torch.no_grad():
-            call(q, k, v)
-
-    def forward_backward() -> None:
-        call(q, k, v).backward(grad_out)
-        for t in (q, k, v):
-            t.grad = None
-        module.zero_grad(set_to_none=True)
-
-    # Timing first, with the default allocator; then memory (see runners.memory for why this order).
-    fwd = time_calls(forward, device=device, warmup=1, repeats=repeats, budget_s=20.0)
-    step = time_calls(forward_backward, device=device, warmup=1, repeats=repeats, budget_s=20.0)
-    peak_mib = step_peak_mib(forward_backward, device, repeats=3 if step.median_s < 5 else 1)
-    return {
-        "fwd_ms": fwd.median_s * 1e3,
-        "fwd_bwd_ms": step.median_s * 1e3,
-        "fwd_bwd_spread": step.spread,
-        "repeats": step.repeats,
-        "peak_mib": peak_mib,
-        "threads": torch.get_num_threads(),
-    }
-
-
-# ---------------------------------------------------------------------- driver side
-
-
-def measure_in_subprocess(case: Case, seq_len: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Run one point in a fresh interpreter; failures come back as a status, never an exception."""
-    spec = {
-        "case": asdict(case),
+def measure(case: Case, seq_len: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One point in fresh worker processes; failures come back as a status, never an exception."""
+    kwargs = asdict(case) | {
         "seq_len": seq_len,
         "batch": args.batch,
         "heads": args.heads,
         "dim_head": args.dim_head,
         "repeats": args.repeats,
     }
-    from runners.failures import PointFailed, run_json_worker
-    from runners.memory import timing_env
-
-    env = timing_env()
-    if args.threads:
-        env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    command = [sys.executable, "-m", "runners.bench", "--worker", json.dumps(spec)]
     try:
-        return {"status": "ok"} | run_json_worker(command, timeout_s=args.timeout, env=env, any_signal_is_oom=True)
+        return {"status": "ok"} | measure_isolated(CORE_PROBE, kwargs, threads=args.threads, timeout_s=args.timeout)
     except PointFailed as failed:
-        text = str(failed).lower()
-        status = "oom" if failed.status == "error" and "memory" in text and "alloc" in text else failed.status
-        return {"status": status, "message": str(failed)[:300]}
-
-
-def default_hparams(variant: str) -> dict[str, Any]:
-    """The variant's own defaults, which the peer is given too (same settings)."""
-    import variants
-
-    return variants.hyperparameters(variant)
+        return {"status": failed.status, "message": str(failed)[:300]}
 
 
 def build_cases(names: list[str], *, with_peers: bool) -> list[Case]:
-    import variants
-    from runners.peers import PEERS
-
     cases = []
     for name in names:
-        hparams = default_hparams(name)
+        hparams = variants.hyperparameters(name)  # the variant's own defaults; the peer is given the same
         directions = [False, True] if variants.get(name).supports_causal else [False]
         for causal in directions:
-            cases.append(Case(name, causal, "ours", hparams))
+            cases.append(Case(name, causal, OURS, hparams))
             peer = PEERS.get(name)
             if with_peers and peer is not None:
                 if not peer.available():
@@ -188,9 +121,9 @@ def summarize(records: list[dict[str, Any]], seq_lens: list[int]) -> str:
     if growth:
         out.append(f"\ngrowth per doubling of n from {lo} to {hi} (1.0 = constant, 2.0 = linear, 4.0 = quadratic)")
         out.append(pd.DataFrame(growth).set_index("label").round(2).to_string())
-    peers = ok[ok.impl != "ours"]
+    peers = ok[ok.impl != OURS]
     if not peers.empty:
-        ours = ok[ok.impl == "ours"].set_index(["variant", "causal", "seq_len"])
+        ours = ok[ok.impl == OURS].set_index(["variant", "causal", "seq_len"])
         rows = []
         for _, p in peers.iterrows():
             key = (p.variant, p.causal, p.seq_len)
@@ -224,20 +157,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per point (0: torch's default)")
     parser.add_argument("--peers", action="store_true", help="also run the reference packages (.[peers])")
     parser.add_argument("--out", type=Path, default=Path("results/bench.jsonl"), help="JSON lines, appended")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
-    if args.worker:
-        spec = json.loads(args.worker)
-        result = run_point(Case(**spec.pop("case")), **spec)
-        print(json.dumps(result))
-        return [result]
-
-    import variants
-
     names = args.variants or variants.names()
     for name in names:
         variants.get(name)  # unknown names fail here, listing the registered ones
@@ -252,7 +176,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             if failed_shorter is not None:
                 result = {"status": failed_shorter, "message": "skipped: a shorter length already failed"}
             else:
-                result = measure_in_subprocess(case, seq_len, args)
+                result = measure(case, seq_len, args)
                 if result["status"] in ("oom", "timeout"):
                     failed_shorter = result["status"]
             record = {

@@ -19,27 +19,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 import variants
-from runners.config import CONF_DIR, default_attention
-from runners.probe import isolated_speed_probe
+from runners.hydra_glue.configs import CONF_DIR, attention_config
+from runners.measure.worker import measure_isolated
+from runners.sweeping.execute import SPEED_PROBE
 
 
 def probe_in_subprocess(variant: str, seq_len: int, batch: int) -> dict:
-    """The sweep's own isolated speed probe with the `small` model preset, one fresh interpreter per point."""
-    import torch
-
-    return isolated_speed_probe(
-        threads=torch.get_num_threads(),
-        model_cfg=OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "small.yaml")),
-        attention=default_attention(variant),
-        seq_len=seq_len,
-        batch_size=batch,
-        causal=False,
-        device=torch.device("cpu"),
-        parts=("memory",),  # no timing needed here
-    )
+    """The sweep's own speed probe (memory part) with the `small` model preset, in a fresh interpreter."""
+    kwargs = {
+        "model_cfg": OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "small.yaml")),
+        "attention": attention_config(variant),
+        "seq_len": seq_len,
+        "batch_size": batch,
+        "causal": False,
+        "device": "cpu",
+    }
+    return measure_isolated(SPEED_PROBE, kwargs, threads=torch.get_num_threads(), parts=("memory",))
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

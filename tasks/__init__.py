@@ -1,5 +1,13 @@
-"""Long-range tasks generated from a seed inside the project (nothing is downloaded)."""
+"""Long-range tasks generated from a seed inside the project (nothing is downloaded).
 
-from tasks.data import MQAR, TASKS, GeneratedTask, ListOps, SelectiveCopy
+One file per task: its generator and its LightningDataModule. ``task=NAME`` in
+a Hydra command selects one (configs generated from the classes' signatures,
+:mod:`runners.hydra_glue.configs`).
+"""
 
-__all__ = ["MQAR", "TASKS", "GeneratedTask", "ListOps", "SelectiveCopy"]
+from tasks._base import IGNORE, PAD, GeneratedTask
+from tasks.listops import ListOps
+from tasks.mqar import MQAR
+from tasks.selective_copy import SelectiveCopy
+
+__all__ = ["IGNORE", "MQAR", "PAD", "GeneratedTask", "ListOps", "SelectiveCopy"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 import statistics
 
-# Token ids: 0 is padding.
-PAD = 0
+from tasks._base import PAD, Example, GeneratedTask
+
 DIGITS = {str(d): 1 + d for d in range(10)}  # "0".."9" -> 1..10
 OPERATORS = {"[MAX": 11, "[MIN": 12, "[MED": 13, "[SM": 14}
 CLOSE = {"]": 15}
@@ -93,3 +93,32 @@ def generate_example(
         f"no ListOps expression of length {min_len}-{max_len} in {max_tries} tries with "
         f"max_depth={max_depth}, max_args={max_args}; widen the length range or raise max_depth/max_args"
     )
+
+
+class ListOps(GeneratedTask):
+    """LRA ListOps: classify the value (0-9) of a nested MAX/MIN/MED/SM expression."""
+
+    head = "classify"
+    causal = False
+    vocab_size = VOCAB_SIZE
+    num_classes = NUM_CLASSES
+
+    def __init__(
+        self,
+        *,
+        seq_len: int = 512,
+        min_len: int = 32,
+        max_depth: int = 10,
+        max_args: int = 10,
+        batch_size: int = 32,
+        **common,
+    ) -> None:
+        super().__init__(batch_size=batch_size, **common)
+        if not 1 <= min_len <= seq_len:
+            raise ValueError(f"min_len={min_len} must be in [1, seq_len={seq_len}]")
+        self.seq_len, self.min_len, self.max_depth, self.max_args = seq_len, min_len, max_depth, max_args
+
+    def draw(self, rng: random.Random) -> Example:
+        return generate_example(
+            rng, min_len=self.min_len, max_len=self.seq_len, max_depth=self.max_depth, max_args=self.max_args
+        )

@@ -4,7 +4,7 @@ A run of key-value pairs, then queries of some of the keys scattered over the
 rest of the sequence; at each query the model must predict the value bound to
 that key. Trained causally per token and scored only at the query positions.
 
-Layout of one example of length ``seq_len`` (token 0 is padding/filler)::
+Layout of one example of length ``seq_len`` (``PAD`` fills the gaps)::
 
     k1 v1 k2 v2 ... kP vP  0 0 k7 0 k2 0 0 k5 ...
                                 ^ label v7 here
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 
-IGNORE = -100
+from tasks._base import IGNORE, PAD, Example, GeneratedTask
 
 
 def vocab_layout(vocab_size: int) -> tuple[range, range]:
@@ -38,10 +38,46 @@ def generate_example(
         )
     pair_keys = rng.sample(keys, num_pairs)
     pair_values = [rng.choice(values) for _ in range(num_pairs)]
-    tokens = [t for kv in zip(pair_keys, pair_values, strict=True) for t in kv] + [0] * free
+    tokens = [t for kv in zip(pair_keys, pair_values, strict=True) for t in kv] + [PAD] * free
     labels = [IGNORE] * seq_len
     positions = sorted(rng.sample(range(2 * num_pairs, seq_len), num_queries))
     for position, pair in zip(positions, rng.sample(range(num_pairs), num_queries), strict=True):
         tokens[position] = pair_keys[pair]
         labels[position] = pair_values[pair]
     return tokens, labels
+
+
+class MQAR(GeneratedTask):
+    """Zoology's multi-query associative recall: predict each queried key's value.
+
+    Causal as in Zoology by default; ``causal=False`` trains a bidirectional
+    encoder on the same examples (labels sit only at the queries and no later
+    token carries them), so variants that cannot be causal can be scored too.
+    """
+
+    head = "token"
+
+    def __init__(
+        self,
+        *,
+        seq_len: int = 128,
+        vocab_size: int = 64,
+        num_pairs: int = 4,
+        num_queries: int = 4,
+        causal: bool = True,
+        **common,
+    ) -> None:
+        super().__init__(**common)
+        self.seq_len, self.vocab_size, self.num_classes = seq_len, vocab_size, vocab_size
+        self.causal = causal
+        self.num_pairs, self.num_queries = num_pairs, num_queries
+        self.draw(random.Random(0))  # bad combinations fail here, before any work
+
+    def draw(self, rng: random.Random) -> Example:
+        return generate_example(
+            rng,
+            seq_len=self.seq_len,
+            vocab_size=self.vocab_size,
+            num_pairs=self.num_pairs,
+            num_queries=self.num_queries,
+        )

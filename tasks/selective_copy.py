@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import random
 
-IGNORE = -100
-NOISE = 1
+from tasks._base import IGNORE, PAD, Example, GeneratedTask
+
+NOISE = PAD + 1
 ANSWER = 2
 FIRST_DATA = 3
 
@@ -23,7 +24,7 @@ def generate_example(
     rng: random.Random, *, seq_len: int, vocab_size: int, num_data: int
 ) -> tuple[list[int], list[int]]:
     """Token ids and per-position labels (``IGNORE`` except at the answer slots)."""
-    if vocab_size <= FIRST_DATA:
+    if vocab_size <= FIRST_DATA:  # PAD, NOISE and ANSWER come first
         raise ValueError(f"vocab_size={vocab_size} must exceed {FIRST_DATA} (pad, noise and answer tokens)")
     context = seq_len - num_data
     if num_data < 1 or num_data > context:
@@ -34,3 +35,19 @@ def generate_example(
         tokens[position] = token
     labels = [IGNORE] * context + data
     return tokens, labels
+
+
+class SelectiveCopy(GeneratedTask):
+    """Copy the scattered data tokens, in order, into the answer slots."""
+
+    head = "token"
+    causal = True
+
+    def __init__(self, *, seq_len: int = 256, vocab_size: int = 16, num_data: int = 8, **common) -> None:
+        super().__init__(**common)
+        self.seq_len, self.vocab_size, self.num_classes = seq_len, vocab_size, vocab_size
+        self.num_data = num_data
+        self.draw(random.Random(0))  # bad combinations fail here, before any work
+
+    def draw(self, rng: random.Random) -> Example:
+        return generate_example(rng, seq_len=self.seq_len, vocab_size=self.vocab_size, num_data=self.num_data)

@@ -1,32 +1,38 @@
-"""Shared fixtures: small, seeded inputs and a builder with test-sized defaults."""
+"""Fixtures shared by every test module: a seeded torch, and the real Hydra config composed at test size."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
-import variants
-
-HEADS = 2
-DIM_HEAD = 16
-MAX_SEQ_LEN = 4096
-
-
-def build_variant(name: str, **overrides) -> variants.Attention:
-    """Build ``name`` at test size with its default hyperparameters."""
-    kwargs = {"heads": HEADS, "dim_head": DIM_HEAD, "max_seq_len": MAX_SEQ_LEN} | overrides
-    return variants.build(name, **kwargs)
-
-
-def qkv(batch: int, seq: int, *, seed: int = 0, scale: float = 1.0, requires_grad: bool = False):
-    """Seeded ``(B, H, N, Dh)`` q, k, v."""
-    gen = torch.Generator().manual_seed(seed)
-    tensors = [torch.randn(batch, HEADS, seq, DIM_HEAD, generator=gen) * scale for _ in range(3)]
-    for t in tensors:
-        t.requires_grad_(requires_grad)
-    return tensors
+from runners.hydra_glue.configs import CONF_DIR, register_configs
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def compose_config(tmp_path) -> Callable[..., DictConfig]:
+    """``compose_config(name, *overrides)``: ``conf/NAME.yaml`` composed as the entry points compose it.
+
+    ``"config"`` is the sweep's config: its store, report and wandb files go
+    under ``tmp_path`` and the logger is off unless an override turns it on.
+    ``"train"`` is the single training run's.
+    """
+    register_configs()
+
+    def compose_(name: str, *overrides: str) -> DictConfig:
+        paths = []
+        if name == "config":
+            paths = [f"results_dir={tmp_path / 'store'}", f"report_dir={tmp_path / 'report'}", f"wandb.dir={tmp_path}"]
+            paths.append("logger=none")
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(name, overrides=[*paths, *overrides])
+
+    return compose_

@@ -7,18 +7,20 @@ import json
 import pytest
 import torch
 
-from runners import bench, memory
-from runners.peers import PEERS
+from runners import bench
+from runners.measure import memory, timing
+from runners.measure.peers import PEERS
 
 TINY = ["--batch", "1", "--heads", "2", "--dim-head", "8", "--repeats", "3"]
 
 
 def test_bench_records_every_point_and_prints_tables(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
-    records = bench.main(["--variants", "full", "linformer", "--seq-lens", "256", "512", *TINY, "--out", str(out)])
+    records = bench.main(["--variants", "full", "linformer", "--seq-lens", "256", *TINY, "--out", str(out)])
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(lines) == len(records) == 2 * 2 + 2  # full both directions, linformer bidirectional
-    assert all(r["status"] == "ok" and r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in lines)
+    assert len(lines) == len(records) == 3  # full in both directions, linformer bidirectional only
+    assert [r["label"] for r in lines] == ["full (bidir)", "full (causal)", "linformer (bidir)"]
+    assert all(r["status"] == "ok" and r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["peak_mib"] > 0 for r in lines)
     printed = capsys.readouterr().out
     assert "peak memory of one forward+backward step" in printed and "linformer (bidir)" in printed
 
@@ -70,13 +72,36 @@ def test_tensor_mib_counts_parameters_gradients_optimizer_state_and_batch_once()
     assert memory.tensor_mib(layer, optimizer, batch, batch[:10]) == pytest.approx(5.0, abs=1e-3)
 
 
-def test_timing_takes_the_median_of_repeats():
-    from runners.timing import time_calls
+class ScriptedClock:
+    """``time.perf_counter`` stand-in: each call of the timed function advances it by the next scripted duration."""
 
-    calls = []
-    timing = time_calls(lambda: calls.append(1), device=torch.device("cpu"), warmup=2, repeats=5)
-    assert len(calls) == 7 and timing.repeats == 5
-    assert timing.min_s <= timing.median_s <= timing.max_s
+    def __init__(self, durations):
+        self.now = 0.0
+        self.durations = list(durations)
+        self.calls = 0
+
+    def perf_counter(self):
+        return self.now
+
+    def work(self):
+        self.now += self.durations[self.calls]
+        self.calls += 1
+
+
+def test_timing_drops_warmup_and_reports_median_min_max_of_the_timed_calls(monkeypatch):
+    clock = ScriptedClock([100.0, 100.0, 0.3, 0.1, 0.5, 0.2, 0.4])  # two slow warm-up calls, then five timed
+    monkeypatch.setattr(timing.time, "perf_counter", clock.perf_counter)
+    result = timing.time_calls(clock.work, device=torch.device("cpu"), warmup=2, repeats=5)
+    assert clock.calls == 7 and result.repeats == 5
+    assert (result.median_s, result.min_s, result.max_s) == pytest.approx((0.3, 0.1, 0.5))
+    assert result.spread == pytest.approx((0.5 - 0.1) / 0.3)
+
+
+def test_timing_budget_stops_a_slow_point_after_three_calls(monkeypatch):
+    clock = ScriptedClock([1.0, 4.0, 4.0, 4.0, 4.0, 4.0])
+    monkeypatch.setattr(timing.time, "perf_counter", clock.perf_counter)
+    result = timing.time_calls(clock.work, device=torch.device("cpu"), warmup=1, repeats=5, budget_s=10.0)
+    assert result.repeats == 3 and clock.calls == 4 and result.median_s == pytest.approx(4.0)
 
 
 # ------------------------------------------------------------ peers compute the same thing

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_variant, qkv
+from helpers import build_variant, qkv
 
 import models
 import variants
@@ -147,3 +147,32 @@ def test_skeleton_trains_with_every_variant(name):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+DROPOUT = [n for n in ALL if variants.get(n).supports_dropout]
+NO_DROPOUT = [n for n in ALL if not variants.get(n).supports_dropout]
+
+
+@pytest.mark.parametrize("name", DROPOUT)
+def test_attention_dropout_is_applied_in_training_and_off_in_eval(name):
+    attn = build_variant(name, dropout=0.5)
+    q, k, v = qkv(2, 96, requires_grad=True)
+    first, second = attn(q, k, v), attn(q, k, v)
+    assert not torch.allclose(first, second), "training mode: each call drops different weights"
+    (first * torch.randn_like(first)).sum().backward()
+    for label, t in (("q", q), ("k", k), ("v", v)):
+        assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0, label
+    attn.eval()
+    with torch.no_grad():
+        once, again = attn(q, k, v), attn(q, k, v)
+    torch.testing.assert_close(once, again, atol=0, rtol=0)
+    assert not torch.allclose(once, first.detach()), "eval mode: no dropout"
+
+
+@pytest.mark.parametrize("name", NO_DROPOUT)
+def test_a_variant_that_cannot_apply_dropout_refuses_it_at_build_time(name):
+    with pytest.raises(variants.UnsupportedError, match=rf"'{name}' cannot apply attention dropout.*can: .*full"):
+        build_variant(name, dropout=0.1)
+    with pytest.raises(variants.UnsupportedError, match="cannot apply attention dropout"):
+        models.Transformer(vocab_size=8, num_outputs=2, max_seq_len=16, attention={"name": name}, attn_dropout=0.1)
+    assert build_variant(name, dropout=0.0) is not None

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import build_variant, qkv
+from helpers import build_variant, qkv
 
 import variants
 from variants.full_math import softmax_attention_probs

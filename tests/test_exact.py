@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_variant, qkv
+from helpers import build_variant, qkv
 
 
 @pytest.mark.parametrize("causal", [False, True])

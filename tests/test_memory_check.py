@@ -2,7 +2,8 @@
 
 import pytest
 
-from runners import memory, memory_check
+from runners import memory_check
+from runners.measure import memory
 
 
 @pytest.mark.skipif(not memory.cpu_peak_supported(), reason="needs Linux /proc/self/clear_refs")

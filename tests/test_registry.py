@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -88,11 +86,14 @@ def test_duplicate_name_from_another_class_is_refused():
             pass
 
 
-def test_new_file_in_variants_folder_is_discovered_with_no_other_edit():
-    """Drop a module into variants/ and a fresh interpreter lists it."""
+def test_a_new_file_in_a_variants_folder_is_discovered_with_no_other_edit(tmp_path, monkeypatch):
+    """Discovery imports every public module of a package: a temporary one here, never the source tree."""
     name = f"probe_{uuid.uuid4().hex[:8]}"
-    path = Path(variants.__file__).parent / f"{name}.py"
-    path.write_text(
+    package = tmp_path / f"pkg_{name}"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "_private.py").write_text("raise RuntimeError('modules starting with _ are not imported')\n")
+    (package / f"{name}.py").write_text(
         textwrap.dedent(
             f"""
             import variants
@@ -104,13 +105,18 @@ def test_new_file_in_variants_folder_is_discovered_with_no_other_edit():
             """
         )
     )
+    monkeypatch.syspath_prepend(str(tmp_path))
     try:
-        out = subprocess.run(
-            [sys.executable, "-c", "import variants; print(variants.names())"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        assert variants.discover(package.name) == [name]
+        assert name in variants.names() and "full_math" in variants.names()
+        q = torch.randn(1, 2, 4, 8)
+        assert torch.equal(variants.build(name, heads=2, dim_head=8, max_seq_len=None)(q, q, q), q)
     finally:
-        path.unlink()
-    assert name in out and "full_math" in out
+        variants.unregister(name)
+    assert name not in variants.names()
+
+
+def test_the_variants_package_discovers_its_own_folder():
+    shipped = sorted(p.stem for p in Path(variants.__file__).parent.glob("[!_]*.py"))
+    assert sorted(variants.discover("variants")) == shipped
+    assert set(shipped) <= {variants.get(n).__module__.rsplit(".", 1)[-1] for n in variants.names()}

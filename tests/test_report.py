@@ -7,7 +7,9 @@ import math
 import pandas as pd
 import pytest
 
-from runners import report, store
+from runners import report
+from runners.reporting import plots, tables
+from runners.results import store
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -85,11 +87,11 @@ def test_report_tables_hold_the_right_numbers(built):
     path, text = built
     assert "Built from **11 results** (2 failed or unsupported" in text
     assert "## cpu-A" in text and "## gpu-B" in text
-    frame = report.flat_results(store.read_records(path.parent.parent / "store"))
+    frame = tables.flat_results(store.read_records(path.parent.parent / "store"))
     speed_a = frame[(frame.fingerprint == "cpu-A") & (frame.probe == "speed")]
-    rel = report.relative_table(speed_a, "train_tokens_per_s")
+    rel = tables.relative_table(speed_a, "train_tokens_per_s")
     assert rel.loc["local", 2048] == pytest.approx(3.75) and rel.loc["full", 1024] == 1.0
-    mem = report.relative_table(speed_a, "peak_memory_mib")
+    mem = tables.relative_table(speed_a, "peak_memory_mib")
     assert mem.loc["local", 2048] == pytest.approx(0.25)
     assert "| local | 1.50 | 3.75 |" in text
 
@@ -107,9 +109,9 @@ def test_failed_points_are_shown_not_dropped(built):
 
 def test_summary_picks_fastest_leanest_and_trade_off(built):
     path, _ = built
-    frame = report.flat_results(store.read_records(path.parent.parent / "store"))
+    frame = tables.flat_results(store.read_records(path.parent.parent / "store"))
     a = frame[frame.fingerprint == "cpu-A"]
-    table = report.summary(a[a.probe == "speed"], a[a.probe == "accuracy"])
+    table = tables.summary(a[a.probe == "speed"], a[a.probe == "accuracy"])
     assert table.loc[1024, "fastest (train tok/s)"].startswith("linformer")
     assert table.loc[2048, "fastest (train tok/s)"].startswith("local")
     assert table.loc[2048, "leanest (peak MiB)"].startswith("local")
@@ -120,8 +122,19 @@ def test_summary_picks_fastest_leanest_and_trade_off(built):
 def test_cross_hardware_table_and_scaling_exponent(built):
     _, text = built
     assert "## Across hardware" in text and "9,000" in text
-    assert report.scaling_exponent(pd.Series([1024, 2048]), pd.Series([400.0, 1600.0])) == pytest.approx(2.0)
-    assert "full (n^2.00)" in text or (built[0].parent / "memory_hw0.png").exists()
+    assert tables.scaling_exponent(pd.Series([1024, 2048]), pd.Series([400.0, 1600.0])) == pytest.approx(2.0)
+
+
+def test_memory_plot_legend_carries_each_variants_fitted_exponent():
+    import matplotlib.pyplot as plt
+
+    frame = tables.flat_results(RECORDS)
+    ok = frame[(frame.fingerprint == "cpu-A") & (frame.probe == "speed") & (frame.status == "ok")]
+    fig, ax = plt.subplots()
+    plots.draw_lines(ax, ok, "peak_memory_mib", with_exponent=True)
+    labels = ax.get_legend_handles_labels()[1]
+    plt.close(fig)
+    assert labels == ["full (n^2.00)", "linformer", "local (n^1.00)"]
 
 
 def test_every_plot_is_a_valid_png_and_csv_is_written(built):
@@ -145,7 +158,7 @@ def test_filters_select_rows(tmp_path):
 
 def test_pareto_front():
     points = pd.DataFrame({"x": [1, 2, 3, 4], "y": [0.9, 0.95, 0.5, 0.6]})
-    assert sorted(report.pareto_front(points, "x", "y").x) == [2, 4]
+    assert sorted(tables.pareto_front(points, "x", "y").x) == [2, 4]
 
 
 def test_report_from_only_failed_points(tmp_path):
@@ -156,9 +169,9 @@ def test_report_from_only_failed_points(tmp_path):
 
 def test_scaling_table_fits_memory_and_step_time_exponents(built):
     path, text = built
-    frame = report.flat_results(store.read_records(path.parent.parent / "store"))
+    frame = tables.flat_results(store.read_records(path.parent.parent / "store"))
     a = frame[(frame.fingerprint == "cpu-A") & (frame.probe == "speed")]
-    table = report.scaling_table(a)
+    table = tables.scaling_table(a)
     assert table.loc["full", "peak memory"] == pytest.approx(2.0)
     assert table.loc["local", "peak memory"] == pytest.approx(1.0)
     assert table.loc["full", "train step time"] == pytest.approx(math.log2(5))  # 2x tokens at 0.4x the rate
@@ -169,10 +182,10 @@ def test_scaling_table_fits_memory_and_step_time_exponents(built):
 
 def test_causal_speed_points_get_their_own_rows_relative_to_causal_full():
     causal = [r | {"config": {"causal": True}} for r in RECORDS[:4]]  # full and local, causal, cpu-A
-    frame = report.flat_results(RECORDS[:4] + [c | {"train_tokens_per_s": 2 * c["train_tokens_per_s"]} for c in causal])
+    frame = tables.flat_results(RECORDS[:4] + [c | {"train_tokens_per_s": 2 * c["train_tokens_per_s"]} for c in causal])
     speed_a = frame[frame.probe == "speed"]
     assert {"full", "local", "full (causal)", "local (causal)"} == set(speed_a.variant)
-    rel = report.relative_table(speed_a, "train_tokens_per_s")
+    rel = tables.relative_table(speed_a, "train_tokens_per_s")
     assert rel.loc["full (causal)", 1024] == 1.0 and rel.loc["local (causal)", 2048] == pytest.approx(3.75)
     assert rel.loc["local", 2048] == pytest.approx(3.75)
 

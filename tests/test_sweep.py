@@ -1,61 +1,47 @@
-"""The sweep end to end on tiny sizes: store, resume, failures as results, wandb offline."""
+"""The sweep end to end on tiny sizes: store, resume, failures as results, wandb offline, a clean console."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import statistics
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import TINY_SWEEP
+from omegaconf import OmegaConf
 
-from runners import store, sweep
-from runners.config import CONF_DIR
-from runners.memory import timing_env
+from runners.hydra_glue.configs import attention_config
+from runners.measure.failures import PointFailed
+from runners.measure.memory import timing_env
+from runners.measure.speed_probe import speed_probe
+from runners.measure.worker import measure_isolated, run_isolated
+from runners.results import store
+from runners.sweeping import execute
+from runners.sweeping.execute import SPEED_PROBE
+from runners.sweeping.plan import ConfigError
+from runners.sweeping.run import run_sweep
 
-TINY = [
-    "model=tiny",
-    "task.vocab_size=32",
-    "task.num_pairs=4",
-    "task.num_queries=4",
-    "task.num_train=256",
-    "task.num_val=32",
-    "task.num_test=32",
-    "task.batch_size=32",
-    "optim.max_steps=20",
-    "optim.val_every=10",
-    "optim.warmup_steps=2",
-    "sweep.seq_lens=[32,64]",
-    "sweep.accuracy_seq_lens=[32]",
-    "sweep.repeats=2",
-    "sweep.warmup=1",
-    "sweep.batch_size=2",
-]
+REPO = Path(__file__).resolve().parents[1]
 
 
-def config(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[
-                *TINY,
-                f"results_dir={tmp_path / 'store'}",
-                f"report_dir={tmp_path / 'report'}",
-                "logger=none",
-                *overrides,
-            ],
-        )
+@pytest.fixture
+def sweep_config(compose_config):
+    """The sweep's config at test size, with more overrides."""
+    return lambda *overrides: compose_config("config", *TINY_SWEEP, *overrides)
 
 
 def point_files(tmp_path: Path) -> list[Path]:
     return sorted((tmp_path / "store" / "points").glob("*.json"))
 
 
-def test_tiny_sweep_writes_one_record_per_point(tmp_path):
-    table = sweep.run_sweep(config(tmp_path, "attention=full"))
+def test_tiny_sweep_writes_one_record_per_point(tmp_path, sweep_config):
+    table = run_sweep(sweep_config("attention=full"))
     records = store.read_records(tmp_path / "store")
     assert len(records) == len(point_files(tmp_path)) == 3  # 2 speed + 1 accuracy
     assert all(r["status"] == "ok" for r in records), [r.get("message") for r in records]
@@ -69,98 +55,118 @@ def test_tiny_sweep_writes_one_record_per_point(tmp_path):
     accuracy = next(r for r in records if r["probe"] == "accuracy")
     assert 0 <= accuracy["test_acc"] <= 1 and accuracy["task"] == "MQAR"
     context = records[0]
-    assert context["versions"]["torch"] == torch.__version__.split("+")[0] or context["versions"]["torch"]
+    assert context["versions"]["torch"] == metadata.version("torch")
+    assert context["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert context["hardware_info"]["cpu_count"] >= 1 and "fingerprint" in context["hardware_info"]
     assert context["resolved_config"]["attention"]["name"] == "full" and context["date"]
     assert (tmp_path / "store" / "results_table.csv").exists()
-    assert "full" in (tmp_path / "report" / "report.md").read_text()
+    assert "## " in (tmp_path / "report" / "report.md").read_text()
     assert len(table) == 3
 
 
-def test_resume_skips_done_points_and_force_remeasures(tmp_path):
-    cfg = config(tmp_path, "attention=full", "sweep.accuracy_seq_lens=[]")
-    sweep.run_sweep(cfg)
+def test_resume_skips_done_points_and_force_remeasures(tmp_path, sweep_config):
+    cfg = sweep_config("attention=full", "sweep.accuracy_seq_lens=[]", "sweep.seq_lens=[32]")
+    run_sweep(cfg)
     first = {p.name: p.read_text() for p in point_files(tmp_path)}
-    sweep.run_sweep(cfg)
+    run_sweep(cfg)
     assert {p.name: p.read_text() for p in point_files(tmp_path)} == first, "nothing re-measured"
-    sweep.run_sweep(config(tmp_path, "attention=full", "sweep.accuracy_seq_lens=[]", "force=true"))
+    run_sweep(sweep_config("attention=full", "sweep.accuracy_seq_lens=[]", "sweep.seq_lens=[32]", "force=true"))
     again = {p.name: p.read_text() for p in point_files(tmp_path)}
     assert again.keys() == first.keys() and again != first
-    bigger = config(tmp_path, "attention=full", "sweep.accuracy_seq_lens=[]", "sweep.seq_lens=[32,64,96]")
-    sweep.run_sweep(bigger)
-    assert len(point_files(tmp_path)) == 3, "only the new length was added"
+    run_sweep(sweep_config("attention=full", "sweep.accuracy_seq_lens=[]", "sweep.seq_lens=[32,48]"))
+    assert len(point_files(tmp_path)) == 2, "only the new length was added"
 
 
-def test_an_injected_failure_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    real_probe = sweep.measure_speed
+def test_an_injected_failure_is_recorded_and_the_sweep_goes_on(tmp_path, sweep_config, monkeypatch):
+    real = execute.measure_isolated
 
-    def flaky(**kwargs):
+    def flaky(function, kwargs, **options):
         if kwargs["seq_len"] == 32:
             raise RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory")
-        return real_probe(**kwargs)
+        return real(function, kwargs, **options)
 
-    monkeypatch.setattr(sweep, "measure_speed", flaky)
-    sweep.run_sweep(config(tmp_path, "attention=local", "sweep.accuracy_seq_lens=[]"))
+    monkeypatch.setattr(execute, "measure_isolated", flaky)
+    run_sweep(sweep_config("attention=local", "sweep.accuracy_seq_lens=[]"))
     by_len = {r["seq_len"]: r for r in store.read_records(tmp_path / "store")}
     assert by_len[32]["status"] == "oom" and "can't allocate" in by_len[32]["message"]
     assert by_len[64]["status"] == "ok"
 
 
-def test_unsupported_combinations_are_results(tmp_path):
-    sweep.run_sweep(config(tmp_path, "attention=linformer", "attention.k=16", "sweep.seq_lens=[]"))
+def test_unsupported_combinations_are_results(tmp_path, sweep_config):
+    run_sweep(sweep_config("attention=linformer", "attention.k=16", "sweep.seq_lens=[]"))
     (record,) = store.read_records(tmp_path / "store")
     assert record["status"] == "unsupported" and "cannot be causal" in record["message"]
     if not torch.cuda.is_available():
-        sweep.run_sweep(config(tmp_path, "attention=full", "hardware=cuda", "sweep.accuracy_seq_lens=[]"))
+        run_sweep(sweep_config("attention=full", "hardware=cuda", "sweep.accuracy_seq_lens=[]"))
         cuda = [r for r in store.read_records(tmp_path / "store") if r["hardware"] == "cuda"]
         assert len(cuda) == 2 and all(r["status"] == "unsupported" for r in cuda)
+        assert "no CUDA device" in cuda[0]["message"]
 
 
-def test_bidirectional_mqar_scores_a_variant_that_cannot_be_causal(tmp_path):
-    cfg = config(tmp_path, "attention=linformer", "attention.k=16", "sweep.seq_lens=[]", "task.causal=false")
-    sweep.run_sweep(cfg)
+def test_bidirectional_mqar_scores_a_variant_that_cannot_be_causal(tmp_path, sweep_config):
+    run_sweep(sweep_config("attention=linformer", "attention.k=16", "sweep.seq_lens=[]", "task.causal=false"))
     (record,) = store.read_records(tmp_path / "store")
     assert record["status"] == "ok" and record["config"]["task"]["causal"] is False
 
 
 def test_corrupted_result_file_is_skipped_with_a_warning(tmp_path):
-    sweep.run_sweep(config(tmp_path, "attention=full", "sweep.accuracy_seq_lens=[]"))
-    (tmp_path / "store" / "points" / "broken--x.json").write_text('{"key": "abc", "status": ')
+    store.write_point(tmp_path, {"key": "good", "status": "ok"})
+    (tmp_path / "points" / "broken--x.json").write_text('{"key": "abc", "status": ')
     with pytest.warns(UserWarning, match="skipping unreadable result file"):
-        records = store.read_records(tmp_path / "store")
-    assert len(records) == 2
+        records = store.read_records(tmp_path)
+    assert [r["key"] for r in records] == ["good"]
 
 
-def test_bad_config_stops_before_any_work(tmp_path):
-    with pytest.raises(sweep.ConfigError, match="window=0 is out of range"):
-        sweep.run_sweep(config(tmp_path, "attention=local", "attention.window=0"))
-    with pytest.raises(sweep.ConfigError, match="unknown hyperparameter"):
-        sweep.run_sweep(config(tmp_path, "attention=local", "+attention.windw=3"))
+def test_bad_config_stops_before_any_work(tmp_path, sweep_config):
+    with pytest.raises(ConfigError, match="window=0 is out of range"):
+        run_sweep(sweep_config("attention=local", "attention.window=0"))
+    with pytest.raises(ConfigError, match="unknown hyperparameter"):
+        run_sweep(sweep_config("attention=local", "+attention.windw=3"))
+    with pytest.raises(ConfigError, match="cannot apply attention dropout"):
+        run_sweep(sweep_config("attention=performer", "model.attn_dropout=0.1"))
     assert not (tmp_path / "store").exists()
 
 
-def test_wandb_offline_writes_run_files(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = config(tmp_path, "attention=full", "sweep.accuracy_seq_lens=[]", "sweep.seq_lens=[32]", "logger=wandb")
-    cfg.wandb.dir = str(tmp_path)
-    sweep.run_sweep(cfg)
+def test_wandb_offline_writes_run_files(tmp_path, sweep_config):
+    run_sweep(sweep_config("attention=full", "sweep.accuracy_seq_lens=[]", "sweep.seq_lens=[32]", "logger=wandb"))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
 
 
-def test_atomic_writes_from_two_writers_do_not_clobber(tmp_path):
-    record = {"key": "k1", "status": "ok"}
-    first = store.write_point(tmp_path, record)
-    second = first.with_name("k1--otherhost-1.json")
-    second.write_text(json.dumps(record | {"status": "oom"}))
-    assert len(store.read_records(tmp_path)) == 2
+WRITER = """
+import sys, time
+from pathlib import Path
+from runners.results import store
+
+folder, name, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+while not (folder / "go").exists():  # both writers start together
+    time.sleep(0.001)
+for i in range(count):
+    store.write_point(folder, {"key": f"{name}-{i}", "writer": name, "payload": "x" * 20_000})
+    store.write_point(folder, {"key": f"shared-{i}", "writer": name})  # the same point from both
+"""
+
+
+def test_two_processes_writing_into_one_store_at_once_lose_nothing(tmp_path):
+    count = 100
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), name, str(count)]) for name in ("a", "b")]
+    (tmp_path / "go").touch()
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    records = store.read_records(tmp_path)
+    assert len(records) == 4 * count  # own points of both, and the shared points once per writer
+    for name in ("a", "b"):
+        own = {r["key"] for r in records if r["writer"] == name and not r["key"].startswith("shared")}
+        assert own == {f"{name}-{i}" for i in range(count)}
+        assert all(len(r["payload"]) == 20_000 for r in records if r["writer"] == name and "payload" in r)
+    shared = [r["key"] for r in records if r["key"].startswith("shared")]
+    assert sorted(shared) == sorted([f"shared-{i}" for i in range(count)] * 2)
     assert not list((tmp_path / "points").glob(".*.tmp"))
 
 
 PLAIN_LOOP = """
 import json, statistics, sys, time
 import torch
-from runners.probe import build_model
+from runners.measure.speed_probe import build_model
 
 seq, batch, model_cfg, threads = json.loads(sys.argv[1])
 torch.set_num_threads(threads)
@@ -179,7 +185,7 @@ print(batch * seq / statistics.median(times))
 """
 
 
-def test_recorded_inference_throughput_matches_a_plain_timing_loop(tmp_path):
+def test_recorded_inference_throughput_matches_a_plain_timing_loop(tmp_path, sweep_config):
     """Measurement honesty: full_math at seq 1024, the sweep's number vs a loop written here.
 
     The loop runs in a fresh interpreter with the same malloc settings as the
@@ -187,8 +193,7 @@ def test_recorded_inference_throughput_matches_a_plain_timing_loop(tmp_path):
     process in a fast or a slow regime, 2x apart, for this allocation-heavy model.
     """
     seq, batch = 1024, 2
-    cfg = config(
-        tmp_path,
+    cfg = sweep_config(
         "attention=full_math",
         "model=small",  # compute-bound: a tiny model's timing swings with malloc between processes
         f"sweep.seq_lens=[{seq}]",
@@ -196,10 +201,10 @@ def test_recorded_inference_throughput_matches_a_plain_timing_loop(tmp_path):
         f"sweep.batch_size={batch}",
         "sweep.repeats=20",
         "sweep.warmup=5",
+        "force=true",
     )
-    cfg.force = True
     for _attempt in range(3):  # this machine is shared: a paired re-measurement, never a wider tolerance
-        sweep.run_sweep(cfg)
+        run_sweep(cfg)
         recorded = max(store.read_records(tmp_path / "store"), key=lambda r: r["finished_at"])["infer_tokens_per_s"]
         spec = json.dumps([seq, batch, dict(cfg.model), cfg.hardware.threads])
         command = [sys.executable, "-c", PLAIN_LOOP, spec]
@@ -211,37 +216,89 @@ def test_recorded_inference_throughput_matches_a_plain_timing_loop(tmp_path):
 
 
 def test_isolated_probe_reports_failures_with_their_status():
-    from runners.failures import PointFailed
-    from runners.probe import isolated_speed_probe
-
     common = {"model_cfg": {"dim": 32, "layers": 1, "heads": 2}, "batch_size": 1, "causal": False}
-    common |= {"device": torch.device("cpu"), "threads": 1, "warmup": 0, "repeats": 1}
+    common |= {"device": "cpu", "warmup": 0, "repeats": 1}
     with pytest.raises(PointFailed) as failed:
-        isolated_speed_probe(attention={"name": "linformer", "k": 64}, seq_len=32, **common)
+        measure_isolated(SPEED_PROBE, common | {"attention": {"name": "linformer", "k": 64}, "seq_len": 32}, threads=1)
     assert failed.value.status == "unsupported" and "k=64" in str(failed.value)
     with pytest.raises(PointFailed) as failed:
-        isolated_speed_probe(attention={"name": "full"}, seq_len=32, timeout_s=0.01, **common)
+        measure_isolated(
+            SPEED_PROBE, common | {"attention": {"name": "full"}, "seq_len": 32}, threads=1, timeout_s=0.01
+        )
     assert failed.value.status == "timeout"
-    result = isolated_speed_probe(attention={"name": "full"}, seq_len=32, **common)
-    assert result["train_tokens_per_s"] > 0
+    result = measure_isolated(SPEED_PROBE, common | {"attention": {"name": "full"}, "seq_len": 32}, threads=1)
+    assert result["train_tokens_per_s"] > 0 and result["peak_memory_mib"] > 0
 
 
 def test_flop_count_of_full_includes_its_fused_attention():
-    from runners.config import default_attention
-    from runners.probe import speed_probe
-
     model = {"dim": 32, "layers": 1, "heads": 2, "dim_head": None, "ff_mult": 2}
     flops = {
         name: speed_probe(
             model_cfg=model,
-            attention=default_attention(name),
+            attention=attention_config(name),
             seq_len=64,
             batch_size=2,
             causal=False,
-            device=torch.device("cpu"),
+            device="cpu",
             warmup=0,
             repeats=1,
+            parts=["time"],
         )["flops_per_step"]
         for name in ("full", "full_math")
     }
     assert flops["full"] == flops["full_math"] > 0
+
+
+def test_ddp_spawn_accuracy_point_inside_a_sweep(tmp_path, sweep_config):
+    """Two gloo processes train one accuracy point; the record carries both devices' throughput."""
+    cfg = sweep_config(
+        "attention=full", "hardware=cpu_ddp", "sweep.seq_lens=[]", "optim.max_steps=8", "optim.val_every=4"
+    )
+    run_sweep(cfg)
+    (record,) = store.read_records(tmp_path / "store")
+    assert record["status"] == "ok", record.get("message")
+    assert record["strategy"] == "ddp_spawn" and record["world_size"] == 2
+    assert record["train_tokens_per_s_total"] == pytest.approx(2 * record["train_tokens_per_s_per_device"])
+    assert 0 <= record["test_acc"] <= 1
+
+
+def test_plain_ddp_inside_a_sweep_is_refused_before_any_work(tmp_path, sweep_config):
+    with pytest.raises(ConfigError, match="ddp_spawn"):
+        run_sweep(sweep_config("attention=full", "hardware=cpu_ddp", "hardware.strategy=ddp"))
+    assert not (tmp_path / "store").exists()
+
+
+def test_console_shows_one_line_per_point_and_the_report_path_and_nothing_else(tmp_path):
+    """What a user sees from ``python -m runners.sweep``: progress lines, results, report; no third-party noise."""
+    overrides = [o for o in TINY_SWEEP if not o.startswith("sweep.seq_lens")] + ["sweep.seq_lens=[32]"]
+    command = [sys.executable, "-m", "runners.sweep", "attention=full", *overrides, "hydra.run.dir=hydra"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+    progress = [line for line in lines if line.startswith("[")]
+    assert len(progress) == 2, lines  # one speed point, one accuracy point
+    assert re.fullmatch(r"\[1/2\] full speed n=32 \.\.\. train [\d,]+ tok/s, .* MiB \(\d+ s; ETA .*\)", progress[0])
+    assert re.fullmatch(r"\[2/2\] full accuracy n=32 \.\.\. test acc [\d.]+ \(20 steps\) \(\d+ s\)", progress[1])
+    rest = [line for line in lines if not line.startswith("[")]
+    assert rest == [
+        f"results: 2 points in {tmp_path / 'results' / 'store'} (table: results_table.csv)",
+        f"report: {tmp_path / 'results' / 'report' / 'report.md'}",
+    ], lines
+    assert (tmp_path / "results" / "report" / "report.md").exists()
+
+
+def test_main_job_writes_only_where_git_ignores():
+    """The default results, report and wandb paths of conf/config.yaml are ignored: a sweep leaves a clean checkout."""
+    defaults = OmegaConf.load(REPO / "conf" / "config.yaml")
+    probe = [f"{defaults.results_dir}/points/x.json", f"{defaults.report_dir}/report.md", f"{defaults.wandb.dir}/w"]
+    assert all(not path.startswith("reports/") for path in probe)
+    ignored = subprocess.run(["git", "check-ignore", *probe], cwd=REPO, capture_output=True, text=True).stdout
+    assert ignored.split() == probe
+
+
+@pytest.mark.parametrize(("how", "status"), [("SIGKILL", "oom"), ("SIGSEGV", "error"), ("MemoryError", "oom")])
+def test_a_worker_that_dies_ends_only_its_point_with_a_status(how, status):
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    with pytest.raises(PointFailed) as failed:
+        run_isolated("helpers:die", {"how": how}, threads=1, env=env)
+    assert failed.value.status == status, str(failed.value)

@@ -7,8 +7,7 @@ import random
 import pytest
 import torch
 
-from tasks import MQAR, ListOps, SelectiveCopy, listops, mqar, selective_copy
-from tasks.data import IGNORE, PAD
+from tasks import IGNORE, MQAR, PAD, ListOps, SelectiveCopy, listops, mqar, selective_copy
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from runners.config import CONF_DIR
-from runners.train import run_training, warmup_cosine
+from runners.training.module import warmup_cosine
+from runners.training.run import run_training
 
 SMALL = ["model=tiny", "optim.max_steps=60", "optim.val_every=30", "optim.warmup_steps=5", "optim.max_time_s=120"]
 TASK_OVERRIDES = {
@@ -19,9 +18,10 @@ TASK_OVERRIDES = {
 SIZES = ["task.num_train=640", "task.num_val=64", "task.num_test=64", "task.batch_size=32"]
 
 
-def config(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+@pytest.fixture
+def train_config(compose_config):
+    """The single training run's config (conf/train.yaml) with overrides."""
+    return lambda *overrides: compose_config("train", *overrides)
 
 
 def mean_loss(trace, part):
@@ -30,31 +30,30 @@ def mean_loss(trace, part):
 
 
 @pytest.mark.parametrize("task", sorted(TASK_OVERRIDES))
-def test_short_training_run_lowers_the_loss(task):
-    cfg = config(f"task={task}", *TASK_OVERRIDES[task], *SMALL, *SIZES)
-    result = run_training(cfg)
+def test_short_training_run_lowers_the_loss(task, train_config):
+    result = run_training(train_config(f"task={task}", *TASK_OVERRIDES[task], *SMALL, *SIZES))
     assert result["status"] == "ok", result
     assert result["steps"] == 60
     assert mean_loss(result["loss_trace"], slice(-2, None)) < 0.95 * mean_loss(result["loss_trace"], slice(0, 2))
     assert 0.0 <= result["test_acc"] <= 1.0
 
 
-def test_same_config_same_metrics():
+def test_same_config_same_metrics(train_config):
     overrides = ("task=mqar", *TASK_OVERRIDES["mqar"], *SMALL, *SIZES, "optim.max_steps=20")
-    first, second = run_training(config(*overrides)), run_training(config(*overrides))
+    first, second = run_training(train_config(*overrides)), run_training(train_config(*overrides))
     assert first["test_acc"] == second["test_acc"]
     assert first["loss_trace"] == second["loss_trace"]
 
 
-def test_causal_task_with_non_causal_variant_is_unsupported_not_a_crash():
-    result = run_training(config("task=mqar", "attention=linformer", *TASK_OVERRIDES["mqar"], *SMALL, *SIZES))
+def test_causal_task_with_non_causal_variant_is_unsupported_not_a_crash(train_config):
+    result = run_training(train_config("task=mqar", "attention=linformer", *TASK_OVERRIDES["mqar"], *SMALL, *SIZES))
     assert result["status"] == "unsupported"
     assert "cannot be causal" in result["message"]
 
 
-def test_nan_loss_ends_the_run_as_diverged():
+def test_nan_loss_ends_the_run_as_diverged(train_config):
     overrides = ("task=mqar", *TASK_OVERRIDES["mqar"], *SMALL, *SIZES, "optim.lr=1e30", "optim.grad_clip=null")
-    result = run_training(config(*overrides))
+    result = run_training(train_config(*overrides))
     assert result["status"] == "diverged", result
     assert "NaN/inf" in result["message"]
 

@@ -43,6 +43,7 @@ __all__ = [
     "build",
     "causal_names",
     "check_range",
+    "discover",
     "get",
     "hyperparameters",
     "names",

@@ -60,6 +60,7 @@ class Attention(nn.Module):
     name: ClassVar[str] = ""
     supports_causal: ClassVar[bool] = False
     supports_mask: ClassVar[bool] = True
+    supports_dropout: ClassVar[bool] = True  # applies ``dropout`` to its attention weights in training mode
     needs_max_seq_len: ClassVar[bool] = False
 
     def __init__(

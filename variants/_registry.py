@@ -81,6 +81,12 @@ def build(
     cls = get(name)
     if causal and not cls.supports_causal:
         raise UnsupportedError(f"{name!r} cannot be causal; variants that can: {', '.join(causal_names())}")
+    if dropout and not cls.supports_dropout:
+        can = ", ".join(n for n in names() if _REGISTRY[n].supports_dropout)
+        raise UnsupportedError(
+            f"{name!r} cannot apply attention dropout (dropout={dropout}); build it with dropout=0 "
+            f"(model.attn_dropout=0) or use a variant that can: {can}"
+        )
     if cls.needs_max_seq_len and max_seq_len is None:
         raise UnsupportedError(f"{name!r} needs a fixed max_seq_len; pass max_seq_len=<longest sequence>")
     accepted = hyperparameters(name)

@@ -61,9 +61,15 @@ def normalize(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tenso
 
 @variants.register("performer")
 class PerformerAttention(variants.Attention):
-    """FAVOR+ linear attention with ``nb_features`` positive orthogonal random features."""
+    """FAVOR+ linear attention with ``nb_features`` positive orthogonal random features.
+
+    No attention dropout: the weights ``phi(q) . phi(k)`` are never formed, so
+    there is nothing to drop (the reference ``performer-pytorch`` has none
+    either); ``build`` refuses ``dropout > 0``.
+    """
 
     supports_causal = True
+    supports_dropout = False
 
     def __init__(
         self,

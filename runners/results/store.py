@@ -1,4 +1,4 @@
-"""Results store: one JSON file per point, written atomically, read back with pandas.
+"""Results store: one JSON file per point, written atomically.
 
 One file per point (named by the point's config hash plus a host/process
 suffix) means several processes and machines can write into one folder at
@@ -15,8 +15,6 @@ import socket
 import warnings
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 
 def point_key(identity: dict[str, Any]) -> str:
@@ -47,13 +45,3 @@ def read_records(results_dir: Path) -> list[dict[str, Any]]:
             warnings.warn(f"skipping unreadable result file {path}: {error}", stacklevel=2)
     return records
 
-
-def done_keys(results_dir: Path) -> set[str]:
-    """Keys of the points already in the store (any status)."""
-    return {r["key"] for r in read_records(results_dir) if "key" in r}
-
-
-def load_frame(results_dir: Path) -> pd.DataFrame:
-    """The store as a flat DataFrame (nested dicts flattened with dots)."""
-    records = read_records(results_dir)
-    return pd.json_normalize(records) if records else pd.DataFrame()

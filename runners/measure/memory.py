@@ -164,8 +164,3 @@ def measure_step_peak(step: Callable[[], object], device: torch.device, *, repea
         added_mib=statistics.median(p.added_mib for p in peaks),
         process_mib=statistics.median(p.process_mib for p in peaks),
     )
-
-
-def step_peak_mib(step: Callable[[], object], device: torch.device, *, repeats: int = 1) -> float:
-    """Median peak memory (MiB) that one step adds over what was live before it."""
-    return measure_step_peak(step, device, repeats=repeats).added_mib

@@ -7,14 +7,14 @@ memory of one training step and the FLOPs of one step from torch's FLOP
 counter. Peak memory is what a training step needs in total, as CUDA's
 ``max_memory_allocated`` counts it: the state it keeps (parameters, gradients,
 AdamW moments, the batch) plus the most the step adds on top, measured
-(:mod:`runners.memory`); both parts are recorded too, and the process's
+(:mod:`runners.measure.memory`); both parts are recorded too, and the process's
 high-water mark (CPU: resident set incl. interpreter; CUDA: allocator reserve).
 """
 
 from __future__ import annotations
 
-import json
-import sys
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -23,9 +23,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import models
-from runners.failures import classify_failure, run_json_worker
-from runners.memory import measure_step_peak, tensor_mib, timing_env
-from runners.timing import time_calls
+from runners.measure.memory import measure_step_peak, tensor_mib
+from runners.measure.timing import time_calls
 
 
 def build_model(
@@ -50,15 +49,19 @@ def speed_probe(
     seq_len: int,
     batch_size: int,
     causal: bool,
-    device: torch.device,
+    device: str | torch.device,
     precision: str = "32-true",
     vocab_size: int = 128,
     warmup: int = 2,
     repeats: int = 5,
     seed: int = 0,
-    parts: tuple[str, ...] = ("time", "memory"),
+    parts: Sequence[str] = ("time", "memory"),
 ) -> dict[str, Any]:
-    """Throughput, memory and FLOPs of one configuration; raises on failure (the sweep records it)."""
+    """Throughput, memory and FLOPs of one configuration; raises on failure (the sweep records it).
+
+    The sweep calls it through :func:`runners.measure.worker.measure_isolated`, one fresh process per part.
+    """
+    device = torch.device(device)
     torch.manual_seed(seed)
     model = build_model(
         model_cfg=model_cfg, attention=attention, vocab_size=vocab_size, seq_len=seq_len, causal=causal
@@ -85,7 +88,6 @@ def speed_probe(
             forward()
 
     result: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
-    slow_steps = False
     if "time" in parts:
         model.train()
         train = time_calls(train_step, device=device, warmup=warmup, repeats=repeats)
@@ -96,7 +98,6 @@ def speed_probe(
         with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             train_step()
         tokens_per_step = batch_size * seq_len
-        slow_steps = train.median_s >= 5
         result |= {
             "train_tokens_per_s": tokens_per_step / train.median_s,
             "train_tokens_per_s_min": tokens_per_step / train.max_s,
@@ -111,9 +112,11 @@ def speed_probe(
         }
     if "memory" in parts:
         model.train()
+        started = time.perf_counter()
         train_step()  # creates the gradients and AdamW moments that the state counts
+        repeats_memory = 3 if time.perf_counter() - started < 5 else 1  # the median of 3 where affordable
         state = tensor_mib(model, optimizer, tokens, targets)  # parameters, gradients, AdamW moments, batch
-        peak = measure_step_peak(train_step, device, repeats=1 if slow_steps else 3)
+        peak = measure_step_peak(train_step, device, repeats=repeats_memory)
         result |= {
             "peak_memory_mib": state + peak.added_mib,
             "state_memory_mib": state,
@@ -121,42 +124,3 @@ def speed_probe(
             "process_peak_mib": peak.process_mib,
         }
     return result
-
-
-def isolated_speed_probe(
-    *, threads: int, timeout_s: float | None = None, parts: tuple[str, ...] = ("time", "memory"), **kwargs: Any
-) -> dict[str, Any]:
-    """:func:`speed_probe` in a fresh interpreter with ``threads`` CPU threads.
-
-    Timing and memory each get their own process. Why: the CPU memory probe
-    pins glibc's malloc thresholds for the rest of a process (that cannot be
-    undone), which slows any timing after it; timing runs with fixed high
-    thresholds (:func:`~runners.memory.timing_env`) so every point is timed in
-    the same allocator regime, but the heap that leaves behind is fragmented
-    and would inflate the memory reading (we saw +50% for full_math); and an
-    out-of-memory kill or a hard crash must end only its point.
-    Failures come back as :class:`~runners.failures.PointFailed` with their status.
-    """
-    result: dict[str, Any] = {}
-    if "time" in parts:
-        result |= _run_isolated(kwargs | {"parts": ["time"]}, threads, timeout_s, timing_env())
-    if "memory" in parts:
-        result |= _run_isolated(kwargs | {"parts": ["memory"]}, threads, timeout_s, None)
-    return result
-
-
-def _run_isolated(kwargs: dict[str, Any], threads: int, timeout_s: float | None, env: dict | None) -> dict[str, Any]:
-    spec = kwargs | {"device": str(kwargs["device"]), "threads": threads}
-    return run_json_worker([sys.executable, "-m", "runners.probe", json.dumps(spec)], timeout_s=timeout_s, env=env)
-
-
-def _worker(spec: dict[str, Any]) -> dict[str, Any]:
-    torch.set_num_threads(spec.pop("threads"))
-    try:
-        return speed_probe(**spec | {"device": torch.device(spec["device"]), "parts": tuple(spec["parts"])})
-    except Exception as error:  # reported to the parent, which records it as the point's status
-        return {"failure": classify_failure(error), "message": f"{type(error).__name__}: {error}"[:500]}
-
-
-if __name__ == "__main__":
-    print(json.dumps(_worker(json.loads(sys.argv[1]))))

@@ -8,8 +8,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from runners import launch
-from runners.sweep import finish
+from runners.hydra_glue import launch
+from runners.sweeping.run import finish
 
 
 class ReportAfterMultirun(Callback):

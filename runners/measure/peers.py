@@ -70,8 +70,11 @@ def _linformer(*, heads: int, dim_head: int, seq_len: int, causal: bool, hparams
 def _performer(*, heads: int, dim_head: int, seq_len: int, causal: bool, hparams: dict[str, Any]):
     import contextlib
     import io
+    import warnings
 
-    from performer_pytorch import FastAttention
+    with warnings.catch_warnings():  # it compares torch versions with distutils' deprecated LooseVersion
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from performer_pytorch import FastAttention
 
     with contextlib.redirect_stdout(io.StringIO()):  # it prints a note about its CUDA kernel
         module = FastAttention(dim_heads=dim_head, nb_features=hparams["nb_features"], causal=causal)

@@ -1,0 +1,1 @@
+"""Hydra glue: generated config options, launcher facts inside a job, and the after-multirun callback."""

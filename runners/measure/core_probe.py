@@ -1,0 +1,89 @@
+"""Time and peak memory of one attention core (no projections), ours or a peer package's.
+
+``runners.bench`` calls :func:`core_probe` through
+:func:`runners.measure.worker.measure_isolated`: timing and memory each in a
+fresh process, as the sweep's skeleton probe does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+import variants
+from runners.measure.memory import measure_step_peak
+from runners.measure.peers import PEERS
+from runners.measure.timing import time_calls
+
+OURS = "ours"
+
+
+def build_core(
+    *, variant: str, impl: str, causal: bool, hparams: dict[str, Any], heads: int, dim_head: int, seq_len: int
+) -> tuple[nn.Module, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """The module (for its parameters) and the ``(q, k, v) -> out`` call of our variant or its peer."""
+    if impl == OURS:
+        module = variants.build(variant, heads=heads, dim_head=dim_head, max_seq_len=seq_len, causal=causal, **hparams)
+        return module, module
+    return PEERS[variant].build(heads=heads, dim_head=dim_head, seq_len=seq_len, causal=causal, hparams=hparams)
+
+
+def core_probe(
+    *,
+    variant: str,
+    impl: str,
+    causal: bool,
+    hparams: dict[str, Any],
+    seq_len: int,
+    batch: int,
+    heads: int,
+    dim_head: int,
+    repeats: int,
+    device: str = "cpu",
+    budget_s: float = 20.0,
+    parts: Sequence[str] = ("time", "memory"),
+) -> dict[str, Any]:
+    """Forward time, forward+backward time (medians) and the peak memory of one forward+backward step.
+
+    ``budget_s`` caps the timed calls of a slow point (at least 3 are taken).
+    """
+    device_ = torch.device(device)
+    torch.manual_seed(0)
+    module, call = build_core(
+        variant=variant, impl=impl, causal=causal, hparams=hparams, heads=heads, dim_head=dim_head, seq_len=seq_len
+    )
+    module.to(device_)
+    shape = (batch, heads, seq_len, dim_head)
+    q, k, v = (torch.randn(shape, device=device_, requires_grad=True) for _ in range(3))
+    grad_out = torch.randn(shape, device=device_)
+
+    def forward() -> None:
+        with torch.no_grad():
+            call(q, k, v)
+
+    def forward_backward() -> None:
+        call(q, k, v).backward(grad_out)
+        for t in (q, k, v):
+            t.grad = None
+        module.zero_grad(set_to_none=True)
+
+    result: dict[str, Any] = {"threads": torch.get_num_threads()}
+    if "time" in parts:
+        fwd = time_calls(forward, device=device_, warmup=1, repeats=repeats, budget_s=budget_s)
+        step = time_calls(forward_backward, device=device_, warmup=1, repeats=repeats, budget_s=budget_s)
+        result |= {
+            "fwd_ms": fwd.median_s * 1e3,
+            "fwd_bwd_ms": step.median_s * 1e3,
+            "fwd_bwd_spread": step.spread,
+            "repeats": step.repeats,
+        }
+    if "memory" in parts:
+        started = time.perf_counter()
+        forward_backward()  # a first step outside the measurement: lazily built state is not the step's
+        repeats_memory = 3 if time.perf_counter() - started < 5 else 1  # the median of 3 where affordable
+        result["peak_mib"] = measure_step_peak(forward_backward, device_, repeats=repeats_memory).added_mib
+    return result

@@ -1,0 +1,168 @@
+"""The report's tables: one row per point, failed points labelled, LRA-relative, scaling, summary."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+REFERENCE = "full"
+CAUSAL = " (causal)"  # suffix of causal speed points, which are compared with causal full
+COLUMNS = {
+    "variant": "variant",
+    "hardware": "hardware",
+    "hardware_info.fingerprint": "fingerprint",
+    "probe": "probe",
+    "task": "task",
+    "seq_len": "seq_len",
+    "status": "status",
+    "message": "message",
+    "sweep_id": "sweep_id",
+    "train_tokens_per_s": "train_tokens_per_s",
+    "infer_tokens_per_s": "infer_tokens_per_s",
+    "config.batch_size": "batch_size",
+    "config.causal": "causal",
+    "peak_memory_mib": "peak_memory_mib",
+    "state_memory_mib": "state_memory_mib",
+    "step_memory_mib": "step_memory_mib",
+    "process_peak_mib": "process_peak_mib",
+    "flops_per_step": "flops_per_step",
+    "params": "params",
+    "test_acc": "test_acc",
+    "steps": "steps",
+    "world_size": "world_size",
+    "train_tokens_per_s_total": "train_tokens_per_s_total",
+    "train_tokens_per_s_per_device": "train_tokens_per_s_per_device",
+    "majority_baseline": "majority_baseline",
+}
+
+
+def flat_results(records: list[dict]) -> pd.DataFrame:
+    """One row per point with the columns the report uses."""
+    frame = pd.json_normalize(records) if records else pd.DataFrame()
+    for column in COLUMNS:
+        if column not in frame.columns:
+            frame[column] = np.nan
+    frame = frame[list(COLUMNS)].rename(columns=COLUMNS)
+    frame["fingerprint"] = frame["fingerprint"].fillna(frame["hardware"])
+    causal_speed = (frame.probe == "speed") & frame.causal.eq(True)
+    frame.loc[causal_speed, "variant"] = frame.loc[causal_speed, "variant"] + CAUSAL  # its own row in every table
+    return frame.sort_values(["fingerprint", "probe", "variant", "seq_len"]).reset_index(drop=True)
+
+
+def status_label(row: pd.Series) -> str:
+    """What a failed point shows in a table cell."""
+    status, message = row["status"], str(row.get("message") or "")
+    if status == "oom":
+        return "OOM"
+    if status == "unsupported":
+        return "n/a: causal unsupported" if "causal" in message else "n/a: unsupported"
+    return str(status)
+
+
+def training_run_cells(accuracy: pd.DataFrame) -> pd.Series:
+    """'total (per device x N), steps' for each training run; blank where a run recorded no throughput."""
+
+    def cell(row: pd.Series) -> str:
+        if pd.isna(row.train_tokens_per_s_total):
+            return ""
+        world = int(row.world_size) if pd.notna(row.world_size) else 1
+        steps = f", {int(row.steps)} steps" if pd.notna(row.steps) else ""
+        return f"{row.train_tokens_per_s_total:,.0f} ({row.train_tokens_per_s_per_device:,.0f} x {world}){steps}"
+
+    return accuracy.apply(cell, axis=1) if not accuracy.empty else pd.Series(dtype=str)
+
+
+def cell_table(frame: pd.DataFrame, value: str, fmt: str) -> pd.DataFrame:
+    """variant x seq_len table of ``value``, failed points shown by their status."""
+    if frame.empty:
+        return pd.DataFrame()
+    cells = frame.apply(lambda r: format(r[value], fmt) if r["status"] == "ok" else status_label(r), axis=1)
+    return frame.assign(cell=cells).pivot_table(index="variant", columns="seq_len", values="cell", aggfunc="last")
+
+
+def relative_table(speed: pd.DataFrame, value: str) -> pd.DataFrame:
+    """LRA-style: each variant's ``value`` divided by full's at the same length and direction."""
+    ok = speed[speed.status == "ok"]
+    table = ok.pivot_table(index="variant", columns="seq_len", values=value, aggfunc="last")
+    parts = []
+    for causal in (False, True):
+        rows = table[table.index.str.endswith(CAUSAL) == causal]
+        reference = REFERENCE + CAUSAL if causal else REFERENCE
+        if reference in rows.index:
+            parts.append(rows.div(rows.loc[reference], axis=1))
+    return pd.concat(parts) if parts else pd.DataFrame()
+
+
+def scaling_exponent(seq_lens: pd.Series, values: pd.Series) -> float:
+    """Slope of log(value) against log(n): 1 = linear, 2 = quadratic."""
+    mask = values.notna() & (values > 0)
+    if mask.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(seq_lens[mask].astype(float)), np.log(values[mask].astype(float)), 1)[0])
+
+
+SCALED = {
+    "peak memory": "peak_memory_mib",
+    "step memory": "step_memory_mib",
+    "train step time": "train_step_s",
+    "inference time": "infer_step_s",
+    "FLOPs": "flops_per_step",
+}
+
+
+def scaling_table(speed: pd.DataFrame) -> pd.DataFrame:
+    """Per variant, the fitted exponent p of n^p for memory, time and FLOPs over the measured lengths.
+
+    Times per step come from throughput (tokens per step / tokens per second),
+    so a variant whose throughput holds steady scales as n^1.
+    """
+    ok = speed[speed.status == "ok"].copy()
+    tokens = ok.seq_len * ok.batch_size.fillna(1)
+    ok["train_step_s"] = tokens / ok.train_tokens_per_s
+    ok["infer_step_s"] = tokens / ok.infer_tokens_per_s
+    rows = {}
+    for variant, group in ok.groupby("variant"):
+        if group.seq_len.nunique() < 2:
+            continue
+        row = {"lengths": f"{group.seq_len.min()}-{group.seq_len.max()}"}
+        for label, column in SCALED.items():
+            row[label] = scaling_exponent(group.seq_len, group[column])
+        rows[variant] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Points not beaten on both ``x`` and ``y`` (higher is better for both)."""
+    ordered = points.sort_values(x, ascending=False)
+    front, best = [], -math.inf
+    for _, row in ordered.iterrows():
+        if row[y] > best:
+            front.append(row)
+            best = row[y]
+    return pd.DataFrame(front)
+
+
+def summary(speed: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Per sequence length: fastest, leanest, most accurate, best trade-off."""
+    ok = speed[speed.status == "ok"]
+    acc = accuracy[accuracy.status == "ok"].groupby("variant").test_acc.mean()
+    rows = []
+    for seq_len, group in ok.groupby("seq_len"):
+        fastest = group.loc[group.train_tokens_per_s.idxmax()]
+        leanest = group.loc[group.peak_memory_mib.idxmin()]
+        row = {
+            "seq_len": seq_len,
+            "fastest (train tok/s)": f"{fastest.variant} ({fastest.train_tokens_per_s:,.0f})",
+            "leanest (peak MiB)": f"{leanest.variant} ({leanest.peak_memory_mib:,.0f})",
+            "most accurate": f"{acc.idxmax()} ({acc.max():.3f})" if not acc.empty else "no accuracy runs",
+        }
+        if REFERENCE in acc.index:
+            close = set(acc[acc >= acc[REFERENCE] - 0.01].index)
+            candidates = group[group.variant.isin(close)]
+            if not candidates.empty:
+                best = candidates.loc[candidates.train_tokens_per_s.idxmax()]
+                row["best trade-off (fastest within 1 pt of full)"] = best.variant
+        rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else ["seq_len"]).set_index("seq_len")

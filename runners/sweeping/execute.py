@@ -1,0 +1,71 @@
+"""Measure one point of a sweep; whatever goes wrong comes back as the point's status, never an exception."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+import variants
+from runners.measure.failures import PointFailed, classify_failure, failure_message
+from runners.measure.worker import measure_isolated
+from runners.training.run import run_training
+
+SPEED_PROBE = "runners.measure.speed_probe:speed_probe"
+
+
+def device_for(hardware: DictConfig) -> str:
+    """The torch device of a hardware config; a CUDA config on a machine without CUDA is unsupported."""
+    if hardware.accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise PointFailed("unsupported", "hardware=cuda but this machine has no CUDA device")
+        return "cuda"
+    return "cpu"
+
+
+def measure_speed(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
+    """The skeleton's speed probe, timing and memory each in a fresh process."""
+    name = point["attention"]["name"]
+    if point["causal"] and not variants.get(name).supports_causal:
+        raise variants.UnsupportedError(f"causal unsupported by {name!r}")
+    kwargs = {
+        "model_cfg": point["model"],
+        "attention": point["attention"],
+        "seq_len": point["seq_len"],
+        "batch_size": point["batch_size"],
+        "causal": point["causal"],
+        "device": device_for(cfg.hardware),
+        "precision": cfg.hardware.precision,
+        "warmup": point["warmup"],
+        "repeats": point["repeats"],
+        "seed": cfg.seed,
+    }
+    return measure_isolated(SPEED_PROBE, kwargs, threads=cfg.hardware.threads, timeout_s=cfg.sweep.point_timeout_s)
+
+
+def measure_accuracy(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
+    """A training run of the point's variant on the task at the point's length."""
+    device_for(cfg.hardware)
+    run_cfg = cfg.copy()
+    with open_dict(run_cfg):
+        run_cfg.attention = point["attention"]
+        run_cfg.task.seq_len = point["seq_len"]
+    result = run_training(run_cfg)
+    result.pop("loss_trace", None)
+    return result
+
+
+def measure_point(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
+    """The point's measurements with ``status``; a failure is a result with its status and message."""
+    try:
+        if point["probe"] == "speed":
+            return {"status": "ok"} | measure_speed(cfg, point)
+        return measure_accuracy(cfg, point)
+    except Exception as error:  # a failed point is a result, never the end of the sweep
+        return {
+            "status": classify_failure(error),
+            "message": failure_message(error),
+            "traceback": traceback.format_exc(limit=3)[-2000:],
+        }

@@ -1,0 +1,1 @@
+"""Accuracy runs: the LightningModule around the skeleton, the Trainer, and training throughput."""

@@ -1,0 +1,106 @@
+"""The LightningModule of an accuracy run: the shared skeleton plus loss, optimizer and accuracy."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+import models
+import variants
+from tasks import IGNORE
+
+
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class SequenceModel(pl.LightningModule):
+    """The skeleton plus loss, optimizer and accuracy for one task."""
+
+    def __init__(
+        self,
+        *,
+        model: dict[str, Any],
+        attention: dict[str, Any],
+        vocab_size: int,
+        num_classes: int,
+        seq_len: int,
+        head: str,
+        causal: bool,
+        lr: float,
+        weight_decay: float,
+        warmup_steps: int,
+        max_steps: int,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = models.Transformer(
+            vocab_size=vocab_size,
+            num_outputs=num_classes,
+            max_seq_len=seq_len,
+            attention=attention,
+            head=head,
+            causal=causal,
+            **model,
+        )
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, ignore_index=IGNORE, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, ignore_index=IGNORE, average="micro")
+        self.diverged_at: int | None = None
+        self.loss_trace: list[tuple[int, float]] = []  # (step, loss) every 10 steps, for reports and tests
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # A mask with no padding carries no information; dropping it lets fused kernels run.
+        return self.model(tokens, None if bool(mask.all()) else mask)
+
+    def _loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tokens, mask, labels = batch
+        logits = self(tokens, mask)
+        loss = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE)
+        return loss, logits, labels
+
+    def training_step(self, batch, batch_idx: int):
+        loss, _, _ = self._loss(batch)
+        if not torch.isfinite(loss):
+            self.diverged_at = self.global_step
+            self.trainer.callback_metrics["diverged_at"] = torch.tensor(float(self.global_step))  # survives ddp_spawn
+            self.trainer.should_stop = True
+            return None  # skip this optimizer step
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if self.global_step % 10 == 0:
+            self.loss_trace.append((self.global_step, loss.item()))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        for module in self.model.modules():
+            if isinstance(module, variants.Attention):
+                module.on_train_step(self.global_step)
+
+    def _score(self, batch, metric: MulticlassAccuracy, prefix: str) -> None:
+        loss, logits, labels = self._loss(batch)
+        metric.update(logits.flatten(0, -2), labels.flatten())
+        self.log(f"{prefix}_loss", loss, prog_bar=prefix == "val", sync_dist=True)
+        self.log(f"{prefix}_acc", metric, prog_bar=prefix == "val")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._score(batch, self.val_acc, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._score(batch, self.test_acc, "test")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_cosine(step, warmup_steps=hp.warmup_steps, total_steps=hp.max_steps),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,142 @@
+"""One accuracy run: build the task, the module and a Trainer from the config, train, test, report a status.
+
+The run stops at ``optim.max_steps`` or ``optim.max_time_s``, whichever comes
+first, then reports test accuracy. A NaN/inf loss ends the run with status
+``diverged``; a causal task with a variant that cannot be causal is
+``unsupported``. Neither raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from datetime import timedelta
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import variants
+from runners.training.module import SequenceModel
+from runners.training.throughput import TrainThroughput
+from tasks import GeneratedTask
+
+
+class ReleaseProcessGroup(pl.Callback):
+    """Destroys the process group of a multi-process run when the run's stage ends.
+
+    Lightning creates the group but destroys only NCCL ones (at exit). A gloo
+    group still alive when a ``ddp_spawn`` worker exits tears down its threads
+    during static destruction and the worker sometimes aborts with "terminate
+    called without an active exception" (we saw 1 run in 10), which fails the
+    whole run. The next fit or test creates a fresh group.
+    """
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def quiet_lightning() -> None:
+    """Keep the console to the project's own lines: no Lightning banners, tips or hints about workers.
+
+    Called when this module is imported, which also happens in every ``ddp_spawn`` worker (a fresh
+    interpreter that unpickles the trainer), so the workers are as quiet as the sweep.
+
+    "GPU available: False", "💡 Tip: ..." and the like are INFO records of
+    Lightning's loggers; the warnings filtered here are about choices we made
+    on purpose (in-memory tensors with ``num_workers=0``, skipping a diverged
+    step) or deprecations inside Lightning itself.
+    """
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    # A step whose loss is NaN/inf returns None on purpose (the run ends as diverged, its step skipped).
+    warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`.*")
+    # DDP evaluation pads the last batch by repeating samples; our test splits divide evenly by 2 devices.
+    warnings.filterwarnings("ignore", message=r".*Using `DistributedSampler` with the dataloaders.*")
+
+
+quiet_lightning()
+
+
+def build_trainer(cfg: DictConfig, *, logger: Any = False, callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
+    """A Trainer from the optim and hardware configs (``hardware.strategy``: auto, ddp, ddp_spawn, ...)."""
+    return pl.Trainer(
+        callbacks=[*(callbacks or []), ReleaseProcessGroup()],
+        accelerator=cfg.hardware.accelerator,
+        devices=cfg.hardware.devices,
+        strategy=cfg.hardware.strategy,
+        precision=cfg.hardware.precision,
+        max_steps=cfg.optim.max_steps,
+        max_time=timedelta(seconds=cfg.optim.max_time_s),
+        val_check_interval=cfg.optim.val_every,
+        check_val_every_n_epoch=None,
+        limit_val_batches=cfg.optim.limit_val_batches,
+        gradient_clip_val=cfg.optim.grad_clip,
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=logger,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+    )
+
+
+def run_training(cfg: DictConfig, *, logger: Any = False) -> dict[str, Any]:
+    """Train, validate and test one configuration; the status says how it ended."""
+    attention = OmegaConf.to_container(cfg.attention, resolve=True)
+    task: GeneratedTask = hydra.utils.instantiate(cfg.task)
+    name = attention["name"]
+    if task.causal and not variants.get(name).supports_causal:
+        return {
+            "status": "unsupported",
+            "message": f"{task.name} is causal and {name!r} cannot be causal; "
+            f"variants that can: {', '.join(variants.causal_names())}",
+        }
+    if cfg.hardware.threads:
+        torch.set_num_threads(cfg.hardware.threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = SequenceModel(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        attention=attention,
+        vocab_size=task.vocab_size,
+        num_classes=task.num_classes,
+        seq_len=task.seq_len,
+        head=task.head,
+        causal=task.causal,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        warmup_steps=cfg.optim.warmup_steps,
+        max_steps=cfg.optim.max_steps,
+    )
+    trainer = build_trainer(cfg, logger=logger, callbacks=[TrainThroughput()])
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=task)
+    train_time = time.perf_counter() - start
+    result = {
+        "steps": int(_metric(trainer, "steps") or trainer.global_step),
+        "train_time_s": train_time,
+        "val_acc": _metric(trainer, "val_acc"),
+        "majority_baseline": task.majority_baseline(),
+        "strategy": str(cfg.hardware.strategy),
+        "world_size": int(_metric(trainer, "world_size") or 1),
+        "train_tokens_per_s_per_device": _metric(trainer, "train_tokens_per_s_per_device"),
+        "train_tokens_per_s_total": _metric(trainer, "train_tokens_per_s_total"),
+        "loss_trace": module.loss_trace,  # this process's steps only (empty from ddp_spawn workers)
+    }
+    diverged_at = _metric(trainer, "diverged_at")
+    if diverged_at is not None:
+        return result | {"status": "diverged", "message": f"loss became NaN/inf at step {int(diverged_at)}"}
+    tested = trainer.test(module, datamodule=task, verbose=False)[0]
+    return result | {"status": "ok", "test_acc": tested["test_acc"], "test_loss": tested["test_loss"]}
+
+
+def _metric(trainer: pl.Trainer, key: str) -> float | None:
+    value = trainer.callback_metrics.get(key)
+    return None if value is None else float(value)

@@ -1,0 +1,56 @@
+"""Plain helpers shared by the test modules (fixtures live in conftest.py). Test modules never import each other."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+
+import variants
+
+HEADS = 2
+DIM_HEAD = 16
+MAX_SEQ_LEN = 4096
+
+# A sweep small enough for a test: tiny model, tiny MQAR, two speed lengths and one accuracy length.
+TINY_SWEEP = [
+    "model=tiny",
+    "task.vocab_size=32",
+    "task.num_pairs=4",
+    "task.num_queries=4",
+    "task.num_train=256",
+    "task.num_val=32",
+    "task.num_test=32",
+    "task.batch_size=32",
+    "optim.max_steps=20",
+    "optim.val_every=10",
+    "optim.warmup_steps=2",
+    "sweep.seq_lens=[32,64]",
+    "sweep.accuracy_seq_lens=[32]",
+    "sweep.repeats=2",
+    "sweep.warmup=1",
+    "sweep.batch_size=2",
+]
+
+
+def build_variant(name: str, **overrides) -> variants.Attention:
+    """Build ``name`` at test size with its default hyperparameters."""
+    kwargs = {"heads": HEADS, "dim_head": DIM_HEAD, "max_seq_len": MAX_SEQ_LEN} | overrides
+    return variants.build(name, **kwargs)
+
+
+def qkv(batch: int, seq: int, *, seed: int = 0, scale: float = 1.0, requires_grad: bool = False):
+    """Seeded ``(B, H, N, Dh)`` q, k, v."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = [torch.randn(batch, HEADS, seq, DIM_HEAD, generator=gen) * scale for _ in range(3)]
+    for t in tensors:
+        t.requires_grad_(requires_grad)
+    return tensors
+
+
+def die(*, how: str) -> None:
+    """A worker function that fails the way ``how`` says (a signal's name, or an exception's)."""
+    if how == "MemoryError":
+        raise MemoryError("simulated")
+    os.kill(os.getpid(), getattr(signal, how))
