@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import hydra
@@ -125,3 +126,15 @@ def test_ci_runs_the_readmes_install_and_test_command_verbatim():
     install, test = (part.strip() for part in test_line.split("&&"))
     assert install in ci_lines and test in ci_lines
     assert ci_lines.index(install) < ci_lines.index(test)
+
+
+def test_no_source_file_is_ignored_by_git():
+    """A .gitignore pattern that also matches a code folder (``results/`` once hid ``runners/results/``)."""
+    sources = [
+        str(p.relative_to(REPO))
+        for d in ("runners", "variants", "tasks", "models", "tests", "conf")
+        for p in (REPO / d).rglob("*")
+        if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts
+    ]
+    ignored = subprocess.run(["git", "check-ignore", *sources], cwd=REPO, capture_output=True, text=True).stdout
+    assert len(sources) > 40 and ignored.split() == []
