@@ -3,7 +3,8 @@
     python -m runners.sweep                               # every registered variant, default sweep, CPU
     python -m runners.sweep attention=linformer           # one variant
     python -m runners.sweep -m attention=local,performer hardware=cpu,cuda
-    python -m runners.sweep sweep=lra attention=linformer attention.k=128 model.layers=4 task=listops
+    python -m runners.sweep sweep=lra attention=linformer attention.k=128 model.layers=4
+    python -m runners.sweep attention=local sweep.seeds=[0,1,2] sweep.lrs=[1e-3,3e-3,1e-2]
 
 A sweep is a list of points (variant x hardware x sequence length x probe),
 planned in :mod:`runners.sweeping.plan`, measured one by one

@@ -7,7 +7,8 @@ a Hydra command selects one (configs generated from the classes' signatures,
 
 from tasks._base import IGNORE, PAD, GeneratedTask
 from tasks.listops import ListOps
+from tasks.lookup import Lookup
 from tasks.mqar import MQAR
 from tasks.selective_copy import SelectiveCopy
 
-__all__ = ["IGNORE", "MQAR", "PAD", "GeneratedTask", "ListOps", "SelectiveCopy"]
+__all__ = ["IGNORE", "MQAR", "PAD", "GeneratedTask", "ListOps", "Lookup", "SelectiveCopy"]

@@ -13,21 +13,17 @@ HEADS = 2
 DIM_HEAD = 16
 MAX_SEQ_LEN = 4096
 
-# A sweep small enough for a test: tiny model, tiny MQAR, two speed lengths and one accuracy length.
+# A sweep small enough for a test: tiny model, tiny causal MQAR, two speed lengths, one accuracy length and seed.
 TINY_SWEEP = [
     "model=tiny",
-    "task.vocab_size=32",
-    "task.num_pairs=4",
-    "task.num_queries=4",
-    "task.num_train=256",
-    "task.num_val=32",
-    "task.num_test=32",
-    "task.batch_size=32",
+    "~sweep.accuracy",
+    "+sweep.accuracy={mqar:{seq_lens:[32],directions:[causal],vocab_size:32,num_train:256,num_val:32,num_test:32,"
+    "batch_size:32}}",
+    "sweep.seeds=[0]",
     "optim.max_steps=20",
     "optim.val_every=10",
     "optim.warmup_steps=2",
     "sweep.seq_lens=[32,64]",
-    "sweep.accuracy_seq_lens=[32]",
     "sweep.repeats=2",
     "sweep.warmup=1",
     "sweep.batch_size=2",

@@ -43,7 +43,7 @@ def test_every_variant_is_an_attention_option_with_its_own_defaults(name):
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_every_task_is_an_option_and_instantiates_with_the_class_defaults(name):
-    cfg = composed(f"task={name}", "seed=7")
+    cfg = composed(f"task={name}", "seed=7", name="train")
     task = hydra.utils.instantiate(cfg.task)
     assert isinstance(task, tasks.GeneratedTask) and task.seed == 7  # the seed follows the run's
     signature = inspect.signature(type(task).__init__).parameters

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from runners import report
+from runners.reporting import accuracy as acc_tables
 from runners.reporting import plots, tables
 from runners.results import store
 
@@ -37,26 +38,38 @@ def speed(variant, n, tok, mib, fp="cpu-A", status="ok", message=None):
     return record
 
 
-def accuracy(variant, acc, status="ok", message=None, fp="cpu-A"):
+def accuracy(variant, acc, status="ok", message=None, fp="cpu-A", seed=0, lr=3e-3, val=None, tok=2000.0, n=128):
     record = {
         "variant": variant,
         "probe": "accuracy",
-        "seq_len": 128,
+        "seq_len": n,
         "status": status,
-        "task": "MQAR",
+        "task": "mqar",
+        "direction": "causal",
+        "seed": seed,
+        "lr": lr,
         "hardware": "cpu",
         "hardware_info": {"fingerprint": fp},
         "sweep_id": "s1",
         "majority_baseline": 0.1,
+        "params": 5000 if variant == "linformer" else 4000,
     }
     if status != "ok":
         return record | {"message": message}
+    val = acc if val is None else val
+    curve = [  # reaches half its final accuracy at step 50 and all of it at step 100, 1 s per 50 steps
+        {"step": 50, "train_s": 1.0, "wall_s": 1.5, "val_acc": val / 2, "val_loss": 2.0},
+        {"step": 100, "train_s": 2.0, "wall_s": 3.0, "val_acc": val, "val_loss": 1.0},
+    ]
     return record | {
         "test_acc": acc,
+        "val_acc": val,
         "steps": 100,
+        "max_steps": 100,
         "world_size": 2,
-        "train_tokens_per_s_total": 2000.0,
-        "train_tokens_per_s_per_device": 1000.0,
+        "train_tokens_per_s_total": tok,
+        "train_tokens_per_s_per_device": tok / 2,
+        "learning_curve": curve,
     }
 
 
@@ -70,7 +83,11 @@ RECORDS = [
     speed("full", 1024, 5000.0, 300.0, fp="gpu-B"),
     speed("local", 1024, 9000.0, 150.0, fp="gpu-B"),
     accuracy("full", 0.95),
-    accuracy("local", 0.945),
+    accuracy("full", 0.93, seed=1),
+    accuracy("local", 0.945, tok=3000.0),
+    accuracy("local", 0.941, seed=1, tok=3000.0),
+    accuracy("performer", 0.45),
+    accuracy("performer", 0.6, seed=1),
     accuracy("linformer", None, "unsupported", "'linformer' cannot be causal"),
 ]
 
@@ -85,7 +102,7 @@ def built(tmp_path):
 
 def test_report_tables_hold_the_right_numbers(built):
     path, text = built
-    assert "Built from **11 results** (2 failed or unsupported" in text
+    assert "Built from **15 results** (2 failed or unsupported" in text
     assert "## cpu-A" in text and "## gpu-B" in text
     frame = tables.flat_results(store.read_records(path.parent.parent / "store"))
     speed_a = frame[(frame.fingerprint == "cpu-A") & (frame.probe == "speed")]
@@ -99,6 +116,7 @@ def test_report_tables_hold_the_right_numbers(built):
 def test_training_runs_show_throughput_per_device_and_total(built):
     _, text = built
     assert "| full | 2,000 (1,000 x 2), 100 steps |" in text
+    assert "| local | 3,000 (1,500 x 2), 100 steps |" in text
 
 
 def test_failed_points_are_shown_not_dropped(built):
@@ -107,16 +125,67 @@ def test_failed_points_are_shown_not_dropped(built):
     assert "n/a: causal unsupported" in text
 
 
-def test_summary_picks_fastest_leanest_and_trade_off(built):
+def test_speed_summary_picks_fastest_and_leanest(built):
     path, _ = built
     frame = tables.flat_results(store.read_records(path.parent.parent / "store"))
     a = frame[frame.fingerprint == "cpu-A"]
-    table = tables.summary(a[a.probe == "speed"], a[a.probe == "accuracy"])
+    table = tables.speed_summary(a[a.probe == "speed"])
     assert table.loc[1024, "fastest (train tok/s)"].startswith("linformer")
     assert table.loc[2048, "fastest (train tok/s)"].startswith("local")
     assert table.loc[2048, "leanest (peak MiB)"].startswith("local")
-    assert table.loc[1024, "most accurate"].startswith("full")
-    assert table.loc[1024, "best trade-off (fastest within 1 pt of full)"] == "local"
+
+
+def accuracy_frame(records):
+    frame = tables.flat_results(records)
+    return frame[(frame.probe == "accuracy") & (frame.fingerprint == "cpu-A")]
+
+
+def test_accuracy_is_a_mean_over_seeds_with_its_spread_and_parameters(built):
+    _, text = built
+    stats = acc_tables.accuracy_stats(accuracy_frame(RECORDS)).set_index("variant")
+    assert stats.loc["full", "mean"] == pytest.approx(0.94) and stats.loc["full", "seeds"] == 2
+    assert (stats.loc["full", "min"], stats.loc["full", "max"]) == (0.93, 0.95)
+    assert "| full | 4,000 | 100 | 0.003 | 0.940 (0.930-0.950, 2 seeds) |" in text
+    assert "| linformer | 5,000 |  |  | n/a: causal unsupported |" in text
+
+
+def test_variants_inside_the_best_ones_spread_are_a_tie_never_a_winner(built):
+    _, text = built
+    stats = acc_tables.accuracy_stats(accuracy_frame(RECORDS))
+    assert acc_tables.tied_best(stats) == ["local", "full"]  # 0.943 best; full's max 0.95 reaches local's min 0.941
+    summary = acc_tables.summary(stats)
+    cell = summary.loc[("mqar", "causal", 128), "most accurate (ties within seed spread)"]
+    assert cell == "local, full (tie): 0.943"
+    assert summary.loc[("mqar", "causal", 128), "fastest training among them (tok/s)"] == "local (3,000)"
+    assert "local, full (tie): 0.943" in text
+    apart = accuracy_frame([accuracy("full", 0.95), accuracy("full", 0.94, seed=1), *RECORDS[-3:-1]])
+    assert acc_tables.tied_best(acc_tables.accuracy_stats(apart)) == ["full"]
+
+
+def test_a_learning_rate_grid_reports_test_accuracy_at_the_rate_best_on_validation():
+    records = [
+        accuracy("full", 0.99, lr=1e-3, val=0.70),  # best test accuracy, but chosen by validation it loses
+        accuracy("full", 0.80, lr=3e-3, val=0.90),
+        accuracy("local", 0.50, lr=1e-3, val=0.50),
+        accuracy("local", 0.60, lr=3e-3, val=0.40),
+    ]
+    chosen = acc_tables.at_chosen_lr(accuracy_frame(records))
+    assert sorted(zip(chosen.variant, chosen.lr, chosen.test_acc, strict=True)) == [
+        ("full", 3e-3, 0.80),
+        ("local", 1e-3, 0.50),
+    ]
+
+
+def test_time_to_accuracy_uses_the_learning_curves(built):
+    _, text = built
+    table = acc_tables.time_to_accuracy(accuracy_frame(RECORDS))
+    best = 0.943  # local's mean final validation accuracy
+    half, ninety = f"to 50% of best ({0.5 * best:.3f})", f"to 90% of best ({0.9 * best:.3f})"
+    assert table.loc[("mqar", "causal", 128, "full"), half] == "75 steps, 1.5 s"  # seed 1 only at step 100
+    assert table.loc[("mqar", "causal", 128, "full"), ninety] == "100 steps, 2.0 s"
+    assert table.loc[("mqar", "causal", 128, "performer"), ninety] == "not reached"
+    assert table.loc[("mqar", "causal", 128, "performer"), half] == "100 steps, 2.0 s (1/2 seeds)"
+    assert "#### Time to accuracy" in text
 
 
 def test_cross_hardware_table_and_scaling_exponent(built):
@@ -140,11 +209,12 @@ def test_memory_plot_legend_carries_each_variants_fitted_exponent():
 def test_every_plot_is_a_valid_png_and_csv_is_written(built):
     path, text = built
     pngs = sorted(path.parent.glob("*.png"))
-    assert len(pngs) == 8  # 4 plots x 2 hardware fingerprints
+    assert len(pngs) == 2 * 2 + 2 + 2  # speed: 2 per fingerprint; accuracy (cpu-A): 2 + 2 learning curves
     for png in pngs:
         assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
         assert f"]({png.name})" in text
-    assert len(pd.read_csv(path.parent / "results.csv")) == 11
+    csv = pd.read_csv(path.parent / "results.csv")
+    assert len(csv) == 15 and "learning_curve" not in csv.columns
 
 
 def test_filters_select_rows(tmp_path):
@@ -193,7 +263,7 @@ def test_causal_speed_points_get_their_own_rows_relative_to_causal_full():
 def test_filters_ignore_case(tmp_path):
     for i, record in enumerate(RECORDS):
         store.write_point(tmp_path / "store", record | {"key": f"k{i}"})
-    text = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "o"), "task=mqar"]).read_text()
-    assert "Test accuracy, MQAR" in text
-    with pytest.raises(SystemExit, match="values in the results: MQAR"):  # a typo is not an empty report
+    text = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "o"), "task=MQAR"]).read_text()
+    assert "**mqar, causal**" in text
+    with pytest.raises(SystemExit, match="values in the results: mqar"):  # a typo is not an empty report
         report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "o"), "task=mqra"])

@@ -18,7 +18,7 @@ from runners.results import store
 POINT = [
     "model=tiny",
     "sweep.seq_lens=[32]",
-    "sweep.accuracy_seq_lens=[]",
+    "sweep.accuracy=null",
     "sweep.repeats=1",
     "sweep.warmup=0",
     "sweep.batch_size=2",

@@ -53,7 +53,9 @@ def test_tiny_sweep_writes_one_record_per_point(tmp_path, sweep_config):
         assert r["state_memory_mib"] >= 4 * r["params"] * 4 / 2**20  # weights, gradients, two AdamW moments
         assert r["train_tokens_per_s_min"] <= r["train_tokens_per_s"] <= r["train_tokens_per_s_max"]
     accuracy = next(r for r in records if r["probe"] == "accuracy")
-    assert 0 <= accuracy["test_acc"] <= 1 and accuracy["task"] == "MQAR"
+    assert 0 <= accuracy["test_acc"] <= 1 and accuracy["task"] == "mqar"
+    assert accuracy["direction"] == "causal" and accuracy["seed"] == 0 and accuracy["lr"] == 3e-3
+    assert [p["step"] for p in accuracy["learning_curve"]] == [10, 20] and accuracy["params"] > 0
     context = records[0]
     assert context["versions"]["torch"] == metadata.version("torch")
     assert context["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
@@ -65,15 +67,15 @@ def test_tiny_sweep_writes_one_record_per_point(tmp_path, sweep_config):
 
 
 def test_resume_skips_done_points_and_force_remeasures(tmp_path, sweep_config):
-    cfg = sweep_config("attention=full", "sweep.accuracy_seq_lens=[]", "sweep.seq_lens=[32]")
+    cfg = sweep_config("attention=full", "sweep.accuracy=null", "sweep.seq_lens=[32]")
     run_sweep(cfg)
     first = {p.name: p.read_text() for p in point_files(tmp_path)}
     run_sweep(cfg)
     assert {p.name: p.read_text() for p in point_files(tmp_path)} == first, "nothing re-measured"
-    run_sweep(sweep_config("attention=full", "sweep.accuracy_seq_lens=[]", "sweep.seq_lens=[32]", "force=true"))
+    run_sweep(sweep_config("attention=full", "sweep.accuracy=null", "sweep.seq_lens=[32]", "force=true"))
     again = {p.name: p.read_text() for p in point_files(tmp_path)}
     assert again.keys() == first.keys() and again != first
-    run_sweep(sweep_config("attention=full", "sweep.accuracy_seq_lens=[]", "sweep.seq_lens=[32,48]"))
+    run_sweep(sweep_config("attention=full", "sweep.accuracy=null", "sweep.seq_lens=[32,48]"))
     assert len(point_files(tmp_path)) == 2, "only the new length was added"
 
 
@@ -86,7 +88,7 @@ def test_an_injected_failure_is_recorded_and_the_sweep_goes_on(tmp_path, sweep_c
         return real(function, kwargs, **options)
 
     monkeypatch.setattr(execute, "measure_isolated", flaky)
-    run_sweep(sweep_config("attention=local", "sweep.accuracy_seq_lens=[]"))
+    run_sweep(sweep_config("attention=local", "sweep.accuracy=null"))
     by_len = {r["seq_len"]: r for r in store.read_records(tmp_path / "store")}
     assert by_len[32]["status"] == "oom" and "can't allocate" in by_len[32]["message"]
     assert by_len[64]["status"] == "ok"
@@ -97,16 +99,20 @@ def test_unsupported_combinations_are_results(tmp_path, sweep_config):
     (record,) = store.read_records(tmp_path / "store")
     assert record["status"] == "unsupported" and "cannot be causal" in record["message"]
     if not torch.cuda.is_available():
-        run_sweep(sweep_config("attention=full", "hardware=cuda", "sweep.accuracy_seq_lens=[]"))
+        run_sweep(sweep_config("attention=full", "hardware=cuda", "sweep.accuracy=null"))
         cuda = [r for r in store.read_records(tmp_path / "store") if r["hardware"] == "cuda"]
         assert len(cuda) == 2 and all(r["status"] == "unsupported" for r in cuda)
         assert "no CUDA device" in cuda[0]["message"]
 
 
 def test_bidirectional_mqar_scores_a_variant_that_cannot_be_causal(tmp_path, sweep_config):
-    run_sweep(sweep_config("attention=linformer", "attention.k=16", "sweep.seq_lens=[]", "task.causal=false"))
-    (record,) = store.read_records(tmp_path / "store")
-    assert record["status"] == "ok" and record["config"]["task"]["causal"] is False
+    run_sweep(sweep_config("attention=linformer", "attention.k=16", "sweep.seq_lens=[]"))  # TINY: causal only
+    run_sweep(
+        sweep_config("attention=linformer", "attention.k=16", "sweep.seq_lens=[]", "~sweep.accuracy.mqar.directions")
+    )
+    records = {r["direction"]: r for r in store.read_records(tmp_path / "store")}
+    assert records["causal"]["status"] == "unsupported"
+    assert records["bidirectional"]["status"] == "ok" and records["bidirectional"]["config"]["task"]["causal"] is False
 
 
 def test_corrupted_result_file_is_skipped_with_a_warning(tmp_path):
@@ -128,7 +134,7 @@ def test_bad_config_stops_before_any_work(tmp_path, sweep_config):
 
 
 def test_wandb_offline_writes_run_files(tmp_path, sweep_config):
-    run_sweep(sweep_config("attention=full", "sweep.accuracy_seq_lens=[]", "sweep.seq_lens=[32]", "logger=wandb"))
+    run_sweep(sweep_config("attention=full", "sweep.accuracy=null", "sweep.seq_lens=[32]", "logger=wandb"))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
 
@@ -197,7 +203,7 @@ def test_recorded_inference_throughput_matches_a_plain_timing_loop(tmp_path, swe
         "attention=full_math",
         "model=small",  # compute-bound: a tiny model's timing swings with malloc between processes
         f"sweep.seq_lens=[{seq}]",
-        "sweep.accuracy_seq_lens=[]",
+        "sweep.accuracy=null",
         f"sweep.batch_size={batch}",
         "sweep.repeats=20",
         "sweep.warmup=5",
@@ -278,7 +284,10 @@ def test_console_shows_one_line_per_point_and_the_report_path_and_nothing_else(t
     progress = [line for line in lines if line.startswith("[")]
     assert len(progress) == 2, lines  # one speed point, one accuracy point
     assert re.fullmatch(r"\[1/2\] full speed n=32 \.\.\. train [\d,]+ tok/s, .* MiB \(\d+ s; ETA .*\)", progress[0])
-    assert re.fullmatch(r"\[2/2\] full accuracy n=32 \.\.\. test acc [\d.]+ \(20 steps\) \(\d+ s\)", progress[1])
+    accuracy_line = (
+        r"\[2/2\] full accuracy n=32 mqar causal seed=0 lr=0.003 \.\.\. test acc [\d.]+ \(20 steps\) \(\d+ s\)"
+    )
+    assert re.fullmatch(accuracy_line, progress[1])
     rest = [line for line in lines if not line.startswith("[")]
     assert rest == [
         f"results: 2 points in {tmp_path / 'results' / 'store'} (table: results_table.csv)",

@@ -63,3 +63,47 @@ def test_warmup_then_cosine_schedule():
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
     assert values[60] == pytest.approx(0.55) and values[110] == pytest.approx(0.1)
     assert all(a >= b for a, b in itertools.pairwise(values[9:]))
+
+
+BUSY = "import time\nend = time.time() + 120\nwhile time.time() < end:\n    pass\n"
+
+
+def test_accuracy_depends_on_config_and_seed_only_not_on_machine_load(train_config):
+    """The same point, once on an idle machine and once with two busy processes on the cores: identical results."""
+    import os
+    import subprocess
+    import sys
+
+    overrides = ("task=mqar", *TASK_OVERRIDES["mqar"], *SMALL, *SIZES, "optim.max_steps=40", "optim.val_every=10")
+    overrides += ("hardware.threads=2", "model.dropout=0.1", "model.attn_dropout=0.1")  # dropout is seeded too
+    idle = run_training(train_config(*overrides))
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(os.cpu_count() or 2)]
+    try:
+        loaded = run_training(train_config(*overrides))
+    finally:
+        for process in busy:
+            process.kill()
+    assert idle["status"] == loaded["status"] == "ok"
+    assert idle["test_acc"] == loaded["test_acc"] and idle["steps"] == loaded["steps"] == 40
+    accuracy_curve = [(p["step"], p["val_acc"], p["val_loss"]) for p in idle["learning_curve"]]
+    assert accuracy_curve == [(p["step"], p["val_acc"], p["val_loss"]) for p in loaded["learning_curve"]]
+    assert idle["loss_trace"] == loaded["loss_trace"]
+
+
+def test_the_time_cap_ends_a_run_as_timeout_with_its_partial_curve_and_no_accuracy(train_config):
+    overrides = ("task=mqar", *TASK_OVERRIDES["mqar"], *SIZES, "model=tiny", "optim.warmup_steps=5")
+    result = run_training(train_config(*overrides, "optim.max_steps=100000", "optim.val_every=5", "optim.max_time_s=2"))
+    assert result["status"] == "timeout" and "optim.max_time_s=2" in result["message"]
+    assert "test_acc" not in result
+    assert 0 < result["steps"] < 100000 and len(result["learning_curve"]) >= 1
+
+
+def test_a_run_records_its_learning_curve_and_parameter_count(train_config):
+    result = run_training(train_config("task=mqar", *TASK_OVERRIDES["mqar"], *SMALL, *SIZES))
+    curve = result["learning_curve"]
+    assert [p["step"] for p in curve] == [30, 60]
+    assert all(0 <= p["val_acc"] <= 1 and p["val_loss"] > 0 for p in curve)
+    assert all(0 < a["train_s"] < b["train_s"] and a["wall_s"] < b["wall_s"] for a, b in itertools.pairwise(curve))
+    assert all(p["train_s"] <= p["wall_s"] for p in curve)
+    assert curve[-1]["val_acc"] == pytest.approx(result["val_acc"])
+    assert result["params"] > 1000 and result["max_steps"] == 60

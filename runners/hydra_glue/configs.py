@@ -32,6 +32,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 TASKS: dict[str, type[tasks.GeneratedTask]] = {
     "listops": tasks.ListOps,
+    "lookup": tasks.Lookup,
     "mqar": tasks.MQAR,
     "selective_copy": tasks.SelectiveCopy,
 }

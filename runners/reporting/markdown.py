@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from runners.reporting.plots import make_plots
-from runners.reporting.tables import cell_table, relative_table, scaling_table, summary, training_run_cells
+from runners.reporting import accuracy as acc_tables
+from runners.reporting.plots import accuracy_plots, speed_plots
+from runners.reporting.tables import cell_table, relative_table, scaling_table, speed_summary, training_run_cells
 
 
 def md_table(frame: pd.DataFrame, floatfmt: str = "{:.2f}") -> str:
@@ -30,10 +31,77 @@ def md_table(frame: pd.DataFrame, floatfmt: str = "{:.2f}") -> str:
     return "\n".join([header, rule, *rows]) + "\n"
 
 
+def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
+    """Throughput, memory and FLOPs of the speed points: a measurement of this hardware."""
+    lines = ["### Speed and memory", "", md_table(speed_summary(speed)), ""]
+    lines += [
+        "#### Relative to full (Long Range Arena form)",
+        "",
+        "Training speed (tokens/s) relative to `full`; above 1 is faster:",
+        "",
+        md_table(relative_table(speed, "train_tokens_per_s")),
+        "Peak memory relative to `full`; below 1 is leaner:",
+        "",
+        md_table(relative_table(speed, "peak_memory_mib")),
+        "#### Scaling with sequence length",
+        "",
+        "Fitted exponent p of n^p (1 = linear, 2 = quadratic) over the measured lengths. Peak memory "
+        "includes the model state, which does not grow with n, so it bends below the step's own growth "
+        "at short lengths; `python -m runners.bench` measures the attention cores alone.",
+        "",
+        md_table(scaling_table(speed)),
+        "#### Absolute numbers",
+        "",
+    ]
+    for title, value, fmt in [
+        ("Training throughput, tokens/s", "train_tokens_per_s", ",.0f"),
+        ("Inference throughput, tokens/s", "infer_tokens_per_s", ",.0f"),
+        ("Peak memory of a training step, MiB", "peak_memory_mib", ",.1f"),
+        ("FLOPs per training step", "flops_per_step", ".3g"),
+    ]:
+        lines += [f"**{title}**", "", md_table(cell_table(speed, value, fmt)), ""]
+    return lines + [f"![{path.stem}]({path.name})\n" for path in speed_plots(speed, out, tag)]
+
+
+def accuracy_section(accuracy: pd.DataFrame, out: Path, tag: str) -> list[str]:
+    """Accuracy over seeds, ties, time to accuracy and learning curves: properties of the config and seeds."""
+    runs = acc_tables.at_chosen_lr(accuracy)
+    stats = acc_tables.accuracy_stats(runs)
+    lr_note = " Each variant at its best learning rate by validation accuracy." if accuracy.lr.nunique() > 1 else ""
+    lines = [
+        "### Accuracy",
+        "",
+        "Test accuracy after the same number of training steps for every variant (a property of the config "
+        "and the seeds, not of this machine's load): mean over seeds with the min-max spread. Variants whose "
+        f"spread reaches the best one's are a tie.{lr_note}",
+        "",
+        md_table(acc_tables.summary(stats)),
+        "",
+    ]
+    for (task, direction), group in stats.groupby(["task", "direction"], sort=True):
+        baseline = accuracy[(accuracy.task == task) & (accuracy.direction == direction)].majority_baseline.dropna()
+        note = f"; majority-class baseline {baseline.iloc[0]:.3f}" if not baseline.empty else ""
+        lines += [f"**{task}, {direction}**{note}", "", md_table(acc_tables.accuracy_table(group)), ""]
+    lines += [
+        "#### Time to accuracy",
+        "",
+        "Optimizer steps and seconds spent in training steps (this hardware) until validation accuracy first "
+        "reached 50% and 90% of the best mean final validation accuracy of the setting.",
+        "",
+        md_table(acc_tables.time_to_accuracy(runs)),
+        "#### Training runs: tokens/s in total (per device x devices), optimizer steps",
+        "",
+    ]
+    for (task, direction), group in runs.groupby(["task", "direction"], sort=True):
+        cells = cell_table(group.assign(run=training_run_cells(group)), "run", "s")
+        lines += [f"**{task}, {direction}** (one seed shown)", "", md_table(cells), ""]
+    return lines + [f"![{path.stem}]({path.name})\n" for path in accuracy_plots(runs, stats, out, tag)]
+
+
 def build_report(frame: pd.DataFrame, out: Path) -> Path:
     """Write report.md, plots and results.csv for ``frame`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / "results.csv", index=False)
+    frame.drop(columns=["learning_curve"], errors="ignore").to_csv(out / "results.csv", index=False)
     failed = int((frame.status != "ok").sum())
     lines = [
         "# attnbench comparison report",
@@ -43,50 +111,13 @@ def build_report(frame: pd.DataFrame, out: Path) -> Path:
         "",
     ]
     for index, (fingerprint, part) in enumerate(frame.groupby("fingerprint", sort=True)):
-        tag = f"hw{index}"
+        lines += [f"## {fingerprint}", ""]
         speed = part[part.probe == "speed"]
         accuracy = part[part.probe == "accuracy"]
-        lines += [f"## {fingerprint}", ""]
-        lines += ["### Summary", "", md_table(summary(speed, accuracy)), ""]
-        lines += [
-            "### Relative to full (Long Range Arena form)",
-            "",
-            "Training speed (tokens/s) relative to `full`; above 1 is faster:",
-            "",
-            md_table(relative_table(speed, "train_tokens_per_s")),
-            "Peak memory relative to `full`; below 1 is leaner:",
-            "",
-            md_table(relative_table(speed, "peak_memory_mib")),
-        ]
-        lines += [
-            "### Scaling with sequence length",
-            "",
-            "Fitted exponent p of n^p (1 = linear, 2 = quadratic) over the measured lengths. Peak memory "
-            "includes the model state, which does not grow with n, so it bends below the step's own growth "
-            "at short lengths; `python -m runners.bench` measures the attention cores alone.",
-            "",
-            md_table(scaling_table(speed)),
-        ]
-        lines += ["### Absolute numbers", ""]
-        for title, value, fmt in [
-            ("Training throughput, tokens/s", "train_tokens_per_s", ",.0f"),
-            ("Inference throughput, tokens/s", "infer_tokens_per_s", ",.0f"),
-            ("Peak memory of a training step, MiB", "peak_memory_mib", ",.1f"),
-            ("FLOPs per training step", "flops_per_step", ".3g"),
-        ]:
-            lines += [f"**{title}**", "", md_table(cell_table(speed, value, fmt)), ""]
-        for task, group in accuracy.groupby(accuracy.task.fillna("?")):
-            baseline = group.majority_baseline.dropna()
-            note = f" (majority-class baseline {baseline.iloc[0]:.3f})" if not baseline.empty else ""
-            lines += [f"**Test accuracy, {task}**{note}", "", md_table(cell_table(group, "test_acc", ".3f")), ""]
-            lines += [
-                f"**Training runs on {task}: tokens/s in total (per device x devices), optimizer steps**",
-                "",
-                md_table(cell_table(group.assign(run=training_run_cells(group)), "run", "s")),
-                "",
-            ]
-        for path in make_plots(speed, accuracy, out, tag):
-            lines += [f"![{path.stem}]({path.name})", ""]
+        if not speed.empty:
+            lines += speed_section(speed, out, f"hw{index}")
+        if not accuracy.empty:
+            lines += accuracy_section(accuracy, out, f"hw{index}")
     ok_speed = frame[(frame.probe == "speed") & (frame.status == "ok")]
     multi = ok_speed.groupby("variant").fingerprint.nunique()
     if (multi > 1).any():

@@ -42,30 +42,37 @@ def draw_lines(ax: Axes, ok: pd.DataFrame, value: str, *, with_exponent: bool = 
     ax.set_yscale("log")
 
 
-def draw_accuracy(ax: Axes, acc_ok: pd.DataFrame) -> None:
-    for variant, group in acc_ok.groupby("variant"):
+def draw_accuracy_vs_length(ax: Axes, stats: pd.DataFrame) -> None:
+    """Mean test accuracy per variant over length, error bars from the lowest to the highest seed."""
+    for variant, group in stats.dropna(subset=["mean"]).groupby("variant"):
         group = group.sort_values("seq_len")
-        ax.plot(group.seq_len, group.test_acc, marker="o", label=variant)
+        spread = [group["mean"] - group["min"], group["max"] - group["mean"]]
+        ax.errorbar(group.seq_len, group["mean"], yerr=spread, marker="o", capsize=3, label=variant)
     ax.set_xscale("log", base=2)
 
 
-def draw_tradeoff(ax: Axes, ok: pd.DataFrame, acc_ok: pd.DataFrame) -> None:
-    """Median training throughput against mean accuracy, with the Pareto front ringed."""
-    merged = (
-        ok.groupby("variant")
-        .train_tokens_per_s.median()
-        .to_frame()
-        .join(acc_ok.groupby("variant").test_acc.mean(), how="inner")
-        .reset_index()
-    )
-    for _, row in merged.iterrows():
-        ax.scatter(row.train_tokens_per_s, row.test_acc)
-        ax.annotate(row.variant, (row.train_tokens_per_s, row.test_acc), fontsize=8)
-    if not merged.empty:
-        front = pareto_front(merged, "train_tokens_per_s", "test_acc").sort_values("train_tokens_per_s")
+def draw_learning_curves(ax: Axes, runs: pd.DataFrame, x: str) -> None:
+    """Validation accuracy against ``x`` (``step`` or ``train_s``), mean over seeds per evaluation."""
+    for variant, group in runs[runs.status == "ok"].groupby("variant"):
+        points = pd.DataFrame([point for curve in group.learning_curve for point in curve])
+        if points.empty:
+            continue
+        mean = points.groupby("step", as_index=False)[["train_s", "val_acc"]].mean().sort_values(x)
+        ax.plot(mean[x], mean.val_acc, marker=".", label=variant)
+
+
+def draw_tradeoff(ax: Axes, stats: pd.DataFrame) -> None:
+    """Mean accuracy (error bars: seed spread) against training throughput at one length; Pareto front ringed."""
+    points = stats.dropna(subset=["mean", "train_tokens_per_s"])
+    for _, row in points.iterrows():
+        spread = [[row["mean"] - row["min"]], [row["max"] - row["mean"]]]
+        ax.errorbar(row.train_tokens_per_s, row["mean"], yerr=spread, marker="o", capsize=3)
+        ax.annotate(row.variant, (row.train_tokens_per_s, row["mean"]), fontsize=8)
+    if not points.empty:
+        front = pareto_front(points, "train_tokens_per_s", "mean").sort_values("train_tokens_per_s")
         ax.plot(
             front.train_tokens_per_s,
-            front.test_acc,
+            front["mean"],
             "k--",
             marker="o",
             markersize=14,
@@ -75,10 +82,9 @@ def draw_tradeoff(ax: Axes, ok: pd.DataFrame, acc_ok: pd.DataFrame) -> None:
     ax.set_xscale("log")
 
 
-def make_plots(speed: pd.DataFrame, accuracy: pd.DataFrame, out: Path, tag: str) -> list[Path]:
-    """The four PNGs of one hardware section; their paths."""
+def speed_plots(speed: pd.DataFrame, out: Path, tag: str) -> list[Path]:
+    """Training throughput and peak memory over length; their paths."""
     ok = speed[speed.status == "ok"]
-    acc_ok = accuracy[accuracy.status == "ok"]
     return [
         _plot(
             out / f"throughput_{tag}.png",
@@ -94,18 +100,42 @@ def make_plots(speed: pd.DataFrame, accuracy: pd.DataFrame, out: Path, tag: str)
             "MiB",
             lambda ax: draw_lines(ax, ok, "peak_memory_mib", with_exponent=True),
         ),
-        _plot(
-            out / f"accuracy_{tag}.png",
-            "Test accuracy",
-            "sequence length",
-            "accuracy",
-            lambda ax: draw_accuracy(ax, acc_ok),
-        ),
-        _plot(
-            out / f"tradeoff_{tag}.png",
-            "Accuracy vs training throughput (median over lengths)",
-            "train tokens/s",
-            "test accuracy",
-            lambda ax: draw_tradeoff(ax, ok, acc_ok),
-        ),
     ]
+
+
+def accuracy_plots(runs: pd.DataFrame, stats: pd.DataFrame, out: Path, tag: str) -> list[Path]:
+    """Per task and direction: accuracy over length, the trade-off at the longest length, and learning curves."""
+    paths = []
+    for (task, direction), group in stats.groupby(["task", "direction"], sort=True):
+        name = f"{task}_{direction}_{tag}"
+        paths.append(
+            _plot(
+                out / f"accuracy_{name}.png",
+                f"Test accuracy, {task} {direction} (mean, min-max over seeds)",
+                "sequence length",
+                "test accuracy",
+                lambda ax, group=group: draw_accuracy_vs_length(ax, group),
+            )
+        )
+        longest = group.seq_len.max()
+        paths.append(
+            _plot(
+                out / f"tradeoff_{name}.png",
+                f"Accuracy vs training throughput, {task} {direction}, n={longest}",
+                "train tokens/s (training runs, this hardware)",
+                "test accuracy",
+                lambda ax, group=group, longest=longest: draw_tradeoff(ax, group[group.seq_len == longest]),
+            )
+        )
+    for (task, direction, seq_len), group in runs.groupby(["task", "direction", "seq_len"], sort=True):
+        for x, label in (("step", "optimizer steps"), ("train_s", "seconds in training steps (this hardware)")):
+            paths.append(
+                _plot(
+                    out / f"curve_{task}_{direction}_{seq_len}_{x}_{tag}.png",
+                    f"Validation accuracy, {task} {direction}, n={seq_len}",
+                    label,
+                    "validation accuracy",
+                    lambda ax, group=group, x=x: draw_learning_curves(ax, group, x),
+                )
+            )
+    return paths

@@ -1,4 +1,4 @@
-"""The report's tables: one row per point, failed points labelled, LRA-relative, scaling, summary."""
+"""The report's speed tables: one row per point, failed points labelled, LRA-relative, scaling, summary."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ COLUMNS = {
     "hardware_info.fingerprint": "fingerprint",
     "probe": "probe",
     "task": "task",
+    "direction": "direction",
     "seq_len": "seq_len",
+    "seed": "seed",
+    "lr": "lr",
     "status": "status",
     "message": "message",
     "sweep_id": "sweep_id",
@@ -30,11 +33,14 @@ COLUMNS = {
     "flops_per_step": "flops_per_step",
     "params": "params",
     "test_acc": "test_acc",
+    "val_acc": "val_acc",
     "steps": "steps",
+    "max_steps": "max_steps",
     "world_size": "world_size",
     "train_tokens_per_s_total": "train_tokens_per_s_total",
     "train_tokens_per_s_per_device": "train_tokens_per_s_per_device",
     "majority_baseline": "majority_baseline",
+    "learning_curve": "learning_curve",  # a list per accuracy run; left out of results.csv
 }
 
 
@@ -144,25 +150,18 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return pd.DataFrame(front)
 
 
-def summary(speed: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Per sequence length: fastest, leanest, most accurate, best trade-off."""
+def speed_summary(speed: pd.DataFrame) -> pd.DataFrame:
+    """Per sequence length: the fastest and the leanest variant (accuracy has its own summary)."""
     ok = speed[speed.status == "ok"]
-    acc = accuracy[accuracy.status == "ok"].groupby("variant").test_acc.mean()
     rows = []
     for seq_len, group in ok.groupby("seq_len"):
         fastest = group.loc[group.train_tokens_per_s.idxmax()]
         leanest = group.loc[group.peak_memory_mib.idxmin()]
-        row = {
-            "seq_len": seq_len,
-            "fastest (train tok/s)": f"{fastest.variant} ({fastest.train_tokens_per_s:,.0f})",
-            "leanest (peak MiB)": f"{leanest.variant} ({leanest.peak_memory_mib:,.0f})",
-            "most accurate": f"{acc.idxmax()} ({acc.max():.3f})" if not acc.empty else "no accuracy runs",
-        }
-        if REFERENCE in acc.index:
-            close = set(acc[acc >= acc[REFERENCE] - 0.01].index)
-            candidates = group[group.variant.isin(close)]
-            if not candidates.empty:
-                best = candidates.loc[candidates.train_tokens_per_s.idxmax()]
-                row["best trade-off (fastest within 1 pt of full)"] = best.variant
-        rows.append(row)
+        rows.append(
+            {
+                "seq_len": seq_len,
+                "fastest (train tok/s)": f"{fastest.variant} ({fastest.train_tokens_per_s:,.0f})",
+                "leanest (peak MiB)": f"{leanest.variant} ({leanest.peak_memory_mib:,.0f})",
+            }
+        )
     return pd.DataFrame(rows, columns=None if rows else ["seq_len"]).set_index("seq_len")

@@ -6,7 +6,7 @@ import traceback
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 import variants
 from runners.measure.failures import PointFailed, classify_failure, failure_message
@@ -40,18 +40,17 @@ def measure_speed(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
         "precision": cfg.hardware.precision,
         "warmup": point["warmup"],
         "repeats": point["repeats"],
-        "seed": cfg.seed,
+        "seed": 0,  # initialization only; the speed of a step does not depend on it
     }
     return measure_isolated(SPEED_PROBE, kwargs, threads=cfg.hardware.threads, timeout_s=cfg.sweep.point_timeout_s)
 
 
 def measure_accuracy(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
-    """A training run of the point's variant on the task at the point's length."""
+    """A training run of the point's variant on the point's task, direction, seed and learning rate."""
     device_for(cfg.hardware)
-    run_cfg = cfg.copy()
-    with open_dict(run_cfg):
-        run_cfg.attention = point["attention"]
-        run_cfg.task.seq_len = point["seq_len"]
+    run_cfg = OmegaConf.create(
+        {key: point[key] for key in ("attention", "model", "task", "optim", "seed")} | {"hardware": cfg.hardware}
+    )
     result = run_training(run_cfg)
     result.pop("loss_trace", None)
     return result

@@ -1,5 +1,12 @@
 """A sweep is a list of points: variant x sequence length x probe, on one hardware config.
 
+Speed points: every variant at every ``sweep.seq_lens``. Accuracy points: every
+variant on every entry of ``sweep.accuracy`` (a label -> ``task`` (default: the
+label), ``seq_lens``, ``directions`` and any task argument), at every length, in every direction
+the task offers (a variant that cannot be causal gets an ``unsupported`` record
+for the causal direction and is scored bidirectionally), for every seed of
+``sweep.seeds`` and every learning rate of ``sweep.lrs`` (null: ``optim.lr``).
+
 Each point is a plain dict of everything that defines it (not the
 measurements); its hash is its identity in the store, so an interrupted sweep
 resumes where it stopped and changed settings are measured anew.
@@ -9,10 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import variants
-from runners.hydra_glue.configs import attention_config
+from runners.hydra_glue.configs import TASKS, attention_config, keyword_defaults, task_config
+
+DIRECTIONS = ("bidirectional", "causal")
 
 
 class ConfigError(ValueError):
@@ -26,15 +36,72 @@ def attention_list(cfg: DictConfig) -> list[dict[str, Any]]:
     return [attention_config(name) for name in variants.names()]
 
 
+def task_directions(name: str) -> tuple[str, ...]:
+    """The directions task ``name`` can be trained in: both if it takes ``causal``, else its fixed one."""
+    cls = TASKS[name]
+    if "causal" in keyword_defaults(cls):
+        return DIRECTIONS
+    return ("causal",) if cls.causal else ("bidirectional",)
+
+
+def accuracy_tasks(cfg: DictConfig) -> list[tuple[str, list[int], list[str], dict[str, Any], dict[str, Any]]]:
+    """``(task, seq_lens, directions, task arguments, optim overrides)`` per entry of ``sweep.accuracy``, checked."""
+    entries = []
+    for label, entry in (cfg.sweep.get("accuracy") or {}).items():
+        settings = OmegaConf.to_container(entry, resolve=True)
+        name = settings.pop("task", label)
+        if name not in TASKS:
+            raise ConfigError(f"sweep.accuracy.{label}: unknown task {name!r}; tasks: {', '.join(TASKS)}")
+        seq_lens = list(settings.pop("seq_lens", []))
+        optim = settings.pop("optim", {})
+        unknown_optim = sorted(set(optim) - set(cfg.optim))
+        if unknown_optim:
+            raise ConfigError(
+                f"sweep.accuracy.{label}.optim: unknown key(s) {unknown_optim}; optim has {list(cfg.optim)}"
+            )
+        directions = list(settings.pop("directions", task_directions(name)))
+        wrong = [d for d in directions if d not in task_directions(name)]
+        if wrong:
+            raise ConfigError(
+                f"sweep.accuracy.{label}.directions: {wrong} not possible; {name} can be: {list(task_directions(name))}"
+            )
+        unknown = sorted(set(settings) - set(keyword_defaults(TASKS[name])) - {"seq_len", "causal", "seed"})
+        if unknown:
+            raise ConfigError(
+                f"sweep.accuracy.{label}: unknown task argument(s) {unknown}; "
+                f"it takes task, seq_lens, directions, optim and {sorted(keyword_defaults(TASKS[name]))}"
+            )
+        entries.append((name, seq_lens, directions, settings, optim))
+    return entries
+
+
+def point_task(name: str, settings: dict[str, Any], seq_len: int, direction: str, seed: int) -> dict[str, Any]:
+    """The task config of one accuracy point: the task's defaults, the sweep's settings, length, direction, seed."""
+    task = task_config(name) | settings | {"seq_len": seq_len, "seed": seed}
+    if "causal" in task:
+        task["causal"] = direction == "causal"
+    return task
+
+
 def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
-    """Fail fast on bad values: unknown variants or hyperparameters, empty or bad lengths."""
-    for key in ("seq_lens", "accuracy_seq_lens"):
-        lens = list(cfg.sweep[key])
+    """Fail fast on bad values: unknown variants, hyperparameters or tasks, empty or bad lengths."""
+    tasks = accuracy_tasks(cfg)
+    accuracy_lens = [n for _, lens, *_ in tasks for n in lens]
+    for key, lens in (("sweep.seq_lens", list(cfg.sweep.seq_lens)), ("sweep.accuracy.*.seq_lens", accuracy_lens)):
         if any(not isinstance(n, int) or n < 1 for n in lens):
-            raise ConfigError(f"sweep.{key} must be positive integers; got {lens}")
-    if not cfg.sweep.seq_lens and not cfg.sweep.accuracy_seq_lens:
-        raise ConfigError("sweep.seq_lens and sweep.accuracy_seq_lens are both empty: nothing to measure")
-    longest = max([*cfg.sweep.seq_lens, *cfg.sweep.accuracy_seq_lens])
+            raise ConfigError(f"{key} must be positive integers; got {lens}")
+    if not cfg.sweep.seq_lens and not accuracy_lens:
+        raise ConfigError("sweep.seq_lens and every sweep.accuracy.*.seq_lens are empty: nothing to measure")
+    if accuracy_lens and not cfg.sweep.seeds:
+        raise ConfigError("sweep.seeds is empty: accuracy points need at least one seed")
+    for name, lens, directions, settings, _ in tasks:
+        for n in lens:
+            for direction in directions:
+                try:  # a bad combination (more queries than fit, ...) fails here, before any work
+                    hydra.utils.instantiate(point_task(name, settings, n, direction, seed=0))
+                except (ValueError, TypeError) as error:
+                    raise ConfigError(f"sweep.accuracy.{name} at seq_len={n}: {error}") from None
+    longest = max([*cfg.sweep.seq_lens, *accuracy_lens])
     for attention in attentions:
         hparams = {k: v for k, v in attention.items() if k != "name"}
         try:
@@ -45,7 +112,7 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
             raise ConfigError(f"attention config {attention}: {error}") from None
     if cfg.sweep.repeats < 1 or cfg.sweep.batch_size < 1:
         raise ConfigError("sweep.repeats and sweep.batch_size must be >= 1")
-    if cfg.hardware.strategy == "ddp" and cfg.hardware.devices != 1 and cfg.sweep.accuracy_seq_lens:
+    if cfg.hardware.strategy == "ddp" and cfg.hardware.devices != 1 and accuracy_lens:
         raise ConfigError(
             "hardware.strategy=ddp relaunches this script once per device, and each copy would run the whole "
             "sweep; inside a sweep use hardware.strategy=ddp_spawn (or train one config with "
@@ -59,7 +126,9 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
     """Every point of the sweep with the config that identifies it."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     hardware = OmegaConf.to_container(cfg.hardware, resolve=True)
-    task = OmegaConf.to_container(cfg.task, resolve=True)
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    rates = list(cfg.sweep.lrs) if cfg.sweep.get("lrs") else [optim["lr"]]
+    tasks = accuracy_tasks(cfg)
     points = []
     for attention in attentions:
         shared = {"attention": attention, "model": model, "hardware": hardware}
@@ -75,15 +144,21 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
                     "repeats": cfg.sweep.repeats,
                 }
             )
-        for seq_len in cfg.sweep.accuracy_seq_lens:
-            points.append(
-                shared
-                | {
-                    "probe": "accuracy",
-                    "seq_len": seq_len,
-                    "task": task | {"seq_len": seq_len},
-                    "optim": OmegaConf.to_container(cfg.optim, resolve=True),
-                    "seed": cfg.seed,
-                }
-            )
+        for name, seq_lens, directions, settings, budget in tasks:
+            for seq_len in seq_lens:
+                for direction in directions:
+                    for seed in cfg.sweep.seeds:
+                        for lr in rates:
+                            points.append(
+                                shared
+                                | {
+                                    "probe": "accuracy",
+                                    "seq_len": seq_len,
+                                    "task_name": name,
+                                    "direction": direction,
+                                    "task": point_task(name, settings, seq_len, direction, seed),
+                                    "optim": optim | budget | {"lr": lr},
+                                    "seed": seed,
+                                }
+                            )
     return points

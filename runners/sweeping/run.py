@@ -19,13 +19,23 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from runners.hydra_glue import launch
+from runners.measure.failures import PointFailed
 from runners.reporting.markdown import build_report
 from runners.reporting.tables import flat_results
 from runners.results import context, store
 from runners.results.table import results_table
-from runners.sweeping.execute import measure_point
+from runners.sweeping.estimate import estimate_seconds
+from runners.sweeping.execute import device_for, measure_point
 from runners.sweeping.plan import attention_list, plan_points, validate
 from runners.sweeping.wandb_log import log_to_wandb
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """What a point is, in a few words: variant, probe, length (and task, direction, seed, lr)."""
+    label = f"{point['attention']['name']} {point['probe']} n={point['seq_len']}"
+    if point["probe"] == "accuracy":
+        label += f" {point['task_name']} {point['direction']} seed={point['seed']} lr={point['optim']['lr']:g}"
+    return label
 
 
 def describe(record: dict[str, Any]) -> str:
@@ -49,6 +59,27 @@ def eta_seconds(remaining: list[str], seconds_by_probe: dict[str, list[float]]) 
     return sum(statistics.median(seconds_by_probe.get(probe) or [fallback]) for probe in remaining)
 
 
+def print_estimate(points: list[dict[str, Any]], cfg: DictConfig) -> None:
+    """The sweep's expected duration, before it starts (``sweep.estimate=true``)."""
+    try:
+        device = device_for(cfg.hardware)
+    except PointFailed as failed:
+        print(f"no duration estimate: {failed}", file=sys.stderr)
+        return
+    print(f"estimating the duration of {len(points)} points ...", end="", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    seconds, measured = estimate_seconds(points, device=device)
+    accuracy = [p for p in points if p["probe"] == "accuracy"]
+    steps = sum(p["optim"]["max_steps"] for p in accuracy)
+    print(
+        f" about {seconds / 3600:.1f} h ({seconds / 60:.0f} min): {len(accuracy)} training runs, {steps:,} steps "
+        f"in all, and {len(points) - len(accuracy)} speed points; from {measured} step times measured here in "
+        f"{time.perf_counter() - started:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def run_sweep(cfg: DictConfig) -> pd.DataFrame:
     """Run every point not yet in the store; returns the store's results table."""
     attentions = attention_list(cfg)
@@ -64,9 +95,11 @@ def run_sweep(cfg: DictConfig) -> pd.DataFrame:
     sweep_id = cfg.sweep_id or launch.multirun_id() or dt.datetime.now(dt.UTC).strftime("sweep-%Y%m%d-%H%M%S")
     fixed_context = context.collect(cfg)
     keys = [store.point_key(point) for point in points]
+    if cfg.sweep.estimate:
+        print_estimate([p for p, k in zip(points, keys, strict=True) if k not in done], cfg)
     seconds_by_probe: dict[str, list[float]] = {}
     for index, (point, key) in enumerate(zip(points, keys, strict=True), start=1):
-        label = f"[{index}/{len(points)}] {point['attention']['name']} {point['probe']} n={point['seq_len']}"
+        label = f"[{index}/{len(points)}] {point_label(point)}"
         if key in done:
             print(f"{label}: in the store, skipped", file=sys.stderr, flush=True)
             continue
@@ -84,7 +117,10 @@ def run_sweep(cfg: DictConfig) -> pd.DataFrame:
                 "hardware": cfg.hardware.name,
                 "probe": point["probe"],
                 "seq_len": point["seq_len"],
-                "task": cfg.task._target_.rsplit(".", 1)[-1] if point["probe"] == "accuracy" else None,
+                "task": point.get("task_name"),
+                "direction": point.get("direction"),
+                "seed": point.get("seed"),
+                "lr": point["optim"]["lr"] if "optim" in point else None,
                 "point_wall_s": elapsed,
                 "config": point,
                 "finished_at": dt.datetime.now(dt.UTC).isoformat(),

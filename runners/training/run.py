@@ -1,15 +1,17 @@
 """One accuracy run: build the task, the module and a Trainer from the config, train, test, report a status.
 
-The run stops at ``optim.max_steps`` or ``optim.max_time_s``, whichever comes
-first, then reports test accuracy. A NaN/inf loss ends the run with status
-``diverged``; a causal task with a variant that cannot be causal is
-``unsupported``. Neither raises.
+Accuracy is a property of the config and the seed, never of the machine's
+load: every run trains for exactly ``optim.max_steps`` steps (seeded data,
+initialization and dropout; deterministic algorithms on CPU), then reports
+test accuracy and its learning curve. ``optim.max_time_s`` is only a safety
+cap: a run that reaches it ends as ``timeout`` with its partial curve and no
+final accuracy. A NaN/inf loss ends the run as ``diverged``; a causal task
+with a variant that cannot be causal is ``unsupported``. None of these raises.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 import warnings
 from datetime import timedelta
@@ -21,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import variants
+from runners.training.curve import LearningCurve, curve_rows
 from runners.training.module import SequenceModel
 from runners.training.throughput import TrainThroughput
 from tasks import GeneratedTask
@@ -79,12 +82,13 @@ def build_trainer(cfg: DictConfig, *, logger: Any = False, callbacks: list[pl.Ca
         check_val_every_n_epoch=None,
         limit_val_batches=cfg.optim.limit_val_batches,
         gradient_clip_val=cfg.optim.grad_clip,
-        enable_progress_bar=sys.stderr.isatty(),
+        enable_progress_bar=False,  # the sweep prints one line per point; runners.train prints the result
         enable_model_summary=False,
         enable_checkpointing=False,
         logger=logger,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
+        deterministic=True if cfg.hardware.accelerator == "cpu" else "warn",  # CUDA: warn where an op cannot be
     )
 
 
@@ -115,12 +119,15 @@ def run_training(cfg: DictConfig, *, logger: Any = False) -> dict[str, Any]:
         warmup_steps=cfg.optim.warmup_steps,
         max_steps=cfg.optim.max_steps,
     )
-    trainer = build_trainer(cfg, logger=logger, callbacks=[TrainThroughput()])
+    trainer = build_trainer(cfg, logger=logger, callbacks=[TrainThroughput(), LearningCurve()])
     start = time.perf_counter()
     trainer.fit(module, datamodule=task)
     train_time = time.perf_counter() - start
+    steps = int(_metric(trainer, "steps") or trainer.global_step)
     result = {
-        "steps": int(_metric(trainer, "steps") or trainer.global_step),
+        "steps": steps,
+        "max_steps": cfg.optim.max_steps,
+        "params": sum(p.numel() for p in module.parameters()),
         "train_time_s": train_time,
         "val_acc": _metric(trainer, "val_acc"),
         "majority_baseline": task.majority_baseline(),
@@ -128,11 +135,18 @@ def run_training(cfg: DictConfig, *, logger: Any = False) -> dict[str, Any]:
         "world_size": int(_metric(trainer, "world_size") or 1),
         "train_tokens_per_s_per_device": _metric(trainer, "train_tokens_per_s_per_device"),
         "train_tokens_per_s_total": _metric(trainer, "train_tokens_per_s_total"),
+        "learning_curve": curve_rows(trainer),
         "loss_trace": module.loss_trace,  # this process's steps only (empty from ddp_spawn workers)
     }
     diverged_at = _metric(trainer, "diverged_at")
     if diverged_at is not None:
         return result | {"status": "diverged", "message": f"loss became NaN/inf at step {int(diverged_at)}"}
+    if steps < cfg.optim.max_steps:
+        return result | {
+            "status": "timeout",
+            "message": f"stopped by the safety cap optim.max_time_s={cfg.optim.max_time_s} after {steps} of "
+            f"{cfg.optim.max_steps} steps; no final accuracy (raise the cap or lower optim.max_steps)",
+        }
     tested = trainer.test(module, datamodule=task, verbose=False)[0]
     return result | {"status": "ok", "test_acc": tested["test_acc"], "test_loss": tested["test_loss"]}
 

@@ -1,0 +1,137 @@
+"""Accuracy as a researcher should read it: over seeds with its spread, at the best learning rate, with ties.
+
+A *setting* is one task, direction and length. Within a setting every variant
+trained for the same number of steps; its accuracy is the mean over seeds with
+the min-max spread, and variants whose spreads overlap the best one's are
+called a tie, never ranked. With a learning-rate grid (``sweep.lrs``) each
+variant's rate is chosen by mean validation accuracy and its test accuracy is
+reported at that rate (Zoology's protocol).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from runners.reporting.tables import status_label
+
+SETTING = ["task", "direction", "seq_len"]
+RUN = ["variant", *SETTING]
+TARGETS = (0.5, 0.9)  # time-to-accuracy targets, as fractions of the best mean accuracy of the setting
+
+
+def at_chosen_lr(acc: pd.DataFrame) -> pd.DataFrame:
+    """The accuracy runs at each variant's best learning rate per setting (failed runs kept as they are)."""
+    ok = acc[acc.status == "ok"]
+    if ok.empty or ok.lr.nunique(dropna=True) <= 1:
+        return acc
+    means = ok.groupby([*RUN, "lr"]).val_acc.mean()
+    chosen = set(means.groupby(level=RUN).idxmax().values)
+    keys = list(zip(*(acc[c] for c in [*RUN, "lr"]), strict=True))
+    return acc[[key in chosen or status != "ok" for key, status in zip(keys, acc.status, strict=True)]]
+
+
+def accuracy_stats(acc: pd.DataFrame) -> pd.DataFrame:
+    """Per variant and setting: mean, min and max test accuracy over seeds, seeds, parameters, steps, rate."""
+    rows = []
+    for key, runs in acc.groupby(RUN, sort=True):
+        ok = runs[runs.status == "ok"]
+        row = dict(zip(RUN, key, strict=True)) | {
+            "seeds": len(ok),
+            "runs": len(runs),
+            "params": runs.params.max(),
+            "steps": ok.steps.max() if not ok.empty else math.nan,
+            "lr": ok.lr.iloc[0] if not ok.empty else math.nan,
+            "mean": ok.test_acc.mean() if not ok.empty else math.nan,
+            "min": ok.test_acc.min() if not ok.empty else math.nan,
+            "max": ok.test_acc.max() if not ok.empty else math.nan,
+            "train_tokens_per_s": ok.train_tokens_per_s_total.median() if not ok.empty else math.nan,
+            "status": "ok" if not ok.empty else runs.status.iloc[0],
+            "message": "" if not ok.empty else str(runs.message.iloc[0] or ""),
+        }
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def tied_best(stats: pd.DataFrame) -> list[str]:
+    """The variants of one setting that cannot be told apart from the best: their max reaches the best's min."""
+    ok = stats.dropna(subset=["mean"])
+    if ok.empty:
+        return []
+    best = ok.loc[ok["mean"].idxmax()]
+    tied = ok[ok["max"] >= best["min"]].sort_values("mean", ascending=False)
+    return list(tied.variant)
+
+
+def accuracy_cell(row: pd.Series) -> str:
+    """'0.912 (0.901-0.923, 2 seeds)', or the failed status."""
+    if row.status != "ok":
+        return status_label(row)
+    missing = f", {row.runs - row.seeds} failed" if row.runs > row.seeds else ""
+    return f"{row['mean']:.3f} ({row['min']:.3f}-{row['max']:.3f}, {row.seeds} seeds{missing})"
+
+
+def accuracy_table(stats: pd.DataFrame) -> pd.DataFrame:
+    """variant x length cells of one task and direction, with parameters and the step budget."""
+    cells = stats.assign(cell=stats.apply(accuracy_cell, axis=1))
+    table = cells.pivot_table(index="variant", columns="seq_len", values="cell", aggfunc="last")
+    table.columns = [f"n={n}" for n in table.columns]
+    extra = cells.groupby("variant").agg(params=("params", "max"), steps=("steps", "max"), lr=("lr", "first"))
+    extra["params"] = extra.params.map(lambda p: f"{p:,.0f}" if pd.notna(p) else "")
+    extra["steps"] = extra.steps.map(lambda s: f"{s:.0f}" if pd.notna(s) else "")
+    extra["lr"] = extra.lr.map(lambda r: f"{r:g}" if pd.notna(r) else "")
+    return extra.join(table)
+
+
+def summary(stats: pd.DataFrame) -> pd.DataFrame:
+    """Per setting: the best variants (ties within the seed spread) and the fastest-training among them."""
+    rows = []
+    for key, group in stats.groupby(SETTING, sort=True):
+        tied = tied_best(group)
+        row = dict(zip(SETTING, key, strict=True))
+        if not tied:
+            rows.append(row | {"most accurate (ties within seed spread)": "no successful runs"})
+            continue
+        best = group.set_index("variant").loc[tied[0]]
+        label = tied[0] if len(tied) == 1 else f"{', '.join(tied)} (tie)"
+        row["most accurate (ties within seed spread)"] = f"{label}: {best['mean']:.3f}"
+        speeds = group[group.variant.isin(tied)].dropna(subset=["train_tokens_per_s"])
+        if not speeds.empty:
+            fastest = speeds.loc[speeds.train_tokens_per_s.idxmax()]
+            row["fastest training among them (tok/s)"] = f"{fastest.variant} ({fastest.train_tokens_per_s:,.0f})"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(SETTING) if rows else pd.DataFrame()
+
+
+def first_reaching(curve: list[dict], target: float) -> dict | None:
+    """The first evaluation of a learning curve at or above ``target``."""
+    return next((point for point in curve or [] if point["val_acc"] >= target), None)
+
+
+def time_to_accuracy(acc: pd.DataFrame) -> pd.DataFrame:
+    """Steps and training seconds to reach 50% and 90% of the setting's best mean validation accuracy.
+
+    Averaged over the seeds that reached the target; ``k/n`` says how many did.
+    """
+    rows = []
+    ok = acc[acc.status == "ok"]
+    for key, runs in ok.groupby(SETTING, sort=True):
+        final = runs.assign(final=runs.learning_curve.map(lambda c: c[-1]["val_acc"] if c else math.nan))
+        best = final.groupby("variant").final.mean().max()
+        if not best > 0:
+            continue
+        for variant, mine in runs.groupby("variant"):
+            row = dict(zip(SETTING, key, strict=True)) | {"variant": variant}
+            for fraction in TARGETS:
+                reached = [p for p in (first_reaching(c, fraction * best) for c in mine.learning_curve) if p]
+                title = f"to {fraction:.0%} of best ({fraction * best:.3f})"
+                if not reached:
+                    row[title] = "not reached"
+                    continue
+                steps = sum(p["step"] for p in reached) / len(reached)
+                seconds = sum(p["train_s"] for p in reached) / len(reached)
+                count = "" if len(reached) == len(mine) else f" ({len(reached)}/{len(mine)} seeds)"
+                row[title] = f"{steps:,.0f} steps, {seconds:,.1f} s{count}"
+            rows.append(row)
+    return pd.DataFrame(rows).set_index([*SETTING, "variant"]) if rows else pd.DataFrame()

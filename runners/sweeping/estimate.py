@@ -1,0 +1,68 @@
+"""How long a sweep will take, from its planned steps and step times measured here before it starts.
+
+For each distinct training configuration (variant, length, direction, batch)
+one optimizer step is timed after a warm-up; an accuracy point costs its
+``optim.max_steps`` such steps plus its validations, a speed point its warm-up
+and timed steps in two fresh processes. It is an estimate (data generation,
+evaluation and process start-up are approximated), printed so that a long
+preset such as ``sweep=lra`` says up front whether it is an hour or a day.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import variants
+from runners.measure.speed_probe import speed_probe
+
+PROCESS_START_S = 3.0  # starting a fresh interpreter with torch, per measuring process
+
+
+def step_seconds(point: dict[str, Any], *, seq_len: int, batch_size: int, causal: bool, device: str) -> float:
+    """Seconds of one training step of the point's model at this length and batch, timed here."""
+    result = speed_probe(
+        model_cfg=point["model"],
+        attention=point["attention"],
+        seq_len=seq_len,
+        batch_size=batch_size,
+        causal=causal,
+        device=device,
+        warmup=1,
+        repeats=1,
+        parts=["time"],
+    )
+    return batch_size * seq_len / result["train_tokens_per_s"]
+
+
+def estimate_seconds(points: list[dict[str, Any]], *, device: str) -> tuple[float, int]:
+    """Estimated seconds for ``points`` and how many step times were measured to get it."""
+    cache: dict[tuple, float] = {}
+    total = 0.0
+    for point in points:
+        if point["probe"] == "speed":
+            shape = (point["seq_len"], point["batch_size"], point["causal"])
+            steps = point["warmup"] + point["repeats"]
+            # two processes; timing runs train and inference steps (+ one counted), memory up to four steps
+            per_step = _cached(cache, point, shape, device)
+            total += 2 * PROCESS_START_S + (steps * 1.4 + 1 + 4) * per_step
+            continue
+        task, optim = point["task"], point["optim"]
+        shape = (point["seq_len"], task["batch_size"], point["direction"] == "causal")
+        validations = optim["max_steps"] // optim["val_every"] + 1
+        val_steps = validations * -(-task["num_val"] // task["batch_size"]) + -(-task["num_test"] // task["batch_size"])
+        total += (optim["max_steps"] + val_steps / 3) * _cached(cache, point, shape, device)  # eval: forward only
+    return total, len(cache)
+
+
+def _cached(cache: dict[tuple, float], point: dict[str, Any], shape: tuple, device: str) -> float:
+    key = (repr(point["attention"]), repr(point["model"]), *shape)
+    if key not in cache:
+        seq_len, batch_size, causal = shape
+        try:
+            cache[key] = step_seconds(point, seq_len=seq_len, batch_size=batch_size, causal=causal, device=device)
+        except (variants.AttentionError, RuntimeError):  # unsupported or out of memory: (almost) free in the sweep
+            cache[key] = 0.0
+        torch.manual_seed(0)
+    return cache[key]
