@@ -6,8 +6,9 @@ import pytest
 
 from runners.training.run import run_training
 
-LOOKUP = ["task=lookup", "task.seq_len=64", "task.num_train=2000", "task.num_val=128", "task.num_test=256"]
-BUDGET = ["optim.max_steps=150", "optim.val_every=50", "optim.warmup_steps=20", "task.batch_size=16"]
+SPLITS = ["task.num_train=2000", "task.num_val=128", "task.num_test=256"]
+LOOKUP = ["task=lookup", "task.seq_len=64", *SPLITS]
+BUDGET = ["optim.max_steps=100", "optim.val_every=25", "optim.warmup_steps=20", "task.batch_size=16"]
 
 
 @pytest.fixture
@@ -30,8 +31,15 @@ def test_local_with_a_window_covering_the_sequence_matches_full_within_the_seed_
 
 def test_a_window_that_cannot_reach_the_keys_stays_near_the_baseline_where_full_learns(train):
     """MQAR with every query at least 24 tokens after its key: local with window 8 cannot see it."""
-    mqar = ["task=mqar", "task.seq_len=64", "task.vocab_size=32", "task.min_query_gap=24", "task.batch_size=32"]
-    budget = ["optim.max_steps=500", "optim.val_every=125", "optim.warmup_steps=20"]
+    mqar = [
+        "task=mqar",
+        "task.seq_len=64",
+        "task.vocab_size=16",
+        "task.min_query_gap=24",
+        "task.batch_size=32",
+        *SPLITS,
+    ]
+    budget = ["optim.max_steps=300", "optim.val_every=75", "optim.warmup_steps=20"]
     full = train("attention=full", *mqar, *budget)
     local = train("attention=local", "attention.window=8", *mqar, *budget)
     baseline = full["majority_baseline"]

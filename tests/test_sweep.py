@@ -16,6 +16,7 @@ import torch
 from helpers import TINY_SWEEP
 from omegaconf import OmegaConf
 
+import variants
 from runners.hydra_glue.configs import attention_config
 from runners.measure.failures import PointFailed
 from runners.measure.memory import timing_env
@@ -311,3 +312,46 @@ def test_a_worker_that_dies_ends_only_its_point_with_a_status(how, status):
     with pytest.raises(PointFailed) as failed:
         run_isolated("helpers:die", {"how": how}, threads=1, env=env)
     assert failed.value.status == status, str(failed.value)
+
+
+def test_plan_repeats_accuracy_points_per_seed_and_rate_and_scores_every_variant(sweep_config):
+    from runners.sweeping.plan import attention_list, plan_points
+
+    cfg = sweep_config(
+        "sweep.seq_lens=[]", "sweep.seeds=[0,1]", "sweep.lrs=[1e-3,3e-3]", "~sweep.accuracy.mqar.directions"
+    )
+    points = plan_points(cfg, attention_list(cfg))
+    by_variant = {}
+    for p in points:
+        by_variant.setdefault(p["attention"]["name"], set()).add((p["direction"], p["seed"], p["optim"]["lr"]))
+    expected = {(d, s, lr) for d in ("bidirectional", "causal") for s in (0, 1) for lr in (1e-3, 3e-3)}
+    assert by_variant.keys() == set(variants.names()) and all(v == expected for v in by_variant.values())
+    assert {p["task"]["seed"] for p in points} == {0, 1}  # the data follows the run's seed
+    assert {p["task"]["causal"] for p in points if p["direction"] == "causal"} == {True}
+
+
+def test_bad_accuracy_settings_are_refused_before_any_work(sweep_config):
+    with pytest.raises(ConfigError, match="unknown task 'mqra'; tasks: listops, lookup, mqar"):
+        run_sweep(sweep_config("+sweep.accuracy.typo={task:mqra,seq_lens:[32]}"))
+    with pytest.raises(
+        ConfigError, match=r"directions: \['causal'\] not possible; listops can be: \['bidirectional'\]"
+    ):
+        run_sweep(sweep_config("+sweep.accuracy.listops={seq_lens:[64],directions:[causal]}"))
+    with pytest.raises(ConfigError, match=r"unknown task argument\(s\) \['num_pair'\]"):
+        run_sweep(sweep_config("+sweep.accuracy.mqar.num_pair=3"))
+    with pytest.raises(ConfigError, match=r"sweep\.seeds is empty"):
+        run_sweep(sweep_config("sweep.seeds=[]"))
+
+
+def test_the_duration_estimate_counts_planned_steps_at_a_measured_step_time(sweep_config, capsys):
+    from runners.sweeping.estimate import estimate_seconds
+    from runners.sweeping.plan import attention_list, plan_points
+    from runners.sweeping.run import print_estimate
+
+    cfg = sweep_config("attention=full", "sweep.seq_lens=[]")
+    points = plan_points(cfg, attention_list(cfg))
+    short, measured = estimate_seconds(points, device="cpu")
+    longer = [p | {"optim": p["optim"] | {"max_steps": 10 * p["optim"]["max_steps"]}} for p in points]
+    assert measured == 1 and 0 < short < estimate_seconds(longer, device="cpu")[0] < 20 * short
+    print_estimate(points, cfg)
+    assert re.search(r"about [\d.]+ h \(\d+ min\): 1 training runs, 20 steps in all", capsys.readouterr().err)

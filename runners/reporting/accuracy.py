@@ -121,11 +121,12 @@ def time_to_accuracy(acc: pd.DataFrame) -> pd.DataFrame:
         best = final.groupby("variant").final.mean().max()
         if not best > 0:
             continue
+        targets = ", ".join(f"{fraction * best:.3f}" for fraction in TARGETS)
         for variant, mine in runs.groupby("variant"):
-            row = dict(zip(SETTING, key, strict=True)) | {"variant": variant}
+            row = dict(zip(SETTING, key, strict=True)) | {"variant": variant, "targets": targets}
             for fraction in TARGETS:
                 reached = [p for p in (first_reaching(c, fraction * best) for c in mine.learning_curve) if p]
-                title = f"to {fraction:.0%} of best ({fraction * best:.3f})"
+                title = f"to {fraction:.0%} of best"
                 if not reached:
                     row[title] = "not reached"
                     continue

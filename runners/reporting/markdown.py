@@ -86,7 +86,7 @@ def accuracy_section(accuracy: pd.DataFrame, out: Path, tag: str) -> list[str]:
         "#### Time to accuracy",
         "",
         "Optimizer steps and seconds spent in training steps (this hardware) until validation accuracy first "
-        "reached 50% and 90% of the best mean final validation accuracy of the setting.",
+        "reached 50% and 90% of the best mean final validation accuracy of the setting (`targets`).",
         "",
         md_table(acc_tables.time_to_accuracy(runs)),
         "#### Training runs: tokens/s in total (per device x devices), optimizer steps",
