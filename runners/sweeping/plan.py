@@ -65,7 +65,13 @@ def accuracy_tasks(cfg: DictConfig) -> list[tuple[str, list[int], list[str], dic
             raise ConfigError(
                 f"sweep.accuracy.{label}.directions: {wrong} not possible; {name} can be: {list(task_directions(name))}"
             )
-        unknown = sorted(set(settings) - set(keyword_defaults(TASKS[name])) - {"seq_len", "causal", "seed"})
+        owned = {"seq_len", "causal", "seed"} & settings.keys()
+        if owned:
+            raise ConfigError(
+                f"sweep.accuracy.{label}: {sorted(owned)} are set per point by the sweep; use seq_lens, directions "
+                "and sweep.seeds instead"
+            )
+        unknown = sorted(set(settings) - set(keyword_defaults(TASKS[name])))
         if unknown:
             raise ConfigError(
                 f"sweep.accuracy.{label}: unknown task argument(s) {unknown}; "
