@@ -107,3 +107,38 @@ def test_a_run_records_its_learning_curve_and_parameter_count(train_config):
     assert all(p["train_s"] <= p["wall_s"] for p in curve)
     assert curve[-1]["val_acc"] == pytest.approx(result["val_acc"])
     assert result["params"] > 1000 and result["max_steps"] == 60
+
+
+class FakeTerminal:
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_line_shows_steps_on_a_terminal_and_nothing_in_a_log():
+    from types import SimpleNamespace
+
+    from runners.training.progress import ProgressLine
+
+    trainer = SimpleNamespace(is_global_zero=True, global_step=0, max_steps=5000)
+    for tty in (True, False):
+        stream = FakeTerminal(tty)
+        line = ProgressLine("[5/30] full accuracy ...", stream=stream, every_s=0.0)
+        for step in (1, 1200):
+            trainer.global_step = step
+            line.on_train_batch_end(trainer)
+        line.on_train_end(trainer, None)
+        if not tty:
+            assert stream.text == ""
+            continue
+        assert "\r[5/30] full accuracy ... step 1,200/5,000" in stream.text
+        shown = stream.text.split("\r")[-1]  # what the terminal shows after the run: the line, ready for its result
+        assert shown == "[5/30] full accuracy ..."

@@ -45,23 +45,26 @@ def measure_speed(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
     return measure_isolated(SPEED_PROBE, kwargs, threads=cfg.hardware.threads, timeout_s=cfg.sweep.point_timeout_s)
 
 
-def measure_accuracy(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
+def measure_accuracy(cfg: DictConfig, point: dict[str, Any], progress: str | None = None) -> dict[str, Any]:
     """A training run of the point's variant on the point's task, direction, seed and learning rate."""
     device_for(cfg.hardware)
     run_cfg = OmegaConf.create(
         {key: point[key] for key in ("attention", "model", "task", "optim", "seed")} | {"hardware": cfg.hardware}
     )
-    result = run_training(run_cfg)
+    result = run_training(run_cfg, progress=progress)
     result.pop("loss_trace", None)
     return result
 
 
-def measure_point(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
-    """The point's measurements with ``status``; a failure is a result with its status and message."""
+def measure_point(cfg: DictConfig, point: dict[str, Any], progress: str | None = None) -> dict[str, Any]:
+    """The point's measurements with ``status``; a failure is a result with its status and message.
+
+    ``progress``: the point's console line, which a long training run extends with its step count.
+    """
     try:
         if point["probe"] == "speed":
             return {"status": "ok"} | measure_speed(cfg, point)
-        return measure_accuracy(cfg, point)
+        return measure_accuracy(cfg, point, progress)
     except Exception as error:  # a failed point is a result, never the end of the sweep
         return {
             "status": classify_failure(error),

@@ -105,7 +105,7 @@ def run_sweep(cfg: DictConfig) -> pd.DataFrame:
             continue
         print(f"{label} ...", end="", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        result = measure_point(cfg, point)
+        result = measure_point(cfg, point, progress=f"{label} ...")
         elapsed = time.perf_counter() - started
         seconds_by_probe.setdefault(point["probe"], []).append(elapsed)
         record = (

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 import variants
 from runners.training.curve import LearningCurve, curve_rows
 from runners.training.module import SequenceModel
+from runners.training.progress import ProgressLine
 from runners.training.throughput import TrainThroughput
 from tasks import GeneratedTask
 
@@ -92,8 +93,11 @@ def build_trainer(cfg: DictConfig, *, logger: Any = False, callbacks: list[pl.Ca
     )
 
 
-def run_training(cfg: DictConfig, *, logger: Any = False) -> dict[str, Any]:
-    """Train, validate and test one configuration; the status says how it ended."""
+def run_training(cfg: DictConfig, *, logger: Any = False, progress: str | None = None) -> dict[str, Any]:
+    """Train, validate and test one configuration; the status says how it ended.
+
+    ``progress``: the console line this run belongs to; on a terminal it shows the step count while training.
+    """
     attention = OmegaConf.to_container(cfg.attention, resolve=True)
     task: GeneratedTask = hydra.utils.instantiate(cfg.task)
     name = attention["name"]
@@ -119,7 +123,10 @@ def run_training(cfg: DictConfig, *, logger: Any = False) -> dict[str, Any]:
         warmup_steps=cfg.optim.warmup_steps,
         max_steps=cfg.optim.max_steps,
     )
-    trainer = build_trainer(cfg, logger=logger, callbacks=[TrainThroughput(), LearningCurve()])
+    callbacks: list[pl.Callback] = [TrainThroughput(), LearningCurve()]
+    if progress is not None:
+        callbacks.append(ProgressLine(progress))
+    trainer = build_trainer(cfg, logger=logger, callbacks=callbacks)
     start = time.perf_counter()
     trainer.fit(module, datamodule=task)
     train_time = time.perf_counter() - start
