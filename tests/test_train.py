@@ -142,3 +142,11 @@ def test_progress_line_shows_steps_on_a_terminal_and_nothing_in_a_log():
         assert "\r[5/30] full accuracy ... step 1,200/5,000" in stream.text
         shown = stream.text.split("\r")[-1]  # what the terminal shows after the run: the line, ready for its result
         assert shown == "[5/30] full accuracy ..."
+
+
+def test_progress_line_travels_to_spawned_workers():
+    import pickle
+
+    from runners.training.progress import ProgressLine
+
+    assert pickle.loads(pickle.dumps(ProgressLine("[1/2] x ..."))).prefix == "[1/2] x ..."

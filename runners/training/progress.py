@@ -18,10 +18,14 @@ class ProgressLine(pl.Callback):
 
     def __init__(self, prefix: str, *, stream: TextIO | None = None, every_s: float = 1.0) -> None:
         self.prefix = prefix
-        self.stream = stream or sys.stderr
+        self._stream = stream  # None: sys.stderr, looked up when writing (a stream cannot go to ddp_spawn workers)
         self.every_s = every_s
         self._last = 0.0
         self._width = 0
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stderr
 
     def _active(self, trainer: pl.Trainer) -> bool:
         return trainer.is_global_zero and self.stream.isatty()
