@@ -337,6 +337,8 @@ def test_bad_accuracy_settings_are_refused_before_any_work(sweep_config):
         run_sweep(sweep_config("+sweep.accuracy.mqar.num_pair=3"))
     with pytest.raises(ConfigError, match=r"\['causal'\] are set per point by the sweep; use seq_lens, directions"):
         run_sweep(sweep_config("+sweep.accuracy.mqar.causal=false"))
+    with pytest.raises(ConfigError, match=r"sweep\.accuracy\.far at seq_len=32: num_queries=9 must be"):
+        run_sweep(sweep_config("+sweep.accuracy.far={task:mqar,seq_lens:[32],num_queries:9}"))
     with pytest.raises(ConfigError, match=r"sweep\.seeds is empty"):
         run_sweep(sweep_config("sweep.seeds=[]"))
 

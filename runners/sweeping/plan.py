@@ -14,9 +14,10 @@ resumes where it stopped and changed settings are measured anew.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 import variants
@@ -27,6 +28,17 @@ DIRECTIONS = ("bidirectional", "causal")
 
 class ConfigError(ValueError):
     """A bad config value, reported before any work starts."""
+
+
+class AccuracyEntry(NamedTuple):
+    """One checked entry of ``sweep.accuracy``."""
+
+    label: str
+    task: str
+    seq_lens: list[int]
+    directions: list[str]
+    settings: dict[str, Any]  # task arguments
+    optim: dict[str, Any]  # overrides of the optim config for this entry
 
 
 def attention_list(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -44,8 +56,8 @@ def task_directions(name: str) -> tuple[str, ...]:
     return ("causal",) if cls.causal else ("bidirectional",)
 
 
-def accuracy_tasks(cfg: DictConfig) -> list[tuple[str, list[int], list[str], dict[str, Any], dict[str, Any]]]:
-    """``(task, seq_lens, directions, task arguments, optim overrides)`` per entry of ``sweep.accuracy``, checked."""
+def accuracy_tasks(cfg: DictConfig) -> list[AccuracyEntry]:
+    """The entries of ``sweep.accuracy``, checked."""
     entries = []
     for label, entry in (cfg.sweep.get("accuracy") or {}).items():
         settings = OmegaConf.to_container(entry, resolve=True)
@@ -59,11 +71,12 @@ def accuracy_tasks(cfg: DictConfig) -> list[tuple[str, list[int], list[str], dic
             raise ConfigError(
                 f"sweep.accuracy.{label}.optim: unknown key(s) {unknown_optim}; optim has {list(cfg.optim)}"
             )
-        directions = list(settings.pop("directions", task_directions(name)))
-        wrong = [d for d in directions if d not in task_directions(name)]
+        possible = task_directions(name)
+        directions = list(settings.pop("directions", possible))
+        wrong = [d for d in directions if d not in possible]
         if wrong:
             raise ConfigError(
-                f"sweep.accuracy.{label}.directions: {wrong} not possible; {name} can be: {list(task_directions(name))}"
+                f"sweep.accuracy.{label}.directions: {wrong} not possible; {name} can be: {list(possible)}"
             )
         owned = {"seq_len", "causal", "seed"} & settings.keys()
         if owned:
@@ -71,13 +84,14 @@ def accuracy_tasks(cfg: DictConfig) -> list[tuple[str, list[int], list[str], dic
                 f"sweep.accuracy.{label}: {sorted(owned)} are set per point by the sweep; use seq_lens, directions "
                 "and sweep.seeds instead"
             )
-        unknown = sorted(set(settings) - set(keyword_defaults(TASKS[name])))
+        arguments = keyword_defaults(TASKS[name])
+        unknown = sorted(set(settings) - set(arguments))
         if unknown:
             raise ConfigError(
                 f"sweep.accuracy.{label}: unknown task argument(s) {unknown}; "
-                f"it takes task, seq_lens, directions, optim and {sorted(keyword_defaults(TASKS[name]))}"
+                f"it takes task, seq_lens, directions, optim and {sorted(arguments)}"
             )
-        entries.append((name, seq_lens, directions, settings, optim))
+        entries.append(AccuracyEntry(label, name, seq_lens, directions, settings, optim))
     return entries
 
 
@@ -92,7 +106,7 @@ def point_task(name: str, settings: dict[str, Any], seq_len: int, direction: str
 def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
     """Fail fast on bad values: unknown variants, hyperparameters or tasks, empty or bad lengths."""
     tasks = accuracy_tasks(cfg)
-    accuracy_lens = [n for _, lens, *_ in tasks for n in lens]
+    accuracy_lens = [n for entry in tasks for n in entry.seq_lens]
     for key, lens in (("sweep.seq_lens", list(cfg.sweep.seq_lens)), ("sweep.accuracy.*.seq_lens", accuracy_lens)):
         if any(not isinstance(n, int) or n < 1 for n in lens):
             raise ConfigError(f"{key} must be positive integers; got {lens}")
@@ -100,13 +114,14 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
         raise ConfigError("sweep.seq_lens and every sweep.accuracy.*.seq_lens are empty: nothing to measure")
     if accuracy_lens and not cfg.sweep.seeds:
         raise ConfigError("sweep.seeds is empty: accuracy points need at least one seed")
-    for name, lens, directions, settings, _ in tasks:
-        for n in lens:
-            for direction in directions:
+    for entry in tasks:
+        for n in entry.seq_lens:
+            for direction in entry.directions:
                 try:  # a bad combination (more queries than fit, ...) fails here, before any work
-                    hydra.utils.instantiate(point_task(name, settings, n, direction, seed=0))
-                except (ValueError, TypeError) as error:
-                    raise ConfigError(f"sweep.accuracy.{name} at seq_len={n}: {error}") from None
+                    hydra.utils.instantiate(point_task(entry.task, entry.settings, n, direction, seed=0))
+                except InstantiationException as error:  # Hydra wraps the task's ValueError or TypeError
+                    reason = error.__cause__ or error
+                    raise ConfigError(f"sweep.accuracy.{entry.label} at seq_len={n}: {reason}") from None
     longest = max([*cfg.sweep.seq_lens, *accuracy_lens])
     for attention in attentions:
         hparams = {k: v for k, v in attention.items() if k != "name"}
@@ -150,9 +165,9 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
                     "repeats": cfg.sweep.repeats,
                 }
             )
-        for name, seq_lens, directions, settings, budget in tasks:
-            for seq_len in seq_lens:
-                for direction in directions:
+        for entry in tasks:
+            for seq_len in entry.seq_lens:
+                for direction in entry.directions:
                     for seed in cfg.sweep.seeds:
                         for lr in rates:
                             points.append(
@@ -160,10 +175,10 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
                                 | {
                                     "probe": "accuracy",
                                     "seq_len": seq_len,
-                                    "task_name": name,
+                                    "task_name": entry.task,
                                     "direction": direction,
-                                    "task": point_task(name, settings, seq_len, direction, seed),
-                                    "optim": optim | budget | {"lr": lr},
+                                    "task": point_task(entry.task, entry.settings, seq_len, direction, seed),
+                                    "optim": optim | entry.optim | {"lr": lr},
                                     "seed": seed,
                                 }
                             )
