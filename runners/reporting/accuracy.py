@@ -37,20 +37,22 @@ def accuracy_stats(acc: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, runs in acc.groupby(RUN, sort=True):
         ok = runs[runs.status == "ok"]
-        row = dict(zip(RUN, key, strict=True)) | {
-            "seeds": len(ok),
-            "runs": len(runs),
-            "params": runs.params.max(),
-            "steps": ok.steps.max() if not ok.empty else math.nan,
-            "lr": ok.lr.iloc[0] if not ok.empty else math.nan,
-            "mean": ok.test_acc.mean() if not ok.empty else math.nan,
-            "min": ok.test_acc.min() if not ok.empty else math.nan,
-            "max": ok.test_acc.max() if not ok.empty else math.nan,
-            "train_tokens_per_s": ok.train_tokens_per_s_total.median() if not ok.empty else math.nan,
-            "status": "ok" if not ok.empty else runs.status.iloc[0],
-            "message": "" if not ok.empty else str(runs.message.iloc[0] or ""),
-        }
-        rows.append(row)
+        row = dict(zip(RUN, key, strict=True)) | {"seeds": len(ok), "runs": len(runs), "params": runs.params.max()}
+        if ok.empty:  # every seed failed: the cell shows the status of the first
+            measured = dict.fromkeys(("steps", "lr", "mean", "min", "max", "train_tokens_per_s"), math.nan)
+            measured |= {"status": runs.status.iloc[0], "message": str(runs.message.iloc[0] or "")}
+        else:
+            measured = {
+                "steps": ok.steps.max(),
+                "lr": ok.lr.iloc[0],
+                "mean": ok.test_acc.mean(),
+                "min": ok.test_acc.min(),
+                "max": ok.test_acc.max(),
+                "train_tokens_per_s": ok.train_tokens_per_s_total.median(),
+                "status": "ok",
+                "message": "",
+            }
+        rows.append(row | measured)
     return pd.DataFrame(rows)
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 import variants
 from runners.measure.speed_probe import speed_probe
 
@@ -64,5 +62,4 @@ def _cached(cache: dict[tuple, float], point: dict[str, Any], shape: tuple, devi
             cache[key] = step_seconds(point, seq_len=seq_len, batch_size=batch_size, causal=causal, device=device)
         except (variants.AttentionError, RuntimeError):  # unsupported or out of memory: (almost) free in the sweep
             cache[key] = 0.0
-        torch.manual_seed(0)
     return cache[key]
