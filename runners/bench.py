@@ -3,6 +3,7 @@
     python -m runners.bench                       # every variant, n = 256 ... 8192, CPU
     python -m runners.bench --peers               # + the public reference packages (".[peers]")
     python -m runners.bench --variants local performer --seq-lens 1024 4096
+    python -m runners.bench --dtype bf16          # cores in bf16 (parameters stay fp32)
 
 Only the mixing core is measured (no projections): q, k, v of shape
 ``(batch, heads, n, dim_head)``, by :func:`runners.measure.core_probe.core_probe`.
@@ -11,9 +12,12 @@ Each point runs through the sweep's worker protocol
 one point's memory cannot hide in another's, and an out-of-memory kill or a
 timeout is recorded as that point's status while the benchmark goes on. Per
 point: forward time (no graph), forward+backward time (median of repeats after
-warm-up) and the peak memory of one forward+backward step (see
-:mod:`runners.measure.memory`). Every finished point is appended to a
-JSON-lines file.
+warm-up), the peak memory of one forward+backward step (see
+:mod:`runners.measure.memory`) and the achieved matmul GFLOP/s of the step
+(:mod:`runners.measure.flops`) as a share of the machine's measured matmul
+peak in the same dtype (:mod:`runners.measure.matmul_peak`, measured first
+with the same threads and kept in every record's ``hardware``). Every finished
+point is appended to a JSON-lines file.
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ import pandas as pd
 import variants
 from runners.measure.core_probe import OURS
 from runners.measure.failures import PointFailed
+from runners.measure.matmul_peak import DTYPES
 from runners.measure.peers import PEERS
-from runners.measure.worker import measure_isolated
+from runners.measure.worker import measure_isolated, run_isolated
 
 CORE_PROBE = "runners.measure.core_probe:core_probe"
+FINGERPRINT = "runners.results.context:hardware_fingerprint"
 DEFAULT_SEQ_LENS = [256, 512, 1024, 2048, 4096, 8192]
 
 
@@ -63,6 +69,7 @@ def measure(case: Case, seq_len: int, args: argparse.Namespace) -> dict[str, Any
         "heads": args.heads,
         "dim_head": args.dim_head,
         "repeats": args.repeats,
+        "dtype": args.dtype,
     }
     try:
         return {"status": "ok"} | measure_isolated(CORE_PROBE, kwargs, threads=args.threads, timeout_s=args.timeout)
@@ -92,8 +99,13 @@ def growth_per_doubling(values: pd.Series, lo: int, hi: int) -> float:
     return (values[hi] / values[lo]) ** (1 / math.log2(hi / lo))
 
 
+def hardware(args: argparse.Namespace) -> dict[str, Any]:
+    """The fingerprint with its matmul peak, measured in a fresh process with the points' threads."""
+    return run_isolated(FINGERPRINT, {"accelerator": "cpu"}, threads=args.threads, timeout_s=120)
+
+
 def summarize(records: list[dict[str, Any]], seq_lens: list[int]) -> str:
-    """Tables: time and memory per case and n, growth per doubling, ratio to peer."""
+    """Tables: time, memory, achieved GFLOP/s per case and n, growth per doubling, ratio to peer."""
     frame = pd.DataFrame(records)
     frame["cell"] = frame.apply(
         lambda r: r["status"] if r["status"] != "ok" else f"{r['fwd_ms']:.1f}/{r['fwd_bwd_ms']:.1f}", axis=1
@@ -106,6 +118,16 @@ def summarize(records: list[dict[str, Any]], seq_lens: list[int]) -> str:
         mem=frame.apply(lambda r: f"{r['peak_mib']:.0f}" if r["status"] == "ok" else r["status"], axis=1)
     )
     out.append(mem.pivot(index="label", columns="seq_len", values="mem").to_string())
+    if "fwd_bwd_gflops_per_s" in ok and not ok.empty:
+        peak = ok.apply(lambda r: r["hardware"]["matmul_gflops"].get(r["dtype"], float("nan")), axis=1)
+        cells = ok.assign(
+            gflops=ok.apply(lambda r: f"{r['fwd_bwd_gflops_per_s']:.0f}", axis=1).str.cat(
+                (100 * ok.fwd_bwd_gflops_per_s / peak).map(lambda p: f"{p:.0f}%"), sep=" "
+            )
+        )
+        peaks = ", ".join(f"{dt} {g:.0f}" for dt, g in records[0]["hardware"]["matmul_gflops"].items())
+        out.append(f"\nachieved matmul GFLOP/s of forward+backward, % of the measured matmul peak ({peaks} GFLOP/s)")
+        out.append(cells.pivot(index="label", columns="seq_len", values="gflops").to_string())
     lo, hi = (2048, 8192) if {2048, 8192} <= set(seq_lens) else (min(seq_lens), max(seq_lens))
     growth = []
     for label, group in ok.groupby("label"):
@@ -155,6 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per point (median reported)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per point before it is 'timeout'")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per point (0: torch's default)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of q, k, v")
     parser.add_argument("--peers", action="store_true", help="also run the reference packages (.[peers])")
     parser.add_argument("--out", type=Path, default=Path("results/bench.jsonl"), help="JSON lines, appended")
     return parser.parse_args(argv)
@@ -167,6 +190,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         variants.get(name)  # unknown names fail here, listing the registered ones
     cases = build_cases(names, with_peers=args.peers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    machine = hardware(args)
+    print(f"{machine['fingerprint']}, {args.dtype}; matmul peak GFLOP/s: {machine['matmul_gflops']}", file=sys.stderr)
     records = []
     total = len(cases) * len(args.seq_lens)
     started = time.perf_counter()
@@ -188,7 +213,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 "batch": args.batch,
                 "heads": args.heads,
                 "dim_head": args.dim_head,
+                "dtype": args.dtype,
                 "hparams": case.hparams,
+                "hardware": machine,
             } | result
             records.append(record)
             with args.out.open("a") as handle:

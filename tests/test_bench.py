@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
+import variants
 from runners import bench
-from runners.measure import memory, timing
+from runners.measure import core_probe, flops, memory, timing
 from runners.measure.peers import PEERS
 
 TINY = ["--batch", "1", "--heads", "2", "--dim-head", "8", "--repeats", "3"]
@@ -23,6 +24,44 @@ def test_bench_records_every_point_and_prints_tables(tmp_path, capsys):
     assert all(r["status"] == "ok" and r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["peak_mib"] > 0 for r in lines)
     printed = capsys.readouterr().out
     assert "peak memory of one forward+backward step" in printed and "linformer (bidir)" in printed
+    assert all(r["fwd_bwd_gflops_per_s"] > 0 and r["hardware"]["matmul_gflops"]["fp32"] > 0 for r in lines)
+    assert "% of the measured matmul peak" in printed
+
+
+@pytest.mark.parametrize("name", variants.names())
+def test_every_core_runs_in_bf16(name):
+    result = core_probe.core_probe(
+        variant=name,
+        impl=core_probe.OURS,
+        causal=False,
+        hparams={},
+        seq_len=256,
+        batch=1,
+        heads=2,
+        dim_head=8,
+        repeats=1,
+        dtype="bf16",
+        parts=["time"],
+    )
+    assert result["fwd_bwd_ms"] > 0 and result["fwd_bwd_flops"] > 0
+
+
+def test_bench_dtype_is_recorded(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    records = bench.main(["--variants", "local", "--seq-lens", "128", *TINY, "--dtype", "bf16", "--out", str(out)])
+    assert [(r["status"], r["dtype"]) for r in records] == [("ok", "bf16")] * 2
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_flop_count_sees_the_fused_cpu_attention_kernel(causal):
+    batch, heads, seq, dim = 2, 3, 64, 16
+    q, k, v = (torch.randn(batch, heads, seq, dim, requires_grad=True) for _ in range(3))
+    counted = flops.count_flops(
+        lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal).sum().backward()
+    )
+    forward = 2 * (2 * batch * heads * seq * seq * dim)  # scores and weighted values
+    backward = 5 * (2 * batch * heads * seq * seq * dim)  # recomputed scores, dV, dP, dQ, dK
+    assert counted == (forward + backward) // (2 if causal else 1)
 
 
 def test_a_point_that_times_out_is_recorded_and_longer_ones_skipped(tmp_path):

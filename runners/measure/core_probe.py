@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 import variants
+from runners.measure.flops import count_flops
+from runners.measure.matmul_peak import DTYPES
 from runners.measure.memory import measure_step_peak
 from runners.measure.peers import PEERS
 from runners.measure.timing import time_calls
@@ -44,12 +46,17 @@ def core_probe(
     dim_head: int,
     repeats: int,
     device: str = "cpu",
+    dtype: str = "fp32",
     budget_s: float = 20.0,
     parts: Sequence[str] = ("time", "memory"),
 ) -> dict[str, Any]:
-    """Forward time, forward+backward time (medians) and the peak memory of one forward+backward step.
+    """Forward time, forward+backward time (medians), their FLOPs and the peak memory of one step.
 
-    ``budget_s`` caps the timed calls of a slow point (at least 3 are taken).
+    q, k, v come in ``dtype`` (``"fp32"`` or ``"bf16"``); parameters stay fp32,
+    as under mixed precision. ``budget_s`` caps the timed calls of a slow point
+    (at least 3 are taken). ``fwd_bwd_flops`` counts the matmul FLOPs one
+    forward+backward step executes (recomputation included, see
+    :func:`runners.measure.flops.count_flops`).
     """
     device_ = torch.device(device)
     torch.manual_seed(0)
@@ -58,8 +65,9 @@ def core_probe(
     )
     module.to(device_)
     shape = (batch, heads, seq_len, dim_head)
-    q, k, v = (torch.randn(shape, device=device_, requires_grad=True) for _ in range(3))
-    grad_out = torch.randn(shape, device=device_)
+    dtype_ = DTYPES[dtype]
+    q, k, v = (torch.randn(shape, device=device_).to(dtype_).requires_grad_() for _ in range(3))
+    grad_out = torch.randn(shape, device=device_).to(dtype_)
 
     def forward() -> None:
         with torch.no_grad():
@@ -75,7 +83,10 @@ def core_probe(
     if "time" in parts:
         fwd = time_calls(forward, device=device_, warmup=1, repeats=repeats, budget_s=budget_s)
         step = time_calls(forward_backward, device=device_, warmup=1, repeats=repeats, budget_s=budget_s)
+        flops = count_flops(forward_backward)
         result |= {
+            "fwd_bwd_flops": flops,
+            "fwd_bwd_gflops_per_s": flops / step.median_s / 1e9,
             "fwd_ms": fwd.median_s * 1e3,
             "fwd_bwd_ms": step.median_s * 1e3,
             "fwd_bwd_spread": step.spread,

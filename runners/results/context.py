@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from runners.measure.matmul_peak import matmul_peak
+
 PACKAGES = ("torch", "pytorch-lightning", "torchmetrics", "hydra-core", "wandb", "pandas", "numpy")
 
 
@@ -55,8 +57,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def hardware_fingerprint(accelerator: str) -> dict[str, Any]:
-    """CPU model and threads, or GPU name and memory: what the numbers were measured on."""
+def hardware_fingerprint(accelerator: str, *, with_matmul_peak: bool = True) -> dict[str, Any]:
+    """CPU model and threads, or GPU name and memory, and the measured matmul peak: what the numbers ran on.
+
+    ``matmul_gflops`` (fp32 and bf16, about a second to measure) is the ceiling
+    reports compare each variant's achieved GFLOP/s with.
+    """
     info: dict[str, Any] = {
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -69,6 +75,9 @@ def hardware_fingerprint(accelerator: str) -> dict[str, Any]:
         info["fingerprint"] = f"{props.name} ({props.total_memory // 2**30} GiB)"
     else:
         info["fingerprint"] = f"{info['cpu_model']} x{info['torch_threads']} threads"
+    if with_matmul_peak:
+        on_gpu = accelerator in ("gpu", "cuda") and torch.cuda.is_available()
+        info["matmul_gflops"] = matmul_peak("cuda" if on_gpu else "cpu")
     return info
 
 
