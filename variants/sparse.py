@@ -7,9 +7,10 @@ Three kinds of links, all at block granularity except the globals:
 - global: the first ``num_global`` tokens attend to every token and every token
   attends to them.
 
-Keys are gathered per query block, so memory is O(n * (3 + r) * block + n * g):
-linear in the sequence length. :meth:`SparseAttention.dense_pattern` returns
-the same pattern as an ``(n, n)`` matrix for testing and plotting.
+Time is O(n * (3 + r) * block + n * g), linear in the sequence length; memory
+is O(n) through the blocked kernel of :mod:`variants._blocks`, which gathers
+key windows one chunk at a time and recomputes scores in the backward pass.
+:meth:`SparseAttention.dense_pattern` returns the same pattern as an ``(n, n)`` matrix for testing and plotting.
 """
 
 from __future__ import annotations
@@ -18,13 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import variants
-from variants._blocks import (
-    blocked_softmax_attention,
-    key_validity,
-    masked_fill_disallowed,
-    pad_to_multiple,
-    scale_keys,
-)
+from variants._blocks import BlockLayout, blocked_attention, key_validity, pad_to_multiple
 
 
 @variants.register("sparse")
@@ -92,43 +87,34 @@ class SparseAttention(variants.Attention):
         allowed[:, :g] = True
         return allowed
 
-    def attend(self, q, k, v, mask):
-        batch, heads, seq, dim_head = q.shape
+    def layout(self, seq: int, mask: torch.Tensor | None, device: torch.device) -> BlockLayout:
+        """The blocked kernel's view of the pattern: slots from :meth:`block_layout`, globals appended."""
         b, g = self.block_size, min(self.num_global, seq)
         padded = seq + (-seq % b)
         nb = padded // b
-        index, slot_ok = self.block_layout(nb, q.device)
-        slots = index.shape[1]
+        index, slot_ok = self.block_layout(nb, device)
+        key_ok = key_validity(mask, seq, padded, device)
+        if g > 0:  # global keys are appended to every window; inside the gathered blocks they are masked
+            not_global = torch.arange(padded, device=device)[None, :] >= g
+            key_ok = not_global if key_ok is None else key_ok & not_global
+        return BlockLayout(
+            block=b,
+            index=(index - 1).clamp(0, nb - 1),  # block_layout counts a virtual empty block first
+            slot_ok=slot_ok,
+            key_ok=key_ok,
+            num_global=g,
+            global_ok=None if mask is None else mask[:, :g],
+        )
 
-        def gather(t: torch.Tensor) -> torch.Tensor:  # (B, H, N, Dh) -> (B, H, nb, slots * b, Dh)
-            blocks = F.pad(pad_to_multiple(t, b, dim=2), (0, 0, b, b)).view(batch, heads, nb + 2, b, dim_head)
-            return blocks[:, :, index].reshape(batch, heads, nb, slots * b, dim_head)
-
-        valid = key_validity(mask, seq, padded, q.device)  # (B|1, padded)
-        valid_blocks = F.pad(valid, (b, b), value=False).view(-1, nb + 2, b)
-        allowed = valid_blocks[:, index] & slot_ok[None, :, :, None]  # (B|1, nb, slots, b)
-        allowed = allowed.reshape(-1, nb, slots * b)
-        k_scaled = scale_keys(k)  # blocked_softmax_attention expects pre-scaled keys
-        k_windows, v_windows = gather(k_scaled), gather(v)
-        if g > 0:
-            # Global keys are appended once per block; the same positions inside gathered blocks are masked.
-            position = F.pad(torch.arange(padded, device=q.device), (b, b), value=padded).view(nb + 2, b)
-            allowed = allowed & (position[index] >= g).reshape(1, nb, slots * b)
-            expand = (batch, heads, nb, g, dim_head)
-            k_windows = torch.cat([k_windows, k_scaled[:, :, None, :g].expand(expand)], dim=3)
-            v_windows = torch.cat([v_windows, v[:, :, None, :g].expand(expand)], dim=3)
-            allowed = torch.cat([allowed, valid[:, None, :g].expand(allowed.shape[0], nb, g)], dim=2)
-        q_blocks = pad_to_multiple(q, b, dim=2).view(batch, heads, nb, b, dim_head)
-        out = blocked_softmax_attention(
-            q_blocks,
-            k_windows,
-            v_windows,
-            mask_scores=masked_fill_disallowed(allowed[:, None, :, None, :]),
-            dropout_p=self.dropout_p,
-        ).reshape(batch, heads, padded, dim_head)[:, :, :seq]
+    def attend(self, q, k, v, mask):
+        seq = q.shape[2]
+        layout = self.layout(seq, mask, q.device)
+        padded_q, padded_k, padded_v = (pad_to_multiple(t, self.block_size, dim=2) for t in (q, k, v))
+        out = blocked_attention(padded_q, padded_k, padded_v, layout, dropout_p=self.dropout_p)[:, :, :seq]
+        g = layout.num_global
         if g == 0:
             return out
-        # Global queries see every key: O(g * n).
+        # Global queries see every key: O(g * n), through the fused kernel.
         key_mask = None if mask is None else mask[:, None, None, :]
         global_out = F.scaled_dot_product_attention(q[:, :, :g], k, v, attn_mask=key_mask, dropout_p=self.dropout_p)
         return torch.cat([global_out, out[:, :, g:]], dim=2)

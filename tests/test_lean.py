@@ -1,0 +1,117 @@
+"""Lean kernels: the custom autograd paths give the dense references' values and gradients, and save O(n)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import build_variant, qkv
+
+import variants._blocks
+from variants.full_math import softmax_attention_probs
+
+
+def padding_mask(batch: int, seq: int) -> torch.Tensor:
+    mask = torch.ones(batch, seq, dtype=torch.bool)
+    mask[-1, seq * 2 // 3 :] = False
+    return mask
+
+
+def local_pattern(seq: int, window: int, causal: bool) -> torch.Tensor:
+    chunk = torch.arange(seq) // window
+    delta = chunk[:, None] - chunk[None, :]
+    if causal:
+        return (delta >= 0) & (delta <= 1) & (torch.arange(seq)[:, None] >= torch.arange(seq)[None, :])
+    return delta.abs() <= 1
+
+
+BLOCKED = {
+    "local bidir": ({"name": "local", "window": 16}, False),
+    "local causal": ({"name": "local", "window": 16}, True),
+    "sparse": ({"name": "sparse", "block_size": 16, "num_global": 5, "num_random": 2}, False),
+    "sparse no globals": ({"name": "sparse", "block_size": 8, "num_global": 0, "num_random": 1}, False),
+}
+
+
+def pattern_of(attn, seq: int) -> torch.Tensor:
+    if attn.name == "local":
+        return local_pattern(seq, attn.window, attn.causal)
+    return attn.dense_pattern(seq)
+
+
+def values_and_grads(fn, q, k, v, mask, weights):
+    """Output and q/k/v gradients of ``sum(out * weights)`` over real query rows."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v)
+    real = torch.ones(out.shape[0], out.shape[2], dtype=torch.bool) if mask is None else mask
+    (out * weights * real[:, None, :, None]).sum().backward()
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+@pytest.mark.parametrize("chunk_elements", [1, variants._blocks.CHUNK_ELEMENTS])  # one block per chunk, or few
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("seq", [96, 101])
+@pytest.mark.parametrize("case", list(BLOCKED))
+def test_blocked_values_and_gradients_match_dense_reference(case, seq, with_mask, chunk_elements, monkeypatch):
+    monkeypatch.setattr(variants._blocks, "CHUNK_ELEMENTS", chunk_elements)
+    spec, causal = BLOCKED[case]
+    attn = build_variant(spec["name"], causal=causal, **{k: v for k, v in spec.items() if k != "name"})
+    q, k, v = qkv(2, seq)
+    mask = padding_mask(2, seq) if with_mask else None
+    allowed = pattern_of(attn, seq)[None, None] & (True if mask is None else mask[:, None, None, :])
+    weights = torch.randn_like(q)
+    ours = values_and_grads(lambda q, k, v: attn(q, k, v, mask), q, k, v, mask, weights)
+    dense = values_and_grads(lambda q, k, v: softmax_attention_probs(q, k, allowed) @ v, q, k, v, mask, weights)
+    real = slice(None) if mask is None else mask[:, None, :, None].expand_as(q)
+    torch.testing.assert_close(ours[0][real], dense[0][real], atol=1e-5, rtol=1e-5)
+    for name, mine, reference in zip("qkv", ours[1:], dense[1:], strict=True):
+        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5, msg=f"grad {name}")
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("case", list(BLOCKED))
+def test_blocked_gradcheck_in_float64(case, dropout, monkeypatch):
+    monkeypatch.setattr(variants._blocks, "CHUNK_ELEMENTS", 1)  # several chunks even at this size
+    spec, causal = BLOCKED[case]
+    hparams = {k: v for k, v in spec.items() if k != "name"}
+    hparams |= (
+        {"window": 4} if spec["name"] == "local" else {"block_size": 4, "num_global": min(2, hparams["num_global"])}
+    )
+    attn = build_variant(spec["name"], causal=causal, dropout=dropout, heads=1, dim_head=4, **hparams).double()
+    seq = 14  # not a multiple of the block: internal padding too
+    mask = torch.ones(2, seq, dtype=torch.bool)
+    mask[1, 10:] = False
+    q, k, v = (torch.randn(2, 1, seq, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+
+    def run(q, k, v):
+        torch.manual_seed(0)  # the same dropout mask on every evaluation
+        return attn(q, k, v, mask) * mask[:, None, :, None]  # padded query rows are unspecified
+
+    assert torch.autograd.gradcheck(run, (q, k, v), eps=1e-6, atol=1e-6)
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct tensors autograd keeps for the backward pass of ``fn()``."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize(
+    ("name", "causal"),
+    [("local", False), ("local", True), ("sparse", False)],
+)
+def test_lean_variants_save_only_inputs_output_and_row_statistics(name, causal):
+    seq = 1024
+    attn = build_variant(name, causal=causal)
+    q, k, v = qkv(2, seq, requires_grad=True)
+    one = q.numel() * q.element_size()  # one (B, H, N, Dh) tensor
+    saved = saved_bytes(lambda: attn(q, k, v))
+    # q, k, v and the output, plus O(n) row statistics and O(1) state: far below one (n, window) score matrix.
+    assert saved <= 5 * one, f"{name} saved {saved / one:.2f}x an input's size"
