@@ -7,7 +7,9 @@ import torch
 from helpers import build_variant, qkv
 
 import variants._blocks
+import variants._linear
 from variants.full_math import softmax_attention_probs
+from variants.performer import key_logits, query_features
 
 
 def padding_mask(batch: int, seq: int) -> torch.Tensor:
@@ -89,6 +91,45 @@ def test_blocked_gradcheck_in_float64(case, dropout, monkeypatch):
     assert torch.autograd.gradcheck(run, (q, k, v), eps=1e-6, atol=1e-6)
 
 
+def performer_dense(attn, q, k, v, mask):
+    """Performer with the (n, n) weights phi(q) phi(k)^T formed explicitly, differentiated by plain autograd."""
+    features = attn.features.to(q.dtype)
+    query_feat = query_features(q @ features.T)
+    logits = key_logits(k @ features.T, k, mask)
+    key_feat = torch.exp(logits - logits.amax(dim=(-2, -1), keepdim=True))
+    weights = query_feat @ key_feat.transpose(-2, -1)
+    if attn.causal:
+        weights = weights.tril()
+    return (weights @ v) / weights.sum(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_performer_values_and_gradients_match_dense_weights(causal, with_mask, monkeypatch):
+    monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 1000)  # several chunks in the bidirectional passes
+    torch.manual_seed(0)
+    attn = build_variant("performer", causal=causal, nb_features=24, chunk_size=16).double()
+    seq = 75  # chunks of 16 with a ragged end
+    q, k, v = (t.double() for t in qkv(2, seq, scale=2.0))
+    mask = padding_mask(2, seq) if with_mask else None
+    weights = torch.randn_like(q)
+    ours = values_and_grads(lambda q, k, v: attn(q, k, v, mask), q, k, v, mask, weights)
+    dense = values_and_grads(lambda q, k, v: performer_dense(attn, q, k, v, mask), q, k, v, mask, weights)
+    for name, mine, reference in zip(["out", "q", "k", "v"], ours, dense, strict=True):
+        torch.testing.assert_close(mine, reference, atol=1e-10, rtol=1e-8, msg=name)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_performer_gradcheck_in_float64(causal, monkeypatch):
+    monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 50)
+    torch.manual_seed(0)
+    attn = build_variant("performer", causal=causal, nb_features=6, chunk_size=4, heads=1, dim_head=4).double()
+    mask = torch.ones(2, 11, dtype=torch.bool)
+    mask[1, 8:] = False
+    inputs = [torch.randn(2, 1, 11, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    assert torch.autograd.gradcheck(lambda q, k, v: attn(q, k, v, mask), inputs, eps=1e-6, atol=1e-6)
+
+
 def saved_bytes(fn) -> int:
     """Bytes of the distinct tensors autograd keeps for the backward pass of ``fn()``."""
     storages: dict[int, int] = {}
@@ -105,7 +146,7 @@ def saved_bytes(fn) -> int:
 
 @pytest.mark.parametrize(
     ("name", "causal"),
-    [("local", False), ("local", True), ("sparse", False)],
+    [("local", False), ("local", True), ("sparse", False), ("performer", False), ("performer", True)],
 )
 def test_lean_variants_save_only_inputs_output_and_row_statistics(name, causal):
     seq = 1024

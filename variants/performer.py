@@ -6,11 +6,12 @@ with positive orthogonal random features
 so attention is ``phi(Q) (phi(K)^T V)`` normalized row-wise: O(n m d).
 
 Numerical stabilization: each query's features are shifted by their own max
-and all keys' features by one shared max over real keys. Both shifts cancel
-exactly in the normalized ratio, so large logits give no inf/NaN and the
-stabilizers carry no gradient. Causal attention runs chunk by chunk with a
-running prefix state ``(m, d)`` rescaled online when the key max grows, so
-memory is O(n m + (n / chunk) m d) instead of a naive cumulative sum's O(n m d).
+and all keys' features by one shared max over real keys (causal: a running
+max, rescaling the prefix state when it grows). Both shifts cancel exactly in
+the normalized ratio, so large logits give no inf/NaN and the stabilizers
+carry no gradient. The kernel (:mod:`variants._linear`) never keeps an
+``(n, m)`` feature matrix for the backward pass: it recomputes features chunk
+by chunk, so training memory is O(n d + m d) rather than O(n m).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 import torch
 
 import variants
+from variants._linear import linear_attention
 
 
 def orthogonal_gaussian_features(nb_features: int, dim: int) -> torch.Tensor:
@@ -47,16 +49,6 @@ def key_logits(x_proj: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor | N
     if valid is not None:
         logits.masked_fill_(~valid[:, None, :, None], float("-inf"))
     return logits
-
-
-def shared_max(logits: torch.Tensor, *, dims: tuple[int, ...]) -> torch.Tensor:
-    """Max over ``dims``, finite even when every key is padded."""
-    return logits.amax(dim=dims, keepdim=True).detach().clamp_min(torch.finfo(logits.dtype).min)
-
-
-def normalize(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """Row-normalize; a row whose features all underflowed gives zeros, not NaN."""
-    return numerator / denominator.clamp_min(1e-30)[..., None]
 
 
 @variants.register("performer")
@@ -103,41 +95,26 @@ class PerformerAttention(variants.Attention):
         with torch.autocast(device_type=q.device.type, enabled=False):
             # exp() of random projections needs float32 range and precision.
             out_dtype = q.dtype
-            q, k, v = q.float(), k.float(), v.float()
-            q_feat = query_features(q @ self.features.T)  # (B, H, N, m)
-            k_logit = key_logits(k @ self.features.T, k, mask)  # (B, H, N, m)
-            if self.causal:
-                out = self._causal(q_feat, k_logit, v)
-            else:
-                k_feat = k_logit.sub_(shared_max(k_logit, dims=(-2, -1))).exp_()
-                context = k_feat.transpose(-2, -1) @ v  # (B, H, m, Dh)
-                out = normalize(q_feat @ context, (q_feat @ k_feat.sum(dim=-2)[..., None]).squeeze(-1))
-        return out.to(out_dtype)
+            dtype = torch.promote_types(q.dtype, torch.float32)  # float64 stays float64 (gradcheck)
+            q, k, v, features = (t.to(dtype) for t in (q, k, v, self.features))
 
-    def _causal(self, q_feat: torch.Tensor, k_logit: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Chunked prefix sums with an online-rescaled key stabilizer."""
-        batch, heads, _, _ = v.shape
-        m = q_feat.shape[-1]
-        state = v.new_zeros(batch, heads, m, v.shape[-1])  # sum_j phi(k_j) v_j^T so far
-        norm = v.new_zeros(batch, heads, m)  # sum_j phi(k_j) so far
-        running = v.new_full((batch, heads, 1, 1), torch.finfo(v.dtype).min)
-        outputs = []
-        # split() rather than slicing in the loop: slicing's backward would allocate a full-length
-        # gradient per chunk, making the backward pass quadratic in the sequence length.
-        chunks = zip(*(t.split(self.chunk_size, dim=2) for t in (q_feat, k_logit, v)), strict=True)
-        for qc, lc, vc in chunks:
-            new_running = torch.maximum(running, shared_max(lc, dims=(-2, -1)))
-            decay = torch.exp(running - new_running)  # rescale the prefix to the new max
-            state, norm = state * decay, norm * decay[..., 0]
-            kc = torch.exp(lc - new_running)  # (B, H, C, m)
-            within = (qc @ kc.transpose(-2, -1)).tril()  # (B, H, C, C) causal inside the chunk
-            numerator = qc @ state + within @ vc
-            denominator = (qc @ norm[..., None]).squeeze(-1) + within.sum(dim=-1)
-            outputs.append(normalize(numerator, denominator))
-            state = state + kc.transpose(-2, -1) @ vc
-            norm = norm + kc.sum(dim=-2)
-            running = new_running
-        return torch.cat(outputs, dim=2)
+            def queries(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+                return query_features(x @ features.T)
+
+            def keys(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+                return key_logits(x @ features.T, x, None if mask is None else mask[:, start:end])
+
+            out = linear_attention(
+                q,
+                k,
+                v,
+                query_features=queries,
+                key_logits=keys,
+                num_features=self.nb_features,
+                causal=self.causal,
+                chunk=self.chunk_size,
+            )
+        return out.to(out_dtype)
 
     def extra_repr(self) -> str:
         return (

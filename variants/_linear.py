@@ -1,0 +1,224 @@
+"""Linear (feature-map) attention that keeps O(n) memory: the kernel of Performer and the linear family.
+
+Attention is ``phi(q_i) . sum_j phi(k_j) v_j^T`` normalized by
+``phi(q_i) . sum_j phi(k_j)``, over all keys (bidirectional) or keys up to
+``i`` (causal). Feature matrices are ``(n, m)`` with ``m`` often larger than
+the head dimension, so plain autograd, which keeps them for the backward pass,
+needs several times the memory of the inputs. :func:`linear_attention` is a
+custom autograd function that keeps only q, k, v, the output, the row
+normalizers and the ``(m, Dh)`` key summary, and recomputes features chunk by
+chunk in the backward pass; the gradients of the feature maps themselves come
+from autograd on one chunk at a time.
+
+Feature maps are given as two functions of a chunk of rows:
+``query_features(q, start, end)`` returns positive features (a per-row factor
+is allowed: it cancels in the normalized ratio) and
+``key_logits(k, start, end)`` returns the *logarithm* of the key features
+(``-inf`` for keys that must get no weight). The kernel exponentiates the key
+logits with a stabilizer shared by all keys a query sees, which also cancels:
+one global maximum (bidirectional), or a running maximum over the chunks seen
+so far (causal), rescaling the prefix state when it grows, so no query's
+features underflow because a later key is large.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+CHUNK_ELEMENTS = 2**21  # feature-matrix elements per chunk in the bidirectional passes (8 MiB in fp32)
+TINY = 1e-30  # normalizers below this are clamped: a row whose features all underflowed gives zeros
+
+FeatureFn = Callable[[torch.Tensor, int, int], torch.Tensor]
+
+
+def _row_chunks(length: int, rows: int) -> list[tuple[int, int]]:
+    return [(start, min(start + rows, length)) for start in range(0, length, rows)]
+
+
+def _stabilizer(logits: torch.Tensor) -> torch.Tensor:
+    """Max over rows and features per (batch, head), ``(B, H, 1, 1)``; finite even when every key is masked."""
+    return logits.detach().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(logits.dtype).min)
+
+
+def _with_grad(fn: FeatureFn, x: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of one chunk, with the chunk as a fresh leaf so their gradient can be pulled back to it."""
+    leaf = x[:, :, start:end].detach().requires_grad_()
+    with torch.enable_grad():
+        return leaf, fn(leaf, start, end)
+
+
+def _pull_back(leaf: torch.Tensor, features: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    return torch.autograd.grad(features, leaf, grad)[0]
+
+
+def _normalizer_grads(
+    grad_out: torch.Tensor, out: torch.Tensor, den: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients w.r.t. numerator and normalizer of ``out = num / den`` (none where ``den`` was clamped)."""
+    d_num = grad_out / den.clamp_min(TINY)[..., None]
+    d_den = -(grad_out * out).sum(dim=-1) / den.clamp_min(TINY)
+    return d_num, d_den.masked_fill(den < TINY, 0.0)
+
+
+def _zero_state(v: torch.Tensor, num_features: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Empty key summary ``(B, H, m, Dh)``, normalizer ``(B, H, m)`` and stabilizer ``(B, H, 1, 1)``."""
+    batch, heads, _, dim = v.shape
+    running = v.new_full((batch, heads, 1, 1), torch.finfo(v.dtype).min)
+    return v.new_zeros(batch, heads, num_features, dim), v.new_zeros(batch, heads, num_features), running
+
+
+def _rescale(state: torch.Tensor, norm: torch.Tensor, old: torch.Tensor, new: torch.Tensor):
+    """Express a summary kept relative to stabilizer ``old`` relative to ``new`` (``new >= old``)."""
+    decay = torch.exp(old - new)
+    return state * decay, norm * decay[..., 0]
+
+
+class _Bidirectional(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, query_features: FeatureFn, key_logits: FeatureFn, num_features: int):
+        batch, heads, seq, _ = v.shape
+        rows = max(1, CHUNK_ELEMENTS // (batch * heads * num_features))
+        with torch.no_grad():
+            context, norm, running = _zero_state(v, num_features)
+            for start, end in _row_chunks(seq, rows):  # keys: the (m, Dh) summary, stabilized online
+                logits = key_logits(k[:, :, start:end], start, end)
+                new_running = torch.maximum(running, _stabilizer(logits))
+                context, norm = _rescale(context, norm, running, new_running)
+                key_feat = logits.sub_(new_running).exp_()
+                context += key_feat.transpose(-2, -1) @ v[:, :, start:end]
+                norm += key_feat.sum(dim=-2)
+                running = new_running
+            out = torch.empty_like(v)
+            den = v.new_empty(batch, heads, seq)
+            for start, end in _row_chunks(seq, rows):  # queries
+                query_feat = query_features(q[:, :, start:end], start, end)
+                den[:, :, start:end] = (query_feat @ norm[..., None]).squeeze(-1)
+                out[:, :, start:end] = (query_feat @ context) / den[:, :, start:end].clamp_min(TINY)[..., None]
+        ctx.save_for_backward(q, k, v, out, den, context, norm, running)
+        ctx.query_features, ctx.key_logits, ctx.rows = query_features, key_logits, rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, den, context, norm, running = ctx.saved_tensors
+        seq = v.shape[2]
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        d_context, d_norm = torch.zeros_like(context), torch.zeros_like(norm)
+        for start, end in _row_chunks(seq, ctx.rows):  # queries: dq, and the gradient of the key summary
+            d_num, d_den = _normalizer_grads(grad_out[:, :, start:end], out[:, :, start:end], den[:, :, start:end])
+            leaf, query_feat = _with_grad(ctx.query_features, q, start, end)
+            d_feat = d_num @ context.transpose(-2, -1) + d_den[..., None] * norm[..., None, :]
+            grad_q[:, :, start:end] = _pull_back(leaf, query_feat, d_feat)
+            query_feat = query_feat.detach()
+            d_context += query_feat.transpose(-2, -1) @ d_num
+            d_norm += (query_feat * d_den[..., None]).sum(dim=-2)
+        for start, end in _row_chunks(seq, ctx.rows):  # keys: dk and dv
+            leaf, logits = _with_grad(ctx.key_logits, k, start, end)
+            key_feat = torch.exp(logits.detach() - running)
+            grad_v[:, :, start:end] = key_feat @ d_context
+            d_feat = v[:, :, start:end] @ d_context.transpose(-2, -1) + d_norm[..., None, :]
+            grad_k[:, :, start:end] = _pull_back(leaf, logits, d_feat.mul_(key_feat))
+        return grad_q, grad_k, grad_v, None, None, None
+
+
+class _Causal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, query_features: FeatureFn, key_logits: FeatureFn, num_features: int, chunk: int):
+        seq = v.shape[2]
+        out = torch.empty_like(v)
+        den = v.new_empty(v.shape[:3])
+        chunks = _row_chunks(seq, chunk)
+        stabilizers = v.new_empty(*v.shape[:2], 1, len(chunks))  # the key stabilizer each query chunk used
+        with torch.no_grad():
+            state, norm, running = _zero_state(v, num_features)
+            for number, (start, end) in enumerate(chunks):
+                query_feat = query_features(q[:, :, start:end], start, end)
+                logits = key_logits(k[:, :, start:end], start, end)
+                new_running = torch.maximum(running, _stabilizer(logits))
+                state, norm = _rescale(state, norm, running, new_running)
+                running = stabilizers[..., number : number + 1] = new_running
+                key_feat = logits.sub_(running).exp_()
+                v_chunk = v[:, :, start:end]
+                within = (query_feat @ key_feat.transpose(-2, -1)).tril_()  # (B, H, C, C): causal inside the chunk
+                den[:, :, start:end] = (query_feat @ norm[..., None]).squeeze(-1) + within.sum(dim=-1)
+                numerator = query_feat @ state + within @ v_chunk
+                out[:, :, start:end] = numerator / den[:, :, start:end].clamp_min(TINY)[..., None]
+                state += key_feat.transpose(-2, -1) @ v_chunk
+                norm += key_feat.sum(dim=-2)
+        ctx.save_for_backward(q, k, v, out, den, stabilizers)
+        ctx.query_features, ctx.key_logits = query_features, key_logits
+        ctx.num_features, ctx.chunk = num_features, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, den, stabilizers = ctx.saved_tensors
+        chunks = _row_chunks(v.shape[2], ctx.chunk)
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+        def chunk_grads(start: int, end: int):
+            return _normalizer_grads(grad_out[:, :, start:end], out[:, :, start:end], den[:, :, start:end])
+
+        # Forward order: a chunk's queries need the summary of the keys before it (rebuilt, never stored).
+        state, norm, previous = _zero_state(v, ctx.num_features)
+        for number, (start, end) in enumerate(chunks):
+            scale = stabilizers[..., number : number + 1]
+            state, norm = _rescale(state, norm, previous, scale)
+            d_num, d_den = chunk_grads(start, end)
+            leaf, query_feat = _with_grad(ctx.query_features, q, start, end)
+            with torch.no_grad():
+                key_feat = ctx.key_logits(k[:, :, start:end], start, end).sub_(scale).exp_()
+            v_chunk = v[:, :, start:end]
+            d_within = (d_num @ v_chunk.transpose(-2, -1) + d_den[..., None]).tril_()  # d(weight_ij), j <= i
+            d_feat = d_num @ state.transpose(-2, -1) + d_den[..., None] * norm[..., None, :] + d_within @ key_feat
+            grad_q[:, :, start:end] = _pull_back(leaf, query_feat, d_feat)
+            state += key_feat.transpose(-2, -1) @ v_chunk
+            norm += key_feat.sum(dim=-2)
+            previous = scale
+        # Reverse order: a chunk's keys need what the queries of this and later chunks pulled from them.
+        pulled, pulled_norm, _ = _zero_state(v, ctx.num_features)
+        later = None
+        for number in reversed(range(len(chunks))):
+            start, end = chunks[number]
+            scale = stabilizers[..., number : number + 1]
+            if number < len(chunks) - 1:  # later chunks saw these keys relative to larger stabilizers
+                pulled, pulled_norm = _rescale(pulled, pulled_norm, scale, later)
+            d_num, d_den = chunk_grads(start, end)
+            with torch.no_grad():
+                query_feat = ctx.query_features(q[:, :, start:end], start, end)
+            leaf, logits = _with_grad(ctx.key_logits, k, start, end)
+            key_feat = torch.exp(logits.detach() - scale)
+            v_chunk = v[:, :, start:end]
+            within = (query_feat @ key_feat.transpose(-2, -1)).tril_()
+            d_within = (d_num @ v_chunk.transpose(-2, -1) + d_den[..., None]).tril_()
+            grad_v[:, :, start:end] = key_feat @ pulled + within.transpose(-2, -1) @ d_num
+            d_feat = v_chunk @ pulled.transpose(-2, -1) + pulled_norm[..., None, :]
+            d_feat += d_within.transpose(-2, -1) @ query_feat
+            grad_k[:, :, start:end] = _pull_back(leaf, logits, d_feat.mul_(key_feat))
+            pulled += query_feat.transpose(-2, -1) @ d_num
+            pulled_norm += (query_feat * d_den[..., None]).sum(dim=-2)
+            later = scale
+        return grad_q, grad_k, grad_v, None, None, None, None
+
+
+def linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    query_features: FeatureFn,
+    key_logits: FeatureFn,
+    num_features: int,
+    causal: bool = False,
+    chunk: int = 128,
+) -> torch.Tensor:
+    """Normalized feature-map attention ``(B, H, N, Dh)`` in and out, with O(n) memory in training.
+
+    ``chunk``: rows per step of the causal scan (the within-chunk part is a
+    ``(chunk, chunk)`` product). See the module docstring for the feature functions.
+    """
+    if causal:
+        return _Causal.apply(q, k, v, query_features, key_logits, num_features, chunk)
+    return _Bidirectional.apply(q, k, v, query_features, key_logits, num_features)
