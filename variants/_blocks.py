@@ -6,8 +6,8 @@ global keys, so work grows linearly in length. Memory grows linearly too, and
 stays near the fused exact kernel's: :func:`blocked_attention` is a custom
 autograd function in the style of FlashAttention. The forward pass walks over
 chunks of query blocks, gathers each chunk's key windows, and keeps only the
-output and the row log-sum-exp; the backward pass gathers and recomputes the
-chunk's scores from q, k, v. No gathered copy of k or v, no score or
+output; the backward pass gathers the windows again and recomputes the
+chunk's probabilities from q and k. No gathered copy of k or v, no score or
 probability matrix outlives its chunk, and the transient memory is bounded
 by ``CHUNK_ELEMENTS`` scores whatever the length.
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-CHUNK_ELEMENTS = 2**21  # scores per chunk: 8 MiB in fp32; a few such buffers are live at once
+CHUNK_ELEMENTS = 2**19  # scores per chunk (2 MiB in fp32; about five such buffers are live at once)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, *, dim: int, value: float | bool = 0) -> torch.Tensor:
@@ -54,7 +54,9 @@ class BlockLayout:
     may be seen from a window (padding, user mask; None: all).
     ``causal_slot``: the slot that holds the query's own block, where a query
     sees only the keys up to itself. ``num_global``: the first ``g`` keys are
-    appended to every window, with validity ``global_ok`` ``(B|1, g)`` (None: all).
+    appended to every window, with validity ``global_ok`` ``(B|1, g)`` (None: all),
+    and the first ``g`` queries attend to every key where ``real_keys``
+    ``(B|1, nb * w)`` is True (None: all).
     """
 
     block: int
@@ -64,6 +66,7 @@ class BlockLayout:
     causal_slot: int | None = None
     num_global: int = 0
     global_ok: torch.Tensor | None = None
+    real_keys: torch.Tensor | None = None
 
     @property
     def window(self) -> int:
@@ -99,6 +102,7 @@ class _Chunks:
         self.nb = padded // w
         self.layout = layout
         self.shape = (batch, heads, self.nb, w, dim)
+        self.q_flat, self.k_flat, self.v_flat = q, k, v  # (B, H, nb * w, Dh), padded
         self.q, self.k, self.v = (t.view(self.shape) for t in (q, k, v))
         self.k_global, self.v_global = k[:, :, None, : layout.num_global], v[:, :, None, : layout.num_global]
         self.scale = 1.0 / math.sqrt(dim)
@@ -110,36 +114,58 @@ class _Chunks:
         if layout.causal_slot is not None:
             self.triangle = torch.ones(w, w, dtype=torch.bool, device=q.device).tril()
 
-    def ranges(self):
+    def ranges(self) -> list[tuple[int, int]]:
+        """Chunks of query blocks, each with at most ``CHUNK_ELEMENTS`` scores (one block at least)."""
         return [(s, min(s + self.step, self.nb)) for s in range(0, self.nb, self.step)]
+
+    def global_ranges(self) -> list[tuple[int, int]]:
+        """Chunks of the global query rows, which attend to every key."""
+        batch, heads, padded, _ = self.q_flat.shape
+        step = max(1, CHUNK_ELEMENTS // (batch * heads * padded))
+        g = self.layout.num_global
+        return [(s, min(s + step, g)) for s in range(0, g, step)]
+
+    def global_probabilities(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled queries ``start:end`` and their fp32 probabilities over every real key ``(B, H, r, N)``."""
+        q_scaled = self.q_flat[:, :, start:end] * self.scale
+        scores = (q_scaled @ self.k_flat.transpose(-1, -2)).to(self.acc)
+        if self.layout.real_keys is not None:
+            scores.masked_fill_(~self.layout.real_keys[:, None, None, :], torch.finfo(self.acc).min)
+        return q_scaled, scores.softmax(dim=-1)
 
     def windows(self, blocks: torch.Tensor, extra: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """``(B, H, c, K, Dh)``: the slot blocks of query blocks ``start:end``, then the global keys."""
         batch, heads, _, w, dim = blocks.shape
         index = self.layout.index[start:end]
-        gathered = blocks[:, :, index].reshape(batch, heads, end - start, index.shape[1] * w, dim)
+        gathered = blocks.index_select(2, index.flatten()).view(batch, heads, end - start, index.shape[1] * w, dim)
         if self.layout.num_global == 0:
             return gathered
         return torch.cat([gathered, extra.expand(-1, -1, end - start, -1, -1)], dim=3)
 
-    def probabilities(self, q_chunk: torch.Tensor, k_window: torch.Tensor, start: int, end: int, lse=None):
-        """fp32 ``(B, H, c, w, K)`` probabilities of the chunk and, in the forward pass, their log-sum-exp.
+    def queries(self, start: int, end: int) -> torch.Tensor:
+        """The chunk's queries times ``1/sqrt(Dh)``: scaling ``w x Dh`` queries is cheaper than ``w x K`` scores."""
+        return self.q[:, :, start:end] * self.scale
 
-        Disallowed keys get exactly zero weight; a row with no allowed key gets
-        zeros everywhere (its log-sum-exp is stored as +inf).
+    def probabilities(self, q_scaled: torch.Tensor, k_window: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """fp32 ``(B, H, c, w, K)`` softmax probabilities of the chunk, bit-identical in both passes.
+
+        Disallowed keys are filled with the dtype's minimum, so they get exactly
+        zero weight and a row with no allowed key (only padded queries have one)
+        stays finite. The backward pass recomputes rather than stores these:
+        the same inputs through the same ops give the same numbers, and
+        ``softmax``'s vectorized kernel is several times faster than
+        ``exp(scores - lse)`` (which hits the slow path for underflowing inputs).
         """
-        scores = (q_chunk @ k_window.transpose(-1, -2)).to(self.acc).mul_(self.scale)
+        scores = (q_scaled @ k_window.transpose(-1, -2)).to(self.acc)
+        low = torch.finfo(self.acc).min
         if self.allowed is not None:
             allowed = self.allowed[:, start:end]
             if not bool(allowed.all()):
-                scores.masked_fill_(~allowed[:, None, :, None, :], float("-inf"))
+                scores.masked_fill_(~allowed[:, None, :, None, :], low)
         if self.triangle is not None:
             w, slot = self.layout.block, self.layout.causal_slot
-            scores[..., slot * w : (slot + 1) * w].masked_fill_(~self.triangle, float("-inf"))
-        if lse is None:
-            lse = scores.logsumexp(dim=-1)
-            lse.masked_fill_(lse == float("-inf"), float("inf"))
-        return scores.sub_(lse[..., None]).exp_(), lse
+            scores[..., slot * w : (slot + 1) * w].masked_fill_(~self.triangle, low)
+        return scores.softmax(dim=-1)
 
     def dropout_scale(self, probs: torch.Tensor, p: float, seed: int, chunk: int) -> torch.Tensor:
         """The chunk's keep mask over ``1 - p``, regenerated identically from ``seed`` and the chunk number."""
@@ -152,64 +178,99 @@ class _BlockedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, layout: BlockLayout, dropout_p: float, seed: int):
         with torch.autocast(q.device.type, enabled=False):  # computes in the inputs' dtype, softmax in fp32
-            return _BlockedAttention._forward(ctx, q, k, v, layout, dropout_p, seed)
-
-    @staticmethod
-    def _forward(ctx, q, k, v, layout: BlockLayout, dropout_p: float, seed: int):
-        chunks = _Chunks(q, k, v, layout)
-        out = torch.empty_like(q)
-        out_blocks = out.view(chunks.shape)
-        lse = q.new_empty(chunks.shape[:-1], dtype=chunks.acc)
-        for number, (start, end) in enumerate(chunks.ranges()):
-            k_window = chunks.windows(chunks.k, chunks.k_global, start, end)
-            v_window = chunks.windows(chunks.v, chunks.v_global, start, end)
-            probs, lse[:, :, start:end] = chunks.probabilities(chunks.q[:, :, start:end], k_window, start, end)
-            if dropout_p > 0:
-                probs.mul_(chunks.dropout_scale(probs, dropout_p, seed, number))
-            out_blocks[:, :, start:end] = probs.to(v.dtype) @ v_window
-        ctx.save_for_backward(q, k, v, out, lse)
+            out = _blocked_forward(q, k, v, layout, dropout_p, seed)
+        ctx.save_for_backward(q, k, v, out)
         ctx.layout, ctx.dropout_p, ctx.seed = layout, dropout_p, seed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
+        q, k, v, out = ctx.saved_tensors
         with torch.autocast(grad_out.device.type, enabled=False):
-            return _BlockedAttention._backward(ctx, grad_out)
+            grads = _blocked_backward(q, k, v, out, grad_out, ctx.layout, ctx.dropout_p, ctx.seed)
+        return *grads, None, None, None
 
-    @staticmethod
-    def _backward(ctx, grad_out):
-        q, k, v, out, lse = ctx.saved_tensors
-        layout, dropout_p = ctx.layout, ctx.dropout_p
-        chunks = _Chunks(q, k, v, layout)
-        g = layout.num_global
-        grad_out = grad_out.contiguous().view(chunks.shape)
-        acc = chunks.acc
-        delta = (grad_out.to(acc) * out.view(chunks.shape).to(acc)).sum(dim=-1)  # (B, H, nb, w): rowsum(dO * O)
-        grad_q = torch.empty_like(q)
-        grad_k = torch.zeros_like(k, dtype=acc)  # fp32 at least: keys get sums from many blocks
-        grad_v = torch.zeros_like(v, dtype=acc)
-        grad_q_blocks, grad_k_blocks, grad_v_blocks = (t.view(chunks.shape) for t in (grad_q, grad_k, grad_v))
-        slots = layout.index.shape[1]
-        for number, (start, end) in enumerate(chunks.ranges()):
-            q_chunk, d_out = chunks.q[:, :, start:end], grad_out[:, :, start:end]
-            k_window = chunks.windows(chunks.k, chunks.k_global, start, end)
-            v_window = chunks.windows(chunks.v, chunks.v_global, start, end)
-            probs, _ = chunks.probabilities(q_chunk, k_window, start, end, lse[:, :, start:end])
-            d_probs = (d_out @ v_window.transpose(-1, -2)).to(acc)  # (B, H, c, w, K)
-            if dropout_p > 0:
-                keep = chunks.dropout_scale(probs, dropout_p, ctx.seed, number)
-                d_probs.mul_(keep)
-                grad_v_window = (probs * keep).to(v.dtype).transpose(-1, -2) @ d_out
-            else:
-                grad_v_window = probs.to(v.dtype).transpose(-1, -2) @ d_out  # (B, H, c, K, Dh)
-            d_scores = d_probs.sub_(delta[:, :, start:end, :, None]).mul_(probs).mul_(chunks.scale).to(q.dtype)
-            grad_q_blocks[:, :, start:end] = d_scores @ k_window
-            grad_k_window = d_scores.transpose(-1, -2) @ q_chunk  # (B, H, c, K, Dh)
-            for grad_blocks, grad_window in ((grad_k_blocks, grad_k_window), (grad_v_blocks, grad_v_window)):
-                _scatter_window(grad_blocks, grad_window, layout.index[start:end], slots, layout.block)
-                if g:
-                    grad_blocks.view(q.shape)[:, :, :g] += grad_window[:, :, :, slots * layout.block :].sum(dim=2)
-        return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None
+
+def _padded(layout: BlockLayout, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors padded to whole blocks (the same tensors, no copy, when the length is a multiple)."""
+    return [pad_to_multiple(t.contiguous(), layout.block, dim=2) for t in tensors]
+
+
+def _blocked_forward(q, k, v, layout: BlockLayout, dropout_p: float, seed: int) -> torch.Tensor:
+    seq = q.shape[2]
+    chunks = _Chunks(*_padded(layout, q, k, v), layout)
+    out = torch.empty_like(chunks.q_flat)
+    out_blocks = out.view(chunks.shape)
+    for number, (start, end) in enumerate(chunks.ranges()):
+        k_window = chunks.windows(chunks.k, chunks.k_global, start, end)
+        v_window = chunks.windows(chunks.v, chunks.v_global, start, end)
+        probs = chunks.probabilities(chunks.queries(start, end), k_window, start, end)
+        if dropout_p > 0:
+            probs.mul_(chunks.dropout_scale(probs, dropout_p, seed, number))
+        out_blocks[:, :, start:end] = probs.to(v.dtype) @ v_window
+    for number, (start, end) in enumerate(chunks.global_ranges(), start=len(chunks.ranges())):
+        _, probs = chunks.global_probabilities(start, end)
+        if dropout_p > 0:
+            probs.mul_(chunks.dropout_scale(probs, dropout_p, seed, number))
+        out[:, :, start:end] = probs.to(v.dtype) @ chunks.v_flat
+    return out if out.shape[2] == seq else out[:, :, :seq].contiguous()
+
+
+def _blocked_backward(q, k, v, out, grad_out, layout: BlockLayout, dropout_p: float, seed: int):
+    seq = q.shape[2]
+    chunks = _Chunks(*_padded(layout, q, k, v), layout)
+    out, grad_out = _padded(layout, out, grad_out)
+    acc, w, g = chunks.acc, layout.block, layout.num_global
+    grad_q = torch.empty_like(chunks.q_flat)
+    grad_k = torch.zeros_like(chunks.k_flat, dtype=acc)  # fp32 at least: keys get sums from many blocks
+    grad_v = torch.zeros_like(chunks.v_flat, dtype=acc)
+    grad_q_blocks, grad_k_blocks, grad_v_blocks = (t.view(chunks.shape) for t in (grad_q, grad_k, grad_v))
+    out_blocks, grad_out_blocks = out.view(chunks.shape), grad_out.view(chunks.shape)
+    slots = layout.index.shape[1]
+    for number, (start, end) in enumerate(chunks.ranges()):
+        q_scaled, d_out = chunks.queries(start, end), grad_out_blocks[:, :, start:end]
+        if start * w < g:  # global query rows get their gradient from the global pass below
+            d_out = d_out.clone()
+            d_out.flatten(2, 3)[:, :, : g - start * w] = 0
+        delta = (d_out.to(acc) * out_blocks[:, :, start:end].to(acc)).sum(dim=-1, keepdim=True)  # rowsum(dO * O)
+        k_window = chunks.windows(chunks.k, chunks.k_global, start, end)
+        v_window = chunks.windows(chunks.v, chunks.v_global, start, end)
+        probs = chunks.probabilities(q_scaled, k_window, start, end)
+        d_probs = (d_out @ v_window.transpose(-1, -2)).to(acc)  # (B, H, c, w, K)
+        if dropout_p > 0:
+            keep = chunks.dropout_scale(probs, dropout_p, seed, number)
+            d_probs.mul_(keep)
+            grad_v_window = (probs * keep).to(v.dtype).transpose(-1, -2) @ d_out
+        else:
+            grad_v_window = probs.to(v.dtype).transpose(-1, -2) @ d_out  # (B, H, c, K, Dh)
+        d_scores = d_probs.sub_(delta).mul_(probs).to(q.dtype)  # gradient of the scaled scores
+        grad_q_blocks[:, :, start:end] = (d_scores @ k_window).mul_(chunks.scale)
+        grad_k_window = d_scores.transpose(-1, -2) @ q_scaled  # (B, H, c, K, Dh)
+        for grad_blocks, grad_window in ((grad_k_blocks, grad_k_window), (grad_v_blocks, grad_v_window)):
+            _scatter_window(grad_blocks, grad_window, layout.index[start:end], slots, w)
+            if g:
+                grad_blocks.flatten(2, 3)[:, :, :g] += grad_window[:, :, :, slots * w :].sum(dim=2)
+    for number, (start, end) in enumerate(chunks.global_ranges(), start=len(chunks.ranges())):
+        q_scaled, probs = chunks.global_probabilities(start, end)
+        d_out = grad_out[:, :, start:end]
+        delta = (d_out.to(acc) * out[:, :, start:end].to(acc)).sum(dim=-1, keepdim=True)
+        d_probs = (d_out @ chunks.v_flat.transpose(-1, -2)).to(acc)  # (B, H, r, N)
+        if dropout_p > 0:
+            keep = chunks.dropout_scale(probs, dropout_p, seed, number)
+            d_probs.mul_(keep)
+            _add_product_(grad_v, (probs * keep).transpose(-1, -2), d_out)
+        else:
+            _add_product_(grad_v, probs.transpose(-1, -2), d_out)
+        d_scores = d_probs.sub_(delta).mul_(probs)
+        grad_q[:, :, start:end] = (d_scores.to(q.dtype) @ chunks.k_flat).mul_(chunks.scale)
+        _add_product_(grad_k, d_scores.transpose(-1, -2), q_scaled)
+    return (grad[:, :, :seq].to(dtype) for grad, dtype in ((grad_q, q.dtype), (grad_k, k.dtype), (grad_v, v.dtype)))
+
+
+def _add_product_(target: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``target += a @ b`` in place (batched over leading dims), with no ``target``-sized temporary."""
+    flat = target.view(-1, *target.shape[-2:])
+    flat.baddbmm_(a.reshape(-1, *a.shape[-2:]).to(target.dtype), b.reshape(-1, *b.shape[-2:]).to(target.dtype))
 
 
 def _scatter_window(
@@ -225,11 +286,11 @@ def _scatter_window(
 def blocked_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *, dropout_p: float = 0.0
 ) -> torch.Tensor:
-    """Softmax attention of each query block over the keys ``layout`` gives it; ``(B, H, nb * w, Dh)`` in and out.
+    """Softmax attention of each query block over the keys ``layout`` gives it; ``(B, H, N, Dh)`` in and out.
 
-    Sequence lengths must be a multiple of ``layout.block`` (pad first). O(n)
-    memory in training: see the module docstring.
+    Any length: padding to whole blocks happens inside, one pass at a time.
+    With ``layout.num_global`` the first ``g`` queries attend to every real
+    key. O(n) memory in training: see the module docstring.
     """
     seed = int(torch.randint(2**62, (1,))) if dropout_p > 0 else 0  # from the global RNG, like F.dropout
-    k, v = k.to(q.dtype), v.to(q.dtype)
-    return _BlockedAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), layout, dropout_p, seed)
+    return _BlockedAttention.apply(q, k.to(q.dtype), v.to(q.dtype), layout, dropout_p, seed)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-CHUNK_ELEMENTS = 2**21  # feature-matrix elements per chunk in the bidirectional passes (8 MiB in fp32)
+CHUNK_ELEMENTS = 2**19  # feature-matrix elements per chunk in the bidirectional passes (2 MiB in fp32)
 TINY = 1e-30  # normalizers below this are clamped: a row whose features all underflowed gives zeros
 
 FeatureFn = Callable[[torch.Tensor, int, int], torch.Tensor]

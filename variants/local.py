@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 import variants
-from variants._blocks import BlockLayout, blocked_attention, key_validity, pad_to_multiple
+from variants._blocks import BlockLayout, blocked_attention, key_validity
 
 
 @variants.register("local")
@@ -44,8 +44,7 @@ class LocalAttention(variants.Attention):
         w = self.window
         padded = seq + (-seq % w)
         layout = self.layout(padded // w, key_validity(mask, seq, padded, q.device), q.device)
-        q, k, v = (pad_to_multiple(t, w, dim=2) for t in (q, k, v))
-        return blocked_attention(q, k, v, layout, dropout_p=self.dropout_p)[:, :, :seq]
+        return blocked_attention(q, k, v, layout, dropout_p=self.dropout_p)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window={self.window}"

@@ -16,10 +16,9 @@ key windows one chunk at a time and recomputes scores in the backward pass.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 import variants
-from variants._blocks import BlockLayout, blocked_attention, key_validity, pad_to_multiple
+from variants._blocks import BlockLayout, blocked_attention, key_validity
 
 
 @variants.register("sparse")
@@ -88,12 +87,13 @@ class SparseAttention(variants.Attention):
         return allowed
 
     def layout(self, seq: int, mask: torch.Tensor | None, device: torch.device) -> BlockLayout:
-        """The blocked kernel's view of the pattern: slots from :meth:`block_layout`, globals appended."""
+        """The blocked kernel's view of the pattern: slots from :meth:`block_layout`, global tokens both ways."""
         b, g = self.block_size, min(self.num_global, seq)
         padded = seq + (-seq % b)
         nb = padded // b
         index, slot_ok = self.block_layout(nb, device)
-        key_ok = key_validity(mask, seq, padded, device)
+        real_keys = key_validity(mask, seq, padded, device)
+        key_ok = real_keys
         if g > 0:  # global keys are appended to every window; inside the gathered blocks they are masked
             not_global = torch.arange(padded, device=device)[None, :] >= g
             key_ok = not_global if key_ok is None else key_ok & not_global
@@ -104,20 +104,11 @@ class SparseAttention(variants.Attention):
             key_ok=key_ok,
             num_global=g,
             global_ok=None if mask is None else mask[:, :g],
+            real_keys=real_keys,
         )
 
     def attend(self, q, k, v, mask):
-        seq = q.shape[2]
-        layout = self.layout(seq, mask, q.device)
-        padded_q, padded_k, padded_v = (pad_to_multiple(t, self.block_size, dim=2) for t in (q, k, v))
-        out = blocked_attention(padded_q, padded_k, padded_v, layout, dropout_p=self.dropout_p)[:, :, :seq]
-        g = layout.num_global
-        if g == 0:
-            return out
-        # Global queries see every key: O(g * n), through the fused kernel.
-        key_mask = None if mask is None else mask[:, None, None, :]
-        global_out = F.scaled_dot_product_attention(q[:, :, :g], k, v, attn_mask=key_mask, dropout_p=self.dropout_p)
-        return torch.cat([global_out, out[:, :, g:]], dim=2)
+        return blocked_attention(q, k, v, self.layout(q.shape[2], mask, q.device), dropout_p=self.dropout_p)
 
     def extra_repr(self) -> str:
         return (
