@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 
+import variants
 from runners.training.module import warmup_cosine
 from runners.training.run import run_training
 
@@ -150,3 +152,13 @@ def test_progress_line_travels_to_spawned_workers():
     from runners.training.progress import ProgressLine
 
     assert pickle.loads(pickle.dumps(ProgressLine("[1/2] x ..."))).prefix == "[1/2] x ..."
+
+
+@pytest.mark.parametrize("name", variants.names())
+def test_every_variant_trains_in_bf16_mixed_precision_on_cpu(name, train_config):
+    overrides = ("task=mqar", *TASK_OVERRIDES["mqar"], *SMALL, *SIZES, "optim.max_steps=10", "optim.val_every=10")
+    fits = [] if variants.get(name).supports_causal else ["task.causal=false"]
+    fits += ["attention.k=16"] if name == "linformer" else []  # k <= seq_len
+    result = run_training(train_config(*overrides, *fits, f"attention={name}", "hardware.precision=bf16-mixed"))
+    assert result["status"] == "ok", result
+    assert result["steps"] == 10 and all(math.isfinite(loss) for _, loss in result["loss_trace"])
