@@ -19,10 +19,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 import models
+from runners.measure.flops import count_flops
 from runners.measure.memory import measure_step_peak, tensor_mib
 from runners.measure.timing import time_calls
 
@@ -94,9 +93,7 @@ def speed_probe(
         model.eval()
         infer = time_calls(inference, device=device, warmup=warmup, repeats=repeats)
         model.train()
-        # The math SDPA backend: fused CPU kernels are invisible to the FLOP counter; `full` would count nothing.
-        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            train_step()
+        flops = count_flops(train_step)  # with the fused CPU attention kernel counted (runners.measure.flops)
         tokens_per_step = batch_size * seq_len
         result |= {
             "train_tokens_per_s": tokens_per_step / train.median_s,
@@ -108,7 +105,7 @@ def speed_probe(
             "infer_tokens_per_s_max": tokens_per_step / infer.min_s,
             "infer_spread": infer.spread,
             "timed_repeats": repeats,
-            "flops_per_step": counter.get_total_flops(),
+            "flops_per_step": flops,
         }
     if "memory" in parts:
         model.train()

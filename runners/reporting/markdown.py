@@ -9,7 +9,14 @@ import pandas as pd
 
 from runners.reporting import accuracy as acc_tables
 from runners.reporting.plots import accuracy_plots, speed_plots
-from runners.reporting.tables import cell_table, relative_table, scaling_table, speed_summary, training_run_cells
+from runners.reporting.tables import (
+    achieved_gflops,
+    cell_table,
+    relative_table,
+    scaling_table,
+    speed_summary,
+    training_run_cells,
+)
 
 
 def md_table(frame: pd.DataFrame, floatfmt: str = "{:.2f}") -> str:
@@ -60,6 +67,23 @@ def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
         ("FLOPs per training step", "flops_per_step", ".3g"),
     ]:
         lines += [f"**{title}**", "", md_table(cell_table(speed, value, fmt)), ""]
+    efficiency = achieved_gflops(speed)
+    if efficiency.pct_of_peak.notna().any():
+        peaks = ", ".join(
+            f"{dtype} {efficiency[f'matmul_{dtype}_gflops'].dropna().iloc[-1]:,.0f}"
+            for dtype in ("fp32", "bf16")
+            if efficiency[f"matmul_{dtype}_gflops"].notna().any()
+        )
+        lines += [
+            "**Where the time goes: achieved matmul GFLOP/s of a training step, and % of this machine's "
+            f"measured matmul peak** ({peaks} GFLOP/s; counted "
+            "FLOPs / step time, so softmax, feature maps and Python overhead show as a low share)",
+            "",
+            md_table(cell_table(efficiency, "train_gflops", ",.1f")),
+            "",
+            md_table(cell_table(efficiency, "pct_of_peak", ".1f")),
+            "",
+        ]
     return lines + [f"![{path.stem}]({path.name})\n" for path in speed_plots(speed, out, tag)]
 
 

@@ -31,6 +31,9 @@ COLUMNS = {
     "step_memory_mib": "step_memory_mib",
     "process_peak_mib": "process_peak_mib",
     "flops_per_step": "flops_per_step",
+    "config.hardware.precision": "precision",
+    "hardware_info.matmul_gflops.fp32": "matmul_fp32_gflops",
+    "hardware_info.matmul_gflops.bf16": "matmul_bf16_gflops",
     "params": "params",
     "test_acc": "test_acc",
     "val_acc": "val_acc",
@@ -99,6 +102,22 @@ def relative_table(speed: pd.DataFrame, value: str) -> pd.DataFrame:
         if reference in rows.index:
             parts.append(rows.div(rows.loc[reference], axis=1))
     return pd.concat(parts) if parts else pd.DataFrame()
+
+
+def achieved_gflops(speed: pd.DataFrame) -> pd.DataFrame:
+    """``speed`` with ``train_gflops`` (counted matmul FLOPs per step / step time) and ``pct_of_peak``.
+
+    The peak is the machine's measured matmul rate in the dtype the precision
+    computes in (bf16 for ``bf16-mixed``, else fp32), from the hardware
+    fingerprint; NaN where a record predates the peak probe.
+    """
+    out = speed.copy()
+    tokens = out.seq_len * out.batch_size.fillna(1)
+    out["train_gflops"] = out.flops_per_step * out.train_tokens_per_s / tokens / 1e9
+    in_bf16 = out.precision.astype(str).str.startswith("bf16")
+    peak = out.matmul_bf16_gflops.where(in_bf16, out.matmul_fp32_gflops)
+    out["pct_of_peak"] = 100 * out.train_gflops / peak
+    return out
 
 
 def scaling_exponent(seq_lens: pd.Series, values: pd.Series) -> float:
