@@ -27,6 +27,17 @@ TINY_SWEEP = [
     "sweep.repeats=2",
     "sweep.warmup=1",
     "sweep.batch_size=2",
+    "sweep.maps=false",
+]
+
+# The maps probe at test size: one sequence per case, one module seed, a trained model of a few steps.
+TINY_MAPS = [
+    "approximation.batch=1",
+    "approximation.budget_seeds=[0]",
+    "approximation.trained.seq_len=32",
+    "approximation.trained.max_seq_len=128",
+    "approximation.trained.steps=3",
+    "approximation.trained.task_args={num_train:32,num_val:8,num_test:8,batch_size:8}",
 ]
 
 

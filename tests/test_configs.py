@@ -110,7 +110,7 @@ def documented_commands(module: str) -> list[list[str]]:
     return commands
 
 
-@pytest.mark.parametrize(("module", "name"), [("sweep", "config"), ("train", "train")])
+@pytest.mark.parametrize(("module", "name"), [("sweep", "config"), ("train", "train"), ("maps", "maps")])
 def test_every_documented_command_line_composes(module, name):
     commands = documented_commands(module)
     assert len(commands) >= 3

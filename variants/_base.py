@@ -62,6 +62,10 @@ class Attention(nn.Module):
     supports_mask: ClassVar[bool] = True
     supports_dropout: ClassVar[bool] = True  # applies ``dropout`` to its attention weights in training mode
     needs_max_seq_len: ClassVar[bool] = False
+    normalized_rows: ClassVar[bool] = True  # each query's weights are a distribution (>= 0, sum 1); Linformer's not
+    # The hyperparameter that buys accuracy with compute, and values to try: the approximation probe
+    # (runners.maps) plots error against it. None: the variant has no such knob (exact attention).
+    budget: ClassVar[tuple[str, tuple[int, ...]] | None] = None
 
     def __init__(
         self,

@@ -24,6 +24,8 @@ class LinformerAttention(variants.Attention):
     """Softmax attention over ``k`` learned mixtures of the keys: O(n k)."""
 
     supports_causal = False
+    normalized_rows = False  # softmax over k mixtures of keys: the weights on the keys themselves are signed
+    budget = ("k", (8, 16, 32, 64, 128, 256))
     needs_max_seq_len = True
 
     def __init__(self, *, k: int = 256, share_kv: bool = False, **common) -> None:

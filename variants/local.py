@@ -21,6 +21,7 @@ class LocalAttention(variants.Attention):
     """Each query sees the neighbouring ``window``-sized chunks: O(n * window) time, O(n) memory."""
 
     supports_causal = True
+    budget = ("window", (8, 16, 32, 64, 128, 256))
 
     def __init__(self, *, window: int = 128, **common) -> None:
         super().__init__(**common)

@@ -61,6 +61,7 @@ class PerformerAttention(variants.Attention):
     """
 
     supports_causal = True
+    budget = ("nb_features", (8, 16, 32, 64, 128, 256, 512))
     supports_dropout = False
 
     def __init__(

@@ -26,6 +26,7 @@ class SparseAttention(variants.Attention):
     """Local + random + global block-sparse attention (bidirectional)."""
 
     supports_causal = False
+    budget = ("num_random", (0, 1, 2, 4, 8))
 
     def __init__(
         self,

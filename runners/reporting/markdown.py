@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from runners.reporting import accuracy as acc_tables
+from runners.reporting.approximation import approximation_section
+from runners.reporting.md import md_table
 from runners.reporting.plots import accuracy_plots, speed_plots
 from runners.reporting.tables import (
     achieved_gflops,
@@ -17,25 +18,6 @@ from runners.reporting.tables import (
     speed_summary,
     training_run_cells,
 )
-
-
-def md_table(frame: pd.DataFrame, floatfmt: str = "{:.2f}") -> str:
-    """A GitHub-markdown table without extra dependencies."""
-    if frame.empty:
-        return "_no data_\n"
-    frame = frame.reset_index()
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    rows = []
-    for _, row in frame.iterrows():
-        cells = [
-            floatfmt.format(v)
-            if isinstance(v, float) and not math.isnan(v)
-            else ("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
-            for v in row
-        ]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join([header, rule, *rows]) + "\n"
 
 
 def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
@@ -122,10 +104,22 @@ def accuracy_section(accuracy: pd.DataFrame, out: Path, tag: str) -> list[str]:
     return lines + [f"![{path.stem}]({path.name})\n" for path in accuracy_plots(runs, stats, out, tag)]
 
 
+def maps_lines(frame: pd.DataFrame, out: Path) -> list[str]:
+    """The section on approximation error: one for all hardware, since its numbers are properties of the config."""
+    maps = frame[frame.probe == "maps"]
+    ok = maps[maps.status == "ok"].drop_duplicates(["variant", "seq_len"], keep="last")
+    lines = approximation_section(ok, out, "all", heading="##") if not ok.empty else []
+    failed = maps[maps.status != "ok"]
+    if not failed.empty:
+        lines += ["**Maps points that failed**", "", md_table(failed[["variant", "seq_len", "status", "message"]]), ""]
+    return lines
+
+
 def build_report(frame: pd.DataFrame, out: Path) -> Path:
     """Write report.md, plots and results.csv for ``frame`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    frame.drop(columns=["learning_curve"], errors="ignore").to_csv(out / "results.csv", index=False)
+    lists = ["learning_curve", "errors", "budget_curve", "heatmaps"]  # nested per point; the tables show them
+    frame.drop(columns=lists, errors="ignore").to_csv(out / "results.csv", index=False)
     failed = int((frame.status != "ok").sum())
     lines = [
         "# attnbench comparison report",
@@ -149,6 +143,7 @@ def build_report(frame: pd.DataFrame, out: Path) -> Path:
             index=["variant", "seq_len"], columns="fingerprint", values="train_tokens_per_s", aggfunc="last"
         )
         lines += ["## Across hardware: training tokens/s", "", md_table(cross, "{:,.0f}"), ""]
+    lines += maps_lines(frame, out)
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report

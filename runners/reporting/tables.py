@@ -44,6 +44,9 @@ COLUMNS = {
     "train_tokens_per_s_per_device": "train_tokens_per_s_per_device",
     "majority_baseline": "majority_baseline",
     "learning_curve": "learning_curve",  # a list per accuracy run; left out of results.csv
+    "errors": "errors",  # maps probe: a list of rows per point (one per input case); left out of results.csv
+    "budget_curve": "budget_curve",  # maps probe: a list of rows; left out of results.csv
+    "heatmaps": "heatmaps",  # maps probe: pooled attention maps; left out of results.csv
 }
 
 

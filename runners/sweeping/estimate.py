@@ -38,6 +38,7 @@ def estimate_seconds(points: list[dict[str, Any]], *, device: str) -> tuple[floa
     """Estimated seconds for ``points`` and how many step times were measured to get it."""
     cache: dict[tuple, float] = {}
     total = 0.0
+    trained = False  # the maps probe trains its full-attention model once per process
     for point in points:
         if point["probe"] == "speed":
             shape = (point["seq_len"], point["batch_size"], point["causal"])
@@ -46,12 +47,36 @@ def estimate_seconds(points: list[dict[str, Any]], *, device: str) -> tuple[floa
             per_step = _cached(cache, point, shape, device)
             total += 2 * PROCESS_START_S + (steps * 1.4 + 1 + 4) * per_step
             continue
+        if point["probe"] == "maps":
+            total += _maps_seconds(cache, point, device, trained=trained)
+            trained = True
+            continue
         task, optim = point["task"], point["optim"]
         shape = (point["seq_len"], task["batch_size"], point["direction"] == "causal")
         validations = optim["max_steps"] // optim["val_every"] + 1
         val_steps = validations * -(-task["num_val"] // task["batch_size"]) + -(-task["num_test"] // task["batch_size"])
         total += (optim["max_steps"] + val_steps / 3) * _cached(cache, point, shape, device)  # eval: forward only
     return total, len(cache)
+
+
+def _maps_seconds(cache: dict[tuple, float], point: dict[str, Any], device: str, *, trained: bool) -> float:
+    """A maps point: forward passes reading its matrices (~1/3 of a training step each), plus the model it trains once.
+
+    Each matrix costs ``ceil(n / dim_head)`` forward calls; there is one per input case and one per budget
+    value, module seed and input kind.
+    """
+    settings = point["approximation"]
+    model = point["model"]
+    dim_head = model.get("dim_head") or model["dim"] // model["heads"]
+    budget = variants.get(point["attention"]["name"]).budget
+    matrices = 4 + (len(budget[1]) * len(settings["budget_seeds"]) * 2 if budget else 0)
+    calls = matrices * (-(-point["seq_len"] // dim_head) + 2)
+    seconds = calls * _cached(cache, point, (point["seq_len"], settings["batch"], False), device) / 3
+    if not trained:
+        task = settings["trained"]
+        shape = (task["seq_len"], task["task_args"].get("batch_size", 64), False)
+        seconds += task["steps"] * _cached(cache, point | {"attention": {"name": "full"}}, shape, device)
+    return seconds
 
 
 def _cached(cache: dict[tuple, float], point: dict[str, Any], shape: tuple, device: str) -> float:

@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import variants
+from runners.approximation.probe import maps_probe
 from runners.measure.failures import PointFailed, classify_failure, failure_message
 from runners.measure.worker import measure_isolated
 from runners.training.run import run_training
@@ -56,6 +57,13 @@ def measure_accuracy(cfg: DictConfig, point: dict[str, Any], progress: str | Non
     return result
 
 
+def measure_maps(point: dict[str, Any]) -> dict[str, Any]:
+    """Errors against exact attention, budget curve and heatmaps (a property of the config, measured in-process)."""
+    return maps_probe(
+        attention=point["attention"], model=point["model"], seq_len=point["seq_len"], settings=point["approximation"]
+    )
+
+
 def measure_point(cfg: DictConfig, point: dict[str, Any], progress: str | None = None) -> dict[str, Any]:
     """The point's measurements with ``status``; a failure is a result with its status and message.
 
@@ -64,6 +72,8 @@ def measure_point(cfg: DictConfig, point: dict[str, Any], progress: str | None =
     try:
         if point["probe"] == "speed":
             return {"status": "ok"} | measure_speed(cfg, point)
+        if point["probe"] == "maps":
+            return {"status": "ok"} | measure_maps(point)
         return measure_accuracy(cfg, point, progress)
     except Exception as error:  # a failed point is a result, never the end of the sweep
         return {

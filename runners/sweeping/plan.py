@@ -1,6 +1,7 @@
 """A sweep is a list of points: variant x sequence length x probe, on one hardware config.
 
-Speed points: every variant at every ``sweep.seq_lens``. Accuracy points: every
+Speed points: every variant at every ``sweep.seq_lens``. Maps points (``sweep.maps``):
+every variant at every ``sweep.maps_lens``, against exact attention. Accuracy points: every
 variant on every entry of ``sweep.accuracy`` (a label -> ``task`` (default: the
 label), ``seq_lens``, ``directions`` and any task argument), at every length, in every direction
 the task offers (a variant that cannot be causal gets an ``unsupported`` record
@@ -110,8 +111,10 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
     for key, lens in (("sweep.seq_lens", list(cfg.sweep.seq_lens)), ("sweep.accuracy.*.seq_lens", accuracy_lens)):
         if any(not isinstance(n, int) or n < 1 for n in lens):
             raise ConfigError(f"{key} must be positive integers; got {lens}")
-    if not cfg.sweep.seq_lens and not accuracy_lens:
-        raise ConfigError("sweep.seq_lens and every sweep.accuracy.*.seq_lens are empty: nothing to measure")
+    if not cfg.sweep.seq_lens and not accuracy_lens and not (cfg.sweep.get("maps") and cfg.sweep.maps_lens):
+        raise ConfigError(
+            "sweep.seq_lens, sweep.maps_lens and every sweep.accuracy.*.seq_lens are empty: nothing to measure"
+        )
     if accuracy_lens and not cfg.sweep.seeds:
         raise ConfigError("sweep.seeds is empty: accuracy points need at least one seed")
     for entry in tasks:
@@ -122,7 +125,15 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
                 except InstantiationException as error:  # Hydra wraps the task's ValueError or TypeError
                     reason = error.__cause__ or error
                     raise ConfigError(f"sweep.accuracy.{entry.label} at seq_len={n}: {reason}") from None
-    longest = max([*cfg.sweep.seq_lens, *accuracy_lens])
+    maps_lens = list(cfg.sweep.maps_lens) if cfg.sweep.get("maps") else []
+    if any(not isinstance(n, int) or n < 1 for n in maps_lens):
+        raise ConfigError(f"sweep.maps_lens must be positive integers; got {maps_lens}")
+    if maps_lens and max(maps_lens) > cfg.approximation.trained.max_seq_len:
+        raise ConfigError(
+            f"sweep.maps_lens={maps_lens} go beyond approximation.trained.max_seq_len="
+            f"{cfg.approximation.trained.max_seq_len}; raise it or shorten the lengths"
+        )
+    longest = max([*cfg.sweep.seq_lens, *accuracy_lens, *maps_lens])
     for attention in attentions:
         hparams = {k: v for k, v in attention.items() if k != "name"}
         try:
@@ -165,6 +176,10 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
                     "repeats": cfg.sweep.repeats,
                 }
             )
+        if cfg.sweep.get("maps"):
+            settings = OmegaConf.to_container(cfg.approximation, resolve=True)
+            for seq_len in cfg.sweep.maps_lens:
+                points.append(shared | {"probe": "maps", "seq_len": seq_len, "approximation": settings})
         for entry in tasks:
             for seq_len in entry.seq_lens:
                 for direction in entry.directions:

@@ -42,6 +42,9 @@ def describe(record: dict[str, Any]) -> str:
     """The point's result in a few words, for its progress line."""
     if record["status"] != "ok":
         return f"{record['status']}: {str(record.get('message', ''))[:100]}"
+    if record["probe"] == "maps":
+        errors = ", ".join(f"{case} {e:.3g}" for case, e in record["maps_summary"].items() if e is not None)
+        return f"output error vs exact: {errors}"
     if record["probe"] == "speed":
         return (
             f"train {record['train_tokens_per_s']:,.0f} tok/s, infer {record['infer_tokens_per_s']:,.0f} tok/s, "

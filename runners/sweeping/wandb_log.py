@@ -15,6 +15,8 @@ def log_to_wandb(cfg: DictConfig, record: dict[str, Any], sweep_id: str) -> None
     import wandb
 
     metrics = {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    for row in record.get("errors") or []:  # maps probe: one metric per input case
+        metrics |= {f"{row['case']}/{k}": v for k, v in row.items() if isinstance(v, float)}
     run = wandb.init(
         project=cfg.wandb.project,
         mode=cfg.wandb.mode,

@@ -1,0 +1,61 @@
+"""The effective attention matrix of any variant, read through the contract alone.
+
+Every variant mixes values linearly: ``out = A v`` for a matrix ``A`` that
+depends on ``q``, ``k``, the mask, the module's own parameters and its random
+state, but not on ``v``. Feeding one-hot values (``v = I``, ``dim_head``
+columns at a time) therefore reads ``A`` column block by column block with no
+per-variant code, padding and causal structure included. A variant may offer a
+faster exact path (``full_math.attention_probs``); the tests check both agree.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import variants
+
+
+@torch.no_grad()
+def effective_matrix(core: variants.Attention, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None):
+    """The ``(B, H, N, N)`` matrix ``A`` with ``core(q, k, v, mask) == A @ v`` for every ``v``.
+
+    ``core`` must be in eval mode (attention dropout would make ``A`` random per call).
+    Costs ``ceil(N / dim_head)`` forward calls of the variant.
+    """
+    if core.training and core.dropout > 0:
+        raise ValueError(f"{core.name}: call .eval() first; attention dropout makes A differ from call to call")
+    batch, heads, seq, dim_head = q.shape
+    columns = []
+    for start in range(0, seq, dim_head):
+        width = min(dim_head, seq - start)
+        one_hot = torch.zeros(batch, heads, seq, dim_head, dtype=q.dtype, device=q.device)
+        rows = torch.arange(width, device=q.device)
+        one_hot[:, :, start + rows, rows] = 1.0  # value j of this block is the unit vector e_(j - start)
+        columns.append(core(q, k, one_hot, mask)[..., :width])  # (B, H, N, width): columns start..start+width of A
+    return torch.cat(columns, dim=-1)
+
+
+@torch.no_grad()
+def linearity_residual(
+    core: variants.Attention,
+    matrix: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> float:
+    """``max |core(q, k, v) - A v| / max |core(q, k, v)|`` over real query rows: ~0 when out = A v holds."""
+    out = core(q, k, v, mask)
+    diff = out - matrix @ v
+    if mask is not None:
+        real = mask[:, None, :, None]
+        out, diff = out * real, diff * real
+    return float(diff.abs().max() / out.abs().max().clamp_min(1e-30))
+
+
+@torch.no_grad()
+def exact_matrix(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False):
+    """Exact softmax attention weights ``(B, H, N, N)`` on the same inputs (``full_math``'s fast path)."""
+    heads, dim_head = q.shape[1], q.shape[-1]
+    reference = variants.build("full_math", heads=heads, dim_head=dim_head, max_seq_len=None, causal=causal)
+    return reference.attention_probs(q, k, mask)

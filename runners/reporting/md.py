@@ -1,0 +1,26 @@
+"""Markdown tables for the reports, without extra dependencies."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+
+def md_table(frame: pd.DataFrame, floatfmt: str = "{:.2f}") -> str:
+    """A GitHub-markdown table without extra dependencies."""
+    if frame.empty:
+        return "_no data_\n"
+    frame = frame.reset_index()
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = []
+    for _, row in frame.iterrows():
+        cells = [
+            floatfmt.format(v)
+            if isinstance(v, float) and not math.isnan(v)
+            else ("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+            for v in row
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join([header, rule, *rows]) + "\n"
