@@ -56,6 +56,15 @@ def qkv(batch: int, seq: int, *, seed: int = 0, scale: float = 1.0, requires_gra
     return tensors
 
 
+def values_and_grads(fn, q, k, v, mask, weights):
+    """Output and q/k/v gradients of ``sum(out * weights)`` over real query rows."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v)
+    real = torch.ones(out.shape[0], out.shape[2], dtype=torch.bool) if mask is None else mask
+    (out * weights * real[:, None, :, None]).sum().backward()
+    return out.detach(), *(torch.zeros_like(t) if t.grad is None else t.grad for t in (q, k, v))
+
+
 def die(*, how: str) -> None:
     """A worker function that fails the way ``how`` says (a signal's name, or an exception's)."""
     if how == "MemoryError":

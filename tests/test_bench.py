@@ -188,3 +188,24 @@ def test_performer_matches_performer_pytorch_with_the_same_features(causal):
         ours.features.copy_(module.projection_matrix * 16**-0.25)
     # The peer adds eps=1e-4 to every feature; we do not (it would leak the future when causal).
     torch.testing.assert_close(ours(q, k, v), peer(q, k, v), atol=2e-3, rtol=2e-2)
+
+
+def test_nystrom_adapter_computes_our_nystrom():
+    """One sequence and head: the package takes its pseudo-inverse's scale over the whole batch, ours per head."""
+    import variants
+
+    q, k, v = (torch.randn(1, 1, 64, 16) for _ in range(3))
+    hparams = {"num_landmarks": 8, "pinv_iterations": 6, "residual": True, "residual_kernel": 5}
+    module, peer = _peer("nystrom", heads=1, dim_head=16, seq_len=64, causal=False, hparams=hparams)
+    ours = variants.build("nystrom", heads=1, dim_head=16, max_seq_len=None, **hparams)
+    with torch.no_grad():
+        ours.residual.copy_(module.res_conv.weight)
+    torch.testing.assert_close(ours(q, k, v), peer(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_reformer_adapter_runs_the_peer_on_shared_qk():
+    q, k, v = (torch.randn(2, 2, 64, 16) for _ in range(3))
+    hparams = {"bucket_size": 8, "n_hashes": 2}
+    _, peer = _peer("reformer", heads=2, dim_head=16, seq_len=64, causal=False, hparams=hparams)
+    out = peer(q, k, v)
+    assert out.shape == q.shape and torch.isfinite(out).all()

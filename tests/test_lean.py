@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import build_variant, qkv
+from helpers import build_variant, qkv, values_and_grads
 
 import variants._blocks
 import variants._linear
@@ -31,22 +31,33 @@ BLOCKED = {
     "local causal": ({"name": "local", "window": 16}, True),
     "sparse": ({"name": "sparse", "block_size": 16, "num_global": 5, "num_random": 2}, False),
     "sparse no globals": ({"name": "sparse", "block_size": 8, "num_global": 0, "num_random": 1}, False),
+    "longformer bidir": ({"name": "longformer", "window": 16, "num_global": 5}, False),
+    "longformer causal": ({"name": "longformer", "window": 16, "num_global": 5}, True),
+    "longformer globals span blocks": ({"name": "longformer", "window": 8, "num_global": 19}, False),
+    "longformer causal, globals span blocks": ({"name": "longformer", "window": 8, "num_global": 19}, True),
+    "strided bidir": ({"name": "strided", "block": 16, "summary": 3}, False),
+    "strided causal": ({"name": "strided", "block": 16, "summary": 3}, True),
 }
+
+
+def longformer_pattern(seq: int, window: int, num_global: int, causal: bool) -> torch.Tensor:
+    """Window (as local's) plus global tokens: keys for all, and bidirectionally queries over all."""
+    allowed = local_pattern(seq, window, causal)
+    g = min(num_global, seq)
+    if causal:
+        allowed[:, :g] |= torch.ones(seq, g, dtype=torch.bool).tril()
+    else:
+        allowed[:, :g] = True
+        allowed[:g, :] = True
+    return allowed
 
 
 def pattern_of(attn, seq: int) -> torch.Tensor:
     if attn.name == "local":
         return local_pattern(seq, attn.window, attn.causal)
+    if attn.name == "longformer":
+        return longformer_pattern(seq, attn.window, attn.num_global, attn.causal)
     return attn.dense_pattern(seq)
-
-
-def values_and_grads(fn, q, k, v, mask, weights):
-    """Output and q/k/v gradients of ``sum(out * weights)`` over real query rows."""
-    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    out = fn(q, k, v)
-    real = torch.ones(out.shape[0], out.shape[2], dtype=torch.bool) if mask is None else mask
-    (out * weights * real[:, None, :, None]).sum().backward()
-    return out.detach(), q.grad, k.grad, v.grad
 
 
 @pytest.mark.parametrize("chunk_elements", [1, variants._blocks.CHUNK_ELEMENTS])  # one block per chunk, or few
@@ -75,9 +86,13 @@ def test_blocked_gradcheck_in_float64(case, dropout, monkeypatch):
     monkeypatch.setattr(variants._blocks, "CHUNK_ELEMENTS", 1)  # several chunks even at this size
     spec, causal = BLOCKED[case]
     hparams = {k: v for k, v in spec.items() if k != "name"}
-    hparams |= (
-        {"window": 4} if spec["name"] == "local" else {"block_size": 4, "num_global": min(2, hparams["num_global"])}
-    )
+    small = {
+        "local": lambda: {"window": 4},
+        "longformer": lambda: {"window": 4, "num_global": min(6, hparams["num_global"])},  # 6 > 4: span blocks
+        "sparse": lambda: {"block_size": 4, "num_global": min(2, hparams["num_global"])},
+        "strided": lambda: {"block": 4, "summary": 2},
+    }
+    hparams |= small[spec["name"]]()
     attn = build_variant(spec["name"], causal=causal, dropout=dropout, heads=1, dim_head=4, **hparams).double()
     seq = 14  # not a multiple of the block: internal padding too
     mask = torch.ones(2, seq, dtype=torch.bool)
@@ -146,7 +161,19 @@ def saved_bytes(fn) -> int:
 
 @pytest.mark.parametrize(
     ("name", "causal"),
-    [("local", False), ("local", True), ("sparse", False), ("performer", False), ("performer", True)],
+    [
+        ("local", False),
+        ("local", True),
+        ("sparse", False),
+        ("longformer", False),
+        ("longformer", True),
+        ("strided", False),
+        ("strided", True),
+        ("linear", False),
+        ("linear", True),
+        ("performer", False),
+        ("performer", True),
+    ],
 )
 def test_lean_variants_save_only_inputs_output_and_row_statistics(name, causal):
     seq = 1024

@@ -19,6 +19,7 @@ POINT = [
     "model=tiny",
     "sweep.seq_lens=[32]",
     "sweep.accuracy=null",
+    "sweep.maps=false",
     "sweep.repeats=1",
     "sweep.warmup=0",
     "sweep.batch_size=2",

@@ -148,9 +148,12 @@ class Attention(nn.Module):
                 f"got heads={heads}, dim_head={dim_head}"
             )
         if self.needs_max_seq_len and self.max_seq_len is not None and seq > self.max_seq_len:
+            from variants._registry import get, names  # the registry imports this module
+
+            free = ", ".join(n for n in names() if not get(n).needs_max_seq_len)
             raise UnsupportedError(
                 f"{self.name}: sequence length {seq} exceeds max_seq_len={self.max_seq_len}; "
-                "build it with a larger max_seq_len"
+                f"build it with a larger max_seq_len, or use a variant without a fixed length: {free}"
             )
         if mask is None:
             return

@@ -55,8 +55,11 @@ class BlockLayout:
     ``causal_slot``: the slot that holds the query's own block, where a query
     sees only the keys up to itself. ``num_global``: the first ``g`` keys are
     appended to every window, with validity ``global_ok`` ``(B|1, g)`` (None: all),
-    and the first ``g`` queries attend to every key where ``real_keys``
-    ``(B|1, nb * w)`` is True (None: all).
+    and (``global_queries``) the first ``g`` queries attend to every key where
+    ``real_keys`` ``(B|1, nb * w)`` is True (None: all). With ``causal_slot``
+    set, query ``i`` sees global key ``j`` only if ``j <= i``. ``global_keys``
+    ``(g,)``: positions of the global keys when they are not the first ``g``
+    (then there are no global queries).
     """
 
     block: int
@@ -67,6 +70,18 @@ class BlockLayout:
     num_global: int = 0
     global_ok: torch.Tensor | None = None
     real_keys: torch.Tensor | None = None
+    global_queries: bool = True
+    global_keys: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.global_keys is not None and (self.global_queries or self.global_keys.numel() != self.num_global):
+            raise ValueError("global_keys needs global_queries=False and num_global == len(global_keys)")
+
+    def global_positions(self, device: torch.device) -> torch.Tensor:
+        """``(g,)`` positions of the global keys."""
+        if self.global_keys is not None:
+            return self.global_keys
+        return torch.arange(self.num_global, device=device)
 
     @property
     def window(self) -> int:
@@ -104,15 +119,23 @@ class _Chunks:
         self.shape = (batch, heads, self.nb, w, dim)
         self.q_flat, self.k_flat, self.v_flat = q, k, v  # (B, H, nb * w, Dh), padded
         self.q, self.k, self.v = (t.view(self.shape) for t in (q, k, v))
-        self.k_global, self.v_global = k[:, :, None, : layout.num_global], v[:, :, None, : layout.num_global]
+        if layout.global_keys is None:  # views: the first g keys
+            self.k_global, self.v_global = k[:, :, None, : layout.num_global], v[:, :, None, : layout.num_global]
+        else:  # gathered once per pass: (B, H, 1, g, Dh)
+            self.k_global, self.v_global = (t.index_select(2, layout.global_keys)[:, :, None] for t in (k, v))
         self.scale = 1.0 / math.sqrt(dim)
         self.acc = torch.promote_types(q.dtype, torch.float32)  # softmax and sums: fp32 at least
         self.allowed = layout.allowed()
         per_block = batch * heads * w * layout.window
         self.step = max(1, CHUNK_ELEMENTS // per_block)
-        self.triangle = None
+        self.triangle = self.global_triangle = None
         if layout.causal_slot is not None:
             self.triangle = torch.ones(w, w, dtype=torch.bool, device=q.device).tril()
+            if layout.num_global:  # (nb * w, g): query i sees global key j <= i
+                rows = torch.arange(padded, device=q.device)[:, None]
+                positions = layout.global_positions(q.device)
+                self.global_triangle = rows >= positions[None, :]
+                self.last_global = int(positions.max())
 
     def ranges(self) -> list[tuple[int, int]]:
         """Chunks of query blocks, each with at most ``CHUNK_ELEMENTS`` scores (one block at least)."""
@@ -122,7 +145,7 @@ class _Chunks:
         """Chunks of the global query rows, which attend to every key."""
         batch, heads, padded, _ = self.q_flat.shape
         step = max(1, CHUNK_ELEMENTS // (batch * heads * padded))
-        g = self.layout.num_global
+        g = self.layout.num_global if self.layout.global_queries else 0
         return [(s, min(s + step, g)) for s in range(0, g, step)]
 
     def global_probabilities(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,9 +185,13 @@ class _Chunks:
             allowed = self.allowed[:, start:end]
             if not bool(allowed.all()):
                 scores.masked_fill_(~allowed[:, None, :, None, :], low)
+        w, g = self.layout.block, self.layout.num_global
         if self.triangle is not None:
-            w, slot = self.layout.block, self.layout.causal_slot
+            slot = self.layout.causal_slot
             scores[..., slot * w : (slot + 1) * w].masked_fill_(~self.triangle, low)
+        if self.global_triangle is not None and start * w <= self.last_global:  # blocks with later global keys
+            rows = self.global_triangle[start * w : end * w].view(end - start, w, g)
+            scores[..., scores.shape[-1] - g :].masked_fill_(~rows, low)
         return scores.softmax(dim=-1)
 
     def dropout_scale(self, probs: torch.Tensor, p: float, seed: int, chunk: int) -> torch.Tensor:
@@ -229,7 +256,7 @@ def _blocked_backward(q, k, v, out, grad_out, layout: BlockLayout, dropout_p: fl
     slots = layout.index.shape[1]
     for number, (start, end) in enumerate(chunks.ranges()):
         q_scaled, d_out = chunks.queries(start, end), grad_out_blocks[:, :, start:end]
-        if start * w < g:  # global query rows get their gradient from the global pass below
+        if layout.global_queries and start * w < g:  # global query rows get their gradient from the global pass
             d_out = d_out.clone()
             d_out.flatten(2, 3)[:, :, : g - start * w] = 0
         delta = (d_out.to(acc) * out_blocks[:, :, start:end].to(acc)).sum(dim=-1, keepdim=True)  # rowsum(dO * O)
@@ -249,7 +276,8 @@ def _blocked_backward(q, k, v, out, grad_out, layout: BlockLayout, dropout_p: fl
         for grad_blocks, grad_window in ((grad_k_blocks, grad_k_window), (grad_v_blocks, grad_v_window)):
             _scatter_window(grad_blocks, grad_window, layout.index[start:end], slots, w)
             if g:
-                grad_blocks.flatten(2, 3)[:, :, :g] += grad_window[:, :, :, slots * w :].sum(dim=2)
+                grad_global = grad_window[:, :, :, slots * w :].sum(dim=2).to(grad_blocks.dtype)
+                grad_blocks.flatten(2, 3).index_add_(2, layout.global_positions(q.device), grad_global)
     for number, (start, end) in enumerate(chunks.global_ranges(), start=len(chunks.ranges())):
         q_scaled, probs = chunks.global_probabilities(start, end)
         d_out = grad_out[:, :, start:end]

@@ -4,7 +4,7 @@ Installed with ``pip install -e ".[peers]"``. Each adapter takes our
 ``(B, H, N, Dh)`` q, k, v and our variant's hyperparameters, and returns the
 peer's output, so that the benchmark times both the same way. Only the
 attention core is timed: the Linformer peer's Q/K/V/output projections are
-replaced by identities.
+replaced by identities (Nyström's too, its q, k, v passed in as the chunks of one tensor).
 """
 
 from __future__ import annotations
@@ -81,11 +81,47 @@ def _performer(*, heads: int, dim_head: int, seq_len: int, causal: bool, hparams
     return module, lambda q, k, v: module(q, k, v)
 
 
+def _nystrom(*, heads: int, dim_head: int, seq_len: int, causal: bool, hparams: dict[str, Any]):
+    from nystrom_attention import NystromAttention
+
+    module = NystromAttention(
+        dim=heads * dim_head,
+        dim_head=dim_head,
+        heads=heads,
+        num_landmarks=hparams["num_landmarks"],
+        pinv_iterations=hparams["pinv_iterations"],
+        residual=hparams["residual"],
+        residual_conv_kernel=hparams["residual_kernel"],
+    )
+    # Time the core only: q, k, v go in as the chunks its to_qkv would produce; no output projection.
+    module.to_qkv = module.to_out = nn.Identity()
+
+    def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        batch, _, n, _ = q.shape
+        x = torch.cat([t.transpose(1, 2).reshape(batch, n, heads * dim_head) for t in (q, k, v)], dim=-1)
+        return module(x).view(batch, n, heads, dim_head).transpose(1, 2)
+
+    return module, call
+
+
+def _reformer(*, heads: int, dim_head: int, seq_len: int, causal: bool, hparams: dict[str, Any]):
+    from reformer_pytorch import LSHAttention
+
+    module = LSHAttention(bucket_size=hparams["bucket_size"], n_hashes=hparams["n_hashes"], causal=causal)
+
+    def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # shared QK: the peer reads q
+        return module(q.flatten(0, 1), v.flatten(0, 1))[0].view_as(q)
+
+    return module, call
+
+
 PEERS: dict[str, Peer] = {
     p.variant: p
     for p in (
         Peer("local", "local-attention", "local_attention", _local_attention),
         Peer("linformer", "linformer", "linformer", _linformer),
         Peer("performer", "performer-pytorch", "performer_pytorch", _performer),
+        Peer("nystrom", "nystrom-attention", "nystrom_attention", _nystrom),
+        Peer("reformer", "reformer-pytorch", "reformer_pytorch", _reformer),
     )
 }
