@@ -54,18 +54,20 @@ def build_core(attention: dict[str, Any], model: dict[str, Any], *, seq_len: int
     return core.eval()
 
 
-def compare(core: variants.Attention, inputs: Inputs, *, top_k: int) -> tuple[dict[str, float], torch.Tensor]:
-    """Error metrics of ``core`` against exact attention on ``inputs``, and the variant's matrix."""
+def compare(
+    core: variants.Attention, inputs: Inputs, *, top_k: int
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """Error metrics of ``core`` against exact attention on ``inputs``, the variant's matrix and the exact one."""
     q, k, v, mask = inputs
     matrix = effective_matrix(core, q, k, mask)
-    residual = linearity_residual(core, matrix, q, k, v, mask)
+    with torch.no_grad():
+        out = core(q, k, v, mask)
+    residual = linearity_residual(matrix, out, v, mask)
     if residual > LINEARITY_TOLERANCE:
         raise RuntimeError(f"{core.name} is not linear in v (|out - A v| / |out| = {residual:.2e}); no matrix exists")
     exact = exact_matrix(q, k, mask, causal=core.causal)
-    with torch.no_grad():
-        out = core(q, k, v, mask)
     errors = approximation_errors(matrix, exact, out, exact @ v, mask, distributions=core.normalized_rows, top_k=top_k)
-    return errors | {"linearity_residual": residual}, matrix
+    return errors | {"linearity_residual": residual}, matrix, exact
 
 
 def most_peaked_head(matrix: torch.Tensor) -> int:
@@ -94,9 +96,8 @@ def maps_probe(*, attention: dict[str, Any], model: dict[str, Any], seq_len: int
             continue
         inputs = case_inputs(case, model=model, seq_len=seq_len, settings=settings)
         core = build_core(attention, model, seq_len=seq_len, causal=causal, seed=settings["seed"])
-        errors, matrix = compare(core, inputs, top_k=settings["top_k"])
+        errors, matrix, exact = compare(core, inputs, top_k=settings["top_k"])
         rows.append({"case": case, "status": "ok"} | errors)
-        exact = exact_matrix(inputs.q, inputs.k, inputs.mask, causal=causal)
         head = most_peaked_head(exact) if case == "trained" else 0
         pixels = settings["heatmap_pixels"]
         maps = {"map": pooled(matrix[0, head], pixels), "exact_map": pooled(exact[0, head], pixels)}
