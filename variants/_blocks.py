@@ -54,7 +54,8 @@ class BlockLayout:
     may be seen from a window (padding, user mask; None: all).
     ``causal_slot``: the slot that holds the query's own block, where a query
     sees only the keys up to itself. ``num_global``: the first ``g`` keys are
-    appended to every window, with validity ``global_ok`` ``(B|1, g)`` (None: all),
+    appended to every window (and masked inside the windows, so each is seen
+    once), with validity ``global_ok`` ``(B|1, g)`` (None: all),
     and (``global_queries``) the first ``g`` queries attend to every key where
     ``real_keys`` ``(B|1, nb * w)`` is True (None: all). With ``causal_slot``
     set, query ``i`` sees global key ``j`` only if ``j <= i``. ``global_keys``
@@ -97,6 +98,10 @@ class BlockLayout:
             windows = windows & self.slot_ok[None, :, :, None]
         if self.key_ok is not None:
             windows = windows & self.key_ok.view(-1, nb, self.block)[:, self.index]
+        if self.num_global:  # a global key is seen once: from the appended keys, never inside a window
+            not_global = torch.ones(nb * self.block, dtype=torch.bool, device=device)
+            not_global[self.global_positions(device)] = False
+            windows = windows & not_global.view(nb, self.block)[self.index][None]
         windows = windows.flatten(2)
         if self.num_global:
             if self.global_ok is None:

@@ -36,21 +36,17 @@ class LongformerAttention(variants.Attention):
         self.offsets = (-1, 0) if self.causal else (-1, 0, 1)  # key chunks relative to the query's chunk
 
     def layout(self, seq: int, mask: torch.Tensor | None, device: torch.device) -> BlockLayout:
-        """Window slots like ``local``'s; global keys are appended to every window and masked inside it."""
+        """Window slots like ``local``'s; the kernel appends the global keys to every window."""
         w, g = self.window, min(self.num_global, seq)
         padded = seq + (-seq % w)
         nb = padded // w
         blocks = torch.arange(nb, device=device)[:, None] + torch.tensor(self.offsets, device=device)
         real_keys = key_validity(mask, seq, padded, device)
-        key_ok = real_keys
-        if g > 0:  # each global key is seen once: from the appended globals, never inside a window
-            not_global = torch.arange(padded, device=device)[None, :] >= g
-            key_ok = not_global if key_ok is None else key_ok & not_global
         return BlockLayout(
             block=w,
             index=blocks.clamp(0, nb - 1),
             slot_ok=(blocks >= 0) & (blocks < nb),
-            key_ok=key_ok,
+            key_ok=real_keys,
             causal_slot=self.offsets.index(0) if self.causal else None,
             num_global=g,
             global_ok=None if mask is None else mask[:, :g],

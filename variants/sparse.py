@@ -94,15 +94,11 @@ class SparseAttention(variants.Attention):
         nb = padded // b
         index, slot_ok = self.block_layout(nb, device)
         real_keys = key_validity(mask, seq, padded, device)
-        key_ok = real_keys
-        if g > 0:  # global keys are appended to every window; inside the gathered blocks they are masked
-            not_global = torch.arange(padded, device=device)[None, :] >= g
-            key_ok = not_global if key_ok is None else key_ok & not_global
         return BlockLayout(
             block=b,
             index=(index - 1).clamp(0, nb - 1),  # block_layout counts a virtual empty block first
             slot_ok=slot_ok,
-            key_ok=key_ok,
+            key_ok=real_keys,
             num_global=g,
             global_ok=None if mask is None else mask[:, :g],
             real_keys=real_keys,

@@ -47,19 +47,15 @@ class StridedAttention(variants.Attention):
         return allowed & (j <= i) if self.causal else allowed
 
     def layout(self, seq: int, mask: torch.Tensor | None, device: torch.device) -> BlockLayout:
-        """One slot (the query's own block); the summary tokens are global keys, masked inside the windows."""
+        """One slot (the query's own block); the summary tokens are the kernel's global keys."""
         b = self.block
         padded = seq + (-seq % b)
         nb = padded // b
         summary = self.summary_positions(seq, device)
-        key_ok = key_validity(mask, seq, padded, device)
-        if summary.numel():  # each summary key is seen once: from the appended keys, never inside its block
-            not_summary = torch.arange(padded, device=device) % b < b - self.summary
-            key_ok = not_summary[None, :] if key_ok is None else key_ok & not_summary
         return BlockLayout(
             block=b,
             index=torch.arange(nb, device=device)[:, None],
-            key_ok=key_ok,
+            key_ok=key_validity(mask, seq, padded, device),
             causal_slot=0 if self.causal else None,
             num_global=summary.numel(),
             global_ok=None if mask is None else mask[:, summary],
