@@ -173,6 +173,7 @@ def saved_bytes(fn) -> int:
         ("linear", True),
         ("performer", False),
         ("performer", True),
+        ("reformer", False),
     ],
 )
 def test_lean_variants_save_only_inputs_output_and_row_statistics(name, causal):

@@ -8,6 +8,7 @@ from helpers import build_variant, qkv, values_and_grads
 
 import variants
 import variants._linear
+import variants._lsh
 from variants.linear import elu_features
 
 
@@ -198,9 +199,11 @@ def reformer_dense(attn, q, k, v, mask):
     return (torch.stack(outs) * weights).sum(0).view(batch, heads, padded, dim)[:, :, :seq]
 
 
+@pytest.mark.parametrize("chunk_elements", [1, variants._lsh.CHUNK_ELEMENTS])  # one sorted chunk per piece, or all
 @pytest.mark.parametrize("with_mask", [False, True])
 @pytest.mark.parametrize("seq", [64, 75])  # whole chunks, and a ragged length padded inside
-def test_reformer_matches_its_dense_definition_with_the_same_buckets(seq, with_mask):
+def test_reformer_matches_its_dense_definition_with_the_same_buckets(seq, with_mask, chunk_elements, monkeypatch):
+    monkeypatch.setattr(variants._lsh, "CHUNK_ELEMENTS", chunk_elements)
     attn = build_variant("reformer", bucket_size=8, n_hashes=3)
     q, k, v = qkv(2, seq)
     mask = padding_mask(2, seq) if with_mask else None
@@ -238,6 +241,23 @@ def test_reformer_with_shared_qk_matches_reformer_pytorch(with_mask, monkeypatch
     ours = values_and_grads(lambda q, k, v: attn(q, q, v, mask), q, q, v, mask, weights)
     theirs = values_and_grads(peer_fn, q, q, v, mask, weights)
     assert_same(ours, theirs, mask)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_reformer_gradcheck_in_float64(dropout, monkeypatch):
+    """The custom backward (recomputed scores, rounds joined in one softmax) is the derivative of its forward."""
+    monkeypatch.setattr(variants._lsh, "CHUNK_ELEMENTS", 1)  # several pieces per round
+    attn = build_variant("reformer", bucket_size=2, n_hashes=3, dropout=dropout, heads=1, dim_head=4).double()
+    seq = 13  # padded inside to 16
+    mask = torch.ones(2, seq, dtype=torch.bool)
+    mask[1, 9:] = False
+    q, k, v = (torch.randn(2, 1, seq, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+
+    def run(q, k, v):
+        torch.manual_seed(0)  # the same dropout mask on every evaluation
+        return attn(q, k, v, mask) * mask[:, None, :, None]  # padded query rows are unspecified
+
+    assert torch.autograd.gradcheck(run, (q, k, v), eps=1e-6, atol=1e-6)
 
 
 def test_reformer_refuses_causal_and_names_who_can():

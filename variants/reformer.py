@@ -8,8 +8,9 @@ before it (the first chunk of a round looks back at the last chunk of the round
 before, as in the reference). Keys are unit-normalized, attention to a query's
 own position gets a large negative logit (used only when nothing else is
 there), and the rounds' outputs are combined by their log-sum-exps. Time and
-memory O(n * n_hashes * bucket_size); each round runs under activation
-checkpointing, so training keeps only the inputs and one output per round.
+memory O(n * n_hashes * bucket_size); the kernel (``variants/_lsh.py``) is a
+custom autograd function that recomputes each chunk's scores in backward, so
+training keeps only q, k, v, the output and one log-sum-exp per round and query.
 
 The paper shares queries and keys (``qk``); the contract hands a variant
 separate ``q`` and ``k``, so queries hash and sort by ``q`` and keys by ``k``
@@ -28,11 +29,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 import variants
-
-SELF_LOGIT = -5e4  # the reference's value for attention to oneself: only used when no other key is allowed
+from variants._lsh import LshLayout, lsh_attention
 
 
 @variants.register("reformer")
@@ -77,53 +76,9 @@ class ReformerAttention(variants.Attention):
             valid = F.pad(valid, (0, padded - seq), value=False).repeat_interleave(heads, dim=0)  # (BH, P)
         q, k, v = (F.pad(t, (0, 0, 0, padded - seq)).flatten(0, 1) for t in (q, k, v))  # (BH, P, Dh)
         rotations = self.rotations(padded // b, q.device)
-        order_q, order_k = self.hash_order(q, rotations), self.hash_order(k, rotations)
-        outs, lses = [], []
-        for r in range(self.n_hashes):
-            previous_last = order_k[:, r - 1, -b:]  # round r - 1's last key chunk (r = 0: the last round's)
-            args = (q, k, v, order_q[:, r], order_k[:, r], previous_last, valid)
-            if torch.is_grad_enabled():  # backward recomputes the round: only its inputs and outputs are kept
-                out, lse = checkpoint(self._round, *args, use_reentrant=False)
-            else:
-                out, lse = self._round(*args)
-            outs.append(out)
-            lses.append(lse)
-        weights = torch.stack(lses).softmax(dim=0)  # (R, BH, P, 1): rounds combined by their log-sum-exps
-        out = (torch.stack(outs) * weights).sum(dim=0)
+        orders = (self.hash_order(x, rotations).int() for x in (q, k))
+        out = lsh_attention(q, k, v, LshLayout(*orders, b, valid), dropout_p=self.dropout_p)
         return out.view(batch, heads, padded, dim)[:, :, :seq]
-
-    def _round(self, q, k, v, order_q, order_k, previous_last, valid):
-        """One hashing round: ``(BH, P, Dh)`` output and ``(BH, P, 1)`` log-sum-exp, in original order."""
-        bh, padded, dim = q.shape
-        b = self.bucket_size
-        chunks = padded // b
-
-        def gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-            return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
-
-        key_pos = torch.cat([order_k, previous_last], dim=1)  # the sorted keys, then the wrapped look-back chunk
-        keys = F.normalize(gather(k, key_pos), dim=-1)  # unit keys, as the reference
-        values = gather(v, key_pos)
-
-        def look_one_back(x: torch.Tensor) -> torch.Tensor:
-            """``(BH, C, 2b, ...)``: each chunk's keys and the chunk before it (chunk 0: the appended one)."""
-            own = x[:, :padded].view(bh, chunks, b, *x.shape[2:])
-            back = torch.cat([x[:, padded:], x[:, : padded - b]], dim=1).view(bh, chunks, b, *x.shape[2:])
-            return torch.cat([own, back], dim=2)
-
-        keys, values, key_pos = look_one_back(keys), look_one_back(values), look_one_back(key_pos)
-        queries = gather(q, order_q).view(bh, chunks, b, dim)
-        query_pos = order_q.view(bh, chunks, b)
-        dots = ((queries @ keys.transpose(-1, -2)) * dim**-0.5).float()  # (BH, C, b, 2b), softmax in fp32
-        if valid is not None:
-            key_ok = valid.gather(1, key_pos.flatten(1)).view_as(key_pos)
-            dots = dots.masked_fill(~key_ok[:, :, None, :], torch.finfo(dots.dtype).min)
-        dots = dots.masked_fill(query_pos[..., None] == key_pos[:, :, None, :], SELF_LOGIT)
-        lse = dots.logsumexp(dim=-1, keepdim=True)
-        probs = F.dropout(torch.exp(dots - lse), p=self.dropout_p).to(values.dtype)
-        sorted_out = (probs @ values).view(bh, padded, dim)
-        undo = order_q.argsort(dim=-1)
-        return gather(sorted_out, undo), gather(lse.view(bh, padded, 1).to(q.dtype), undo)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bucket_size={self.bucket_size}, n_hashes={self.n_hashes}, seed={self.seed}"
