@@ -118,6 +118,13 @@ def summarize(records: list[dict[str, Any]], seq_lens: list[int]) -> str:
         mem=frame.apply(lambda r: f"{r['peak_mib']:.0f}" if r["status"] == "ok" else r["status"], axis=1)
     )
     out.append(mem.pivot(index="label", columns="seq_len", values="mem").to_string())
+    if "floor_mib" in ok and not ok.empty:
+        working = ok.assign(working=ok.peak_mib - ok.floor_mib)
+        floors = ", ".join(f"{n}: {f:.0f}" for n, f in ok.groupby("seq_len").floor_mib.first().items())
+        out.append(
+            f"\nworking memory: peak minus the floor every variant pays (output, q/k/v gradients: {floors}), MiB"
+        )
+        out.append(working.pivot(index="label", columns="seq_len", values="working").round(0).to_string())
     if "fwd_bwd_gflops_per_s" in ok and not ok.empty:
         peak = ok.apply(lambda r: r["hardware"]["matmul_gflops"].get(r["dtype"], float("nan")), axis=1)
         cells = ok.assign(
@@ -138,6 +145,11 @@ def summarize(records: list[dict[str, Any]], seq_lens: list[int]) -> str:
                 f"fwd x/doubling {lo}-{hi}": growth_per_doubling(g.fwd_ms, lo, hi),
                 "fwd+bwd x/doubling": growth_per_doubling(g.fwd_bwd_ms, lo, hi),
                 "memory x/doubling": growth_per_doubling(g.peak_mib, lo, hi),
+                **(
+                    {"working memory x/doubling": growth_per_doubling(g.peak_mib - g.floor_mib, lo, hi)}
+                    if "floor_mib" in g
+                    else {}
+                ),
             }
         )
     if growth:

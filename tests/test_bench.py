@@ -26,6 +26,9 @@ def test_bench_records_every_point_and_prints_tables(tmp_path, capsys):
     assert "peak memory of one forward+backward step" in printed and "linformer (bidir)" in printed
     assert all(r["fwd_bwd_gflops_per_s"] > 0 and r["hardware"]["matmul_gflops"]["fp32"] > 0 for r in lines)
     assert "% of the measured matmul peak" in printed
+    # the floor is the output and three input gradients: 4 x (1, 2, 256, 8) fp32
+    assert all(r["floor_mib"] == 4 * 2 * 256 * 8 * 4 / 2**20 for r in lines)
+    assert "working memory: peak minus the floor" in printed
 
 
 @pytest.mark.parametrize("name", variants.names())

@@ -56,7 +56,9 @@ def core_probe(
     as under mixed precision. ``budget_s`` caps the timed calls of a slow point
     (at least 3 are taken). ``fwd_bwd_flops`` counts the matmul FLOPs one
     forward+backward step executes (recomputation included, see
-    :func:`runners.measure.flops.count_flops`).
+    :func:`runners.measure.flops.count_flops`). ``floor_mib`` is the part of
+    ``peak_mib`` no variant can avoid (output and input gradients, which grow
+    linearly in n), so ``peak_mib - floor_mib`` is the variant's working memory.
     """
     device_ = torch.device(device)
     torch.manual_seed(0)
@@ -97,4 +99,6 @@ def core_probe(
         forward_backward()  # a first step outside the measurement: lazily built state is not the step's
         repeats_memory = 3 if time.perf_counter() - started < 5 else 1  # the median of 3 where affordable
         result["peak_mib"] = measure_step_peak(forward_backward, device_, repeats=repeats_memory).added_mib
+        # what any exact-gradient attention must hold at the step's end: the output and the q, k, v gradients
+        result["floor_mib"] = 4 * q.numel() * q.element_size() / 2**20
     return result
