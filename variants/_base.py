@@ -12,6 +12,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+State = dict[str, torch.Tensor]  # what a decoding variant carries from one token to the next
+
 
 class AttentionError(ValueError):
     """Base class for every error the registry raises on bad requests."""
@@ -66,6 +68,9 @@ class Attention(nn.Module):
     # The hyperparameter that buys accuracy with compute, and values to try: the approximation probe
     # (runners.maps) plots error against it. None: the variant has no such knob (exact attention).
     budget: ClassVar[tuple[str, tuple[int, ...]] | None] = None
+    # Token-by-token causal decoding: the variant implements ``init_state`` and ``decode_step`` (and may
+    # override ``prefill`` with a parallel form). The contract checks stepwise == causal parallel output.
+    supports_decoding: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -118,6 +123,57 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """The variant's mixing step, called with validated inputs."""
         raise NotImplementedError
+
+    def init_state(
+        self, batch: int, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> State:
+        """The state before the first token: an empty KV cache, a zero summary. Decoding variants override it."""
+        self._check_decoding()
+        raise NotImplementedError
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Attend one new token ``(B, H, 1, Dh)`` over every token so far; returns its output and the new state.
+
+        Equals the causal parallel output at that position. The state passed in
+        may be reused (updated in place or replaced); use the one returned.
+        """
+        self._check_decoding()
+        if q.dim() != 4 or q.shape[2] != 1 or q.shape != k.shape or q.shape != v.shape:
+            raise ValueError(
+                f"{self.name}: step takes one token, q, k, v of shape (batch, heads, 1, dim_head); "
+                f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            )
+        return self.decode_step(q, k, v, state)
+
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """Causal outputs of a whole prompt ``(B, H, N, Dh)`` and the state after its last token.
+
+        The default steps through the prompt; variants override it with their parallel form.
+        """
+        self._check_decoding()
+        self._check_inputs(q, k, v, None)
+        state = self.init_state(q.shape[0], device=q.device, dtype=q.dtype)
+        outs = []
+        for t in range(q.shape[2]):
+            out, state = self.decode_step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], state)
+            outs.append(out)
+        return torch.cat(outs, dim=2), state
+
+    def decode_step(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
+        """The variant's one-token step, called with validated inputs."""
+        raise NotImplementedError
+
+    def _check_decoding(self) -> None:
+        if not self.supports_decoding:
+            from variants._registry import decoding_names  # the registry imports this module
+
+            raise UnsupportedError(
+                f"{self.name} cannot decode token by token; variants that can: {', '.join(decoding_names())}"
+            )
+        if not self.causal:
+            raise UnsupportedError(f"{self.name}: decoding is causal; build it with causal=True")
 
     def on_train_step(self, step: int) -> None:
         """Called by the training loop once per optimizer step, never inside ``forward``.

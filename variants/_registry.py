@@ -57,6 +57,11 @@ def causal_names() -> list[str]:
     return [n for n in names() if _REGISTRY[n].supports_causal]
 
 
+def decoding_names() -> list[str]:
+    """Names of the variants that can decode token by token (``init_state``/``step``)."""
+    return [n for n in names() if _REGISTRY[n].supports_decoding]
+
+
 def hyperparameters(name: str) -> dict[str, Any]:
     """The variant's own hyperparameters and their defaults (beyond the common ones)."""
     params = inspect.signature(get(name).__init__).parameters

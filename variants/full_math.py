@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import variants
+from variants._decoding import append_to_cache, cache_from_prompt, empty_cache, softmax_over_cache
 from variants._masks import dense_allowed
 
 
@@ -30,6 +31,7 @@ class FullMathAttention(variants.Attention):
     """
 
     supports_causal = True
+    supports_decoding = True  # a KV cache: every key and value so far
 
     def __init__(self, *, keep_probs: bool = False, **common) -> None:
         super().__init__(**common)
@@ -46,3 +48,15 @@ class FullMathAttention(variants.Attention):
         if self.keep_probs:
             self.last_probs = probs.detach()
         return F.dropout(probs, p=self.dropout_p) @ v  # (B, H, N, Dh)
+
+    def init_state(self, batch, *, device="cpu", dtype=torch.float32):
+        self._check_decoding()
+        return empty_cache(batch, self.heads, self.dim_head, device, dtype)
+
+    def decode_step(self, q, k, v, state):
+        state = append_to_cache(state, k, v)
+        return softmax_over_cache(q, state, fused=False), state
+
+    def prefill(self, q, k, v):
+        self._check_decoding()
+        return self(q, k, v), cache_from_prompt(k, v)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import variants
+from variants._decoding import SummaryDecoding
 from variants._linear import linear_attention
 
 
@@ -28,10 +29,11 @@ def elu_feature_logits(x: torch.Tensor) -> torch.Tensor:
 
 
 @variants.register("linear")
-class LinearAttention(variants.Attention):
+class LinearAttention(SummaryDecoding, variants.Attention):
     """Normalized ``phi(Q) (phi(K)^T V)`` with ``phi = elu + 1``: O(n d^2).
 
     No attention dropout (the weights are never formed; ``build`` refuses it).
+    Decoding keeps the constant ``(Dh, Dh)`` summary of the causal scan.
     """
 
     supports_causal = True
@@ -41,6 +43,13 @@ class LinearAttention(variants.Attention):
         super().__init__(**common)
         variants.check_range("chunk_size", chunk_size, low=1)
         self.chunk_size = chunk_size
+        self.num_features = self.dim_head
+
+    def query_feature_rows(self, q, start, end):
+        return elu_features(q)
+
+    def key_logit_rows(self, k, start, end):
+        return elu_feature_logits(k)
 
     def attend(self, q, k, v, mask):
         with torch.autocast(device_type=q.device.type, enabled=False):
@@ -48,11 +57,8 @@ class LinearAttention(variants.Attention):
             dtype = torch.promote_types(q.dtype, torch.float32)  # sums over n keys: fp32 at least
             q, k, v = (t.to(dtype) for t in (q, k, v))
 
-            def queries(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
-                return elu_features(x)
-
             def keys(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
-                logits = elu_feature_logits(x)
+                logits = self.key_logit_rows(x, start, end)
                 if mask is not None:
                     logits = logits.masked_fill(~mask[:, None, start:end, None], float("-inf"))
                 return logits
@@ -61,9 +67,9 @@ class LinearAttention(variants.Attention):
                 q,
                 k,
                 v,
-                query_features=queries,
+                query_features=self.query_feature_rows,
                 key_logits=keys,
-                num_features=self.dim_head,
+                num_features=self.num_features,
                 causal=self.causal,
                 chunk=self.chunk_size,
             )

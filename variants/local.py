@@ -14,6 +14,7 @@ import torch
 
 import variants
 from variants._blocks import BlockLayout, blocked_attention, key_validity
+from variants._decoding import append_to_cache, cache_from_prompt, empty_cache, softmax_over_cache
 
 
 @variants.register("local")
@@ -21,6 +22,7 @@ class LocalAttention(variants.Attention):
     """Each query sees the neighbouring ``window``-sized chunks: O(n * window) time, O(n) memory."""
 
     supports_causal = True
+    supports_decoding = True  # a window cache: at most 2 * window keys
     budget = ("window", (8, 16, 32, 64, 128, 256))
 
     def __init__(self, *, window: int = 128, **common) -> None:
@@ -46,6 +48,23 @@ class LocalAttention(variants.Attention):
         padded = seq + (-seq % w)
         layout = self.layout(padded // w, key_validity(mask, seq, padded, q.device), q.device)
         return blocked_attention(q, k, v, layout, dropout_p=self.dropout_p)
+
+    def visible(self, position: int) -> int:
+        """How many keys the causal query at ``position`` sees: its chunk up to itself and the chunk before."""
+        start = max(0, (position // self.window - 1) * self.window)
+        return position - start + 1
+
+    def init_state(self, batch, *, device="cpu", dtype=torch.float32):
+        self._check_decoding()
+        return empty_cache(batch, self.heads, self.dim_head, device, dtype)
+
+    def decode_step(self, q, k, v, state):
+        state = append_to_cache(state, k, v, keep=self.visible(int(state["position"])))
+        return softmax_over_cache(q, state, fused=True), state
+
+    def prefill(self, q, k, v):
+        self._check_decoding()
+        return self(q, k, v), cache_from_prompt(k, v, keep=self.visible(q.shape[2] - 1))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window={self.window}"

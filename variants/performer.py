@@ -21,6 +21,7 @@ import math
 import torch
 
 import variants
+from variants._decoding import SummaryDecoding
 from variants._linear import linear_attention
 
 
@@ -52,12 +53,13 @@ def key_logits(x_proj: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor | N
 
 
 @variants.register("performer")
-class PerformerAttention(variants.Attention):
+class PerformerAttention(SummaryDecoding, variants.Attention):
     """FAVOR+ linear attention with ``nb_features`` positive orthogonal random features.
 
     No attention dropout: the weights ``phi(q) . phi(k)`` are never formed, so
     there is nothing to drop (the reference ``performer-pytorch`` has none
-    either); ``build`` refuses ``dropout > 0``.
+    either); ``build`` refuses ``dropout > 0``. Decoding keeps the constant
+    ``(nb_features, Dh)`` summary of the causal scan.
     """
 
     supports_causal = True
@@ -76,7 +78,7 @@ class PerformerAttention(variants.Attention):
         variants.check_range("nb_features", nb_features, low=1)
         variants.check_range("redraw_interval", redraw_interval, low=0)
         variants.check_range("chunk_size", chunk_size, low=1)
-        self.nb_features = nb_features
+        self.nb_features = self.num_features = nb_features
         self.redraw_interval = redraw_interval
         self.chunk_size = chunk_size
         self.register_buffer("features", torch.empty(nb_features, self.dim_head))
@@ -87,6 +89,12 @@ class PerformerAttention(variants.Attention):
         """Draw a fresh projection from the global RNG, pre-scaled by ``d^-1/4``."""
         fresh = orthogonal_gaussian_features(self.nb_features, self.dim_head) * self.dim_head**-0.25
         self.features.copy_(fresh.to(self.features.device))
+
+    def query_feature_rows(self, q, start, end):
+        return query_features(q @ self.features.to(q.dtype).T)
+
+    def key_logit_rows(self, k, start, end):
+        return key_logits(k @ self.features.to(k.dtype).T, k, None)
 
     def on_train_step(self, step: int) -> None:
         if self.redraw_interval and step > 0 and step % self.redraw_interval == 0:

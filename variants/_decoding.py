@@ -1,0 +1,135 @@
+"""State kept between tokens when decoding: KV caches, windows, and feature-map summaries.
+
+Three kinds of state cover the decoding variants. Softmax attention keeps
+every key and value seen (a KV cache that grows with n); a sliding window
+keeps only the keys its next query can see; linear (feature-map) attention
+keeps a constant ``(m, Dh)`` summary ``sum_j phi(k_j) v_j^T`` and ``sum_j
+phi(k_j)``, exactly what its causal prefix scan carries between chunks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from variants._base import State
+from variants._linear import TINY
+
+
+def state_bytes(state: State) -> int:
+    """Memory the state holds, in bytes (tensors only)."""
+    return sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
+
+
+def empty_cache(batch: int, heads: int, dim_head: int, device, dtype) -> State:
+    """A KV cache holding no token yet."""
+    empty = torch.empty(batch, heads, 0, dim_head, device=device, dtype=dtype)
+    return {"k": empty, "v": empty.clone(), "position": torch.zeros((), dtype=torch.long, device=device)}
+
+
+def append_to_cache(state: State, k: torch.Tensor, v: torch.Tensor, *, keep: int | None = None) -> State:
+    """The cache with ``k``, ``v`` appended, cut to its last ``keep`` tokens (None: all)."""
+    keys = torch.cat([state["k"], k.to(state["k"].dtype)], dim=2)
+    values = torch.cat([state["v"], v.to(state["v"].dtype)], dim=2)
+    if keep is not None and keys.shape[2] > keep:
+        keys, values = keys[:, :, -keep:].contiguous(), values[:, :, -keep:].contiguous()
+    return {"k": keys, "v": values, "position": state["position"] + k.shape[2]}
+
+
+def cache_from_prompt(k: torch.Tensor, v: torch.Tensor, *, keep: int | None = None) -> State:
+    """The cache after a whole prompt: its keys and values (the last ``keep`` of them)."""
+    start = 0 if keep is None else max(0, k.shape[2] - keep)
+    position = torch.tensor(k.shape[2], dtype=torch.long, device=k.device)
+    return {"k": k[:, :, start:].contiguous(), "v": v[:, :, start:].contiguous(), "position": position}
+
+
+def softmax_over_cache(q: torch.Tensor, state: State, *, fused: bool) -> torch.Tensor:
+    """One query ``(B, H, 1, Dh)`` attending to every cached key: no mask, all are in its past."""
+    keys, values = state["k"].to(q.dtype), state["v"].to(q.dtype)
+    if fused:
+        return F.scaled_dot_product_attention(q, keys, values)
+    scores = (q @ keys.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    return scores.softmax(dim=-1) @ values
+
+
+def empty_summary(batch: int, heads: int, num_features: int, dim_head: int, device, dtype) -> State:
+    """Feature-map state before any token: zero summary and normalizer, stabilizer at the dtype's minimum."""
+    dtype = torch.promote_types(dtype, torch.float32)  # sums over n keys: fp32 at least
+    return {
+        "context": torch.zeros(batch, heads, num_features, dim_head, device=device, dtype=dtype),
+        "norm": torch.zeros(batch, heads, num_features, device=device, dtype=dtype),
+        "running": torch.full((batch, heads, 1, 1), torch.finfo(dtype).min, device=device, dtype=dtype),
+    }
+
+
+def add_to_summary(state: State, key_logits: torch.Tensor, v: torch.Tensor) -> State:
+    """Fold keys ``exp(key_logits)`` ``(B, H, T, m)`` and values ``(B, H, T, Dh)`` into the summary.
+
+    Key features are kept relative to a running maximum of their logits (the
+    stabilizer of the causal kernel in :mod:`variants._linear`), rescaling the
+    summary when it grows; it cancels in the normalized output.
+    """
+    dtype = state["context"].dtype
+    key_logits, v = key_logits.to(dtype), v.to(dtype)
+    floor = torch.finfo(dtype).min
+    running = torch.maximum(state["running"], key_logits.amax(dim=(-2, -1), keepdim=True).clamp_min(floor))
+    decay = torch.exp(state["running"] - running)
+    key_feat = torch.exp(key_logits - running)
+    return {
+        "context": state["context"] * decay + key_feat.transpose(-2, -1) @ v,
+        "norm": state["norm"] * decay[..., 0] + key_feat.sum(dim=-2),
+        "running": running,
+    }
+
+
+def read_summary(query_feat: torch.Tensor, state: State) -> torch.Tensor:
+    """Normalized ``phi(q) . summary`` for queries ``(B, H, T, m)``: zeros where every feature underflowed."""
+    query_feat = query_feat.to(state["context"].dtype)
+    den = query_feat @ state["norm"][..., None]
+    return (query_feat @ state["context"]) / den.clamp_min(TINY)
+
+
+class SummaryDecoding:
+    """Decoding for feature-map attention, mixed in before :class:`variants.Attention`.
+
+    The variant gives ``num_features`` and the two feature functions of its
+    kernel, ``query_feature_rows(q, start, end)`` (positive features) and
+    ``key_logit_rows(k, start, end)`` (logarithms of the key features), for
+    rows at absolute positions ``start:end`` (cosFormer's depend on them).
+    """
+
+    supports_decoding: ClassVar[bool] = True
+    num_features: int
+
+    def query_feature_rows(self, q: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def key_logit_rows(self, k: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def init_state(self, batch, *, device="cpu", dtype=torch.float32):
+        self._check_decoding()
+        state = empty_summary(batch, self.heads, self.num_features, self.dim_head, device, dtype)
+        return state | {"position": torch.zeros((), dtype=torch.long, device=device)}
+
+    def decode_step(self, q, k, v, state):
+        return self._fold(q, k, v, state)
+
+    def prefill(self, q, k, v):
+        self._check_decoding()
+        state = self.init_state(q.shape[0], device=q.device, dtype=q.dtype)
+        _, state = self._fold(q[:, :, :0], k, v, state)
+        return self(q, k, v), state
+
+    def _fold(self, q, k, v, state):
+        """Add keys ``k``, values ``v`` at the next positions to the state; read queries ``q`` from the result."""
+        with torch.autocast(q.device.type, enabled=False):
+            dtype = state["context"].dtype
+            start = int(state["position"])
+            end = start + k.shape[2]
+            summary = add_to_summary(state, self.key_logit_rows(k.to(dtype), start, end), v)
+            out = read_summary(self.query_feature_rows(q.to(dtype), start, end), summary)
+        return out.to(q.dtype), summary | {"position": state["position"] + k.shape[2]}
