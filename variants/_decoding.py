@@ -65,15 +65,21 @@ def empty_summary(batch: int, heads: int, num_features: int, dim_head: int, devi
     }
 
 
-def add_to_summary(state: State, key_logits: torch.Tensor, v: torch.Tensor) -> State:
+def add_to_summary(state: State, key_logits: torch.Tensor, v: torch.Tensor, *, signed: bool = False) -> State:
     """Fold keys ``exp(key_logits)`` ``(B, H, T, m)`` and values ``(B, H, T, Dh)`` into the summary.
 
     Key features are kept relative to a running maximum of their logits (the
     stabilizer of the causal kernel in :mod:`variants._linear`), rescaling the
-    summary when it grows; it cancels in the normalized output.
+    summary when it grows; it cancels in the normalized output. ``signed``:
+    ``key_logits`` are the features themselves (see ``linear_attention``).
     """
     dtype = state["context"].dtype
     key_logits, v = key_logits.to(dtype), v.to(dtype)
+    if signed:
+        return state | {
+            "context": state["context"] + key_logits.transpose(-2, -1) @ v,
+            "norm": state["norm"] + key_logits.sum(dim=-2),
+        }
     floor = torch.finfo(dtype).min
     running = torch.maximum(state["running"], key_logits.amax(dim=(-2, -1), keepdim=True).clamp_min(floor))
     decay = torch.exp(state["running"] - running)
@@ -102,7 +108,12 @@ class SummaryDecoding:
     """
 
     supports_decoding: ClassVar[bool] = True
+    signed_features: ClassVar[bool] = False  # key_logit_rows gives the features themselves (see linear_attention)
     num_features: int
+
+    def feature_inputs(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the feature functions read: q and k, or the variant's learned projections of them."""
+        return q, k
 
     def query_feature_rows(self, q: torch.Tensor, start: int, end: int) -> torch.Tensor:
         raise NotImplementedError
@@ -125,11 +136,14 @@ class SummaryDecoding:
         return self(q, k, v), state
 
     def _fold(self, q, k, v, state):
-        """Add keys ``k``, values ``v`` at the next positions to the state; read queries ``q`` from the result."""
+        """Add keys ``k``, values ``v`` at the next positions; read queries ``q`` (the last of them) from the result."""
         with torch.autocast(q.device.type, enabled=False):
             dtype = state["context"].dtype
+            q, k = self.feature_inputs(q.to(dtype), k.to(dtype))
             start = int(state["position"])
             end = start + k.shape[2]
-            summary = add_to_summary(state, self.key_logit_rows(k.to(dtype), start, end), v)
-            out = read_summary(self.query_feature_rows(q.to(dtype), start, end), summary)
+            key_logits = self.key_logit_rows(k.to(dtype), start, end)
+            summary = add_to_summary(state, key_logits, v, signed=self.signed_features)
+            query_feat = self.query_feature_rows(q.to(dtype), end - q.shape[2], end)  # the last rows
+            out = read_summary(query_feat, summary)
         return out.to(q.dtype), summary | {"position": state["position"] + k.shape[2]}

@@ -37,9 +37,19 @@ def _row_chunks(length: int, rows: int) -> list[tuple[int, int]]:
     return [(start, min(start + rows, length)) for start in range(0, length, rows)]
 
 
-def _stabilizer(logits: torch.Tensor) -> torch.Tensor:
-    """Max over rows and features per (batch, head), ``(B, H, 1, 1)``; finite even when every key is masked."""
+def _stabilizer(logits: torch.Tensor, signed: bool) -> torch.Tensor:
+    """Max over rows and features per (batch, head), ``(B, H, 1, 1)``; finite even when every key is masked.
+
+    Zero for signed features, which are used as they are.
+    """
+    if signed:
+        return logits.new_zeros(*logits.shape[:2], 1, 1)
     return logits.detach().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(logits.dtype).min)
+
+
+def _exp_(logits: torch.Tensor, scale: torch.Tensor, signed: bool) -> torch.Tensor:
+    """Key features from key logits relative to ``scale``, in place (signed features: unchanged)."""
+    return logits if signed else logits.sub_(scale).exp_()
 
 
 def _with_grad(fn: FeatureFn, x: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,16 +87,16 @@ def _rescale(state: torch.Tensor, norm: torch.Tensor, old: torch.Tensor, new: to
 
 class _Bidirectional(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, query_features: FeatureFn, key_logits: FeatureFn, num_features: int):
+    def forward(ctx, q, k, v, query_features: FeatureFn, key_logits: FeatureFn, num_features: int, signed: bool):
         batch, heads, seq, _ = v.shape
         rows = max(1, CHUNK_ELEMENTS // (batch * heads * num_features))
         with torch.no_grad():
             context, norm, running = _zero_state(v, num_features)
             for start, end in _row_chunks(seq, rows):  # keys: the (m, Dh) summary, stabilized online
                 logits = key_logits(k[:, :, start:end], start, end)
-                new_running = torch.maximum(running, _stabilizer(logits))
+                new_running = torch.maximum(running, _stabilizer(logits, signed))
                 context, norm = _rescale(context, norm, running, new_running)
-                key_feat = logits.sub_(new_running).exp_()
+                key_feat = _exp_(logits, new_running, signed)
                 context += key_feat.transpose(-2, -1) @ v[:, :, start:end]
                 norm += key_feat.sum(dim=-2)
                 running = new_running
@@ -97,7 +107,7 @@ class _Bidirectional(torch.autograd.Function):
                 den[:, :, start:end] = (query_feat @ norm[..., None]).squeeze(-1)
                 out[:, :, start:end] = (query_feat @ context) / den[:, :, start:end].clamp_min(TINY)[..., None]
         ctx.save_for_backward(q, k, v, out, den, context, norm, running)
-        ctx.query_features, ctx.key_logits, ctx.rows = query_features, key_logits, rows
+        ctx.query_features, ctx.key_logits, ctx.rows, ctx.signed = query_features, key_logits, rows, signed
         return out
 
     @staticmethod
@@ -116,16 +126,18 @@ class _Bidirectional(torch.autograd.Function):
             d_norm += (query_feat * d_den[..., None]).sum(dim=-2)
         for start, end in _row_chunks(seq, ctx.rows):  # keys: dk and dv
             leaf, logits = _with_grad(ctx.key_logits, k, start, end)
-            key_feat = torch.exp(logits.detach() - running)
+            key_feat = _exp_(logits.detach().clone(), running, ctx.signed)
             grad_v[:, :, start:end] = key_feat @ d_context
             d_feat = v[:, :, start:end] @ d_context.transpose(-2, -1) + d_norm[..., None, :]
-            grad_k[:, :, start:end] = _pull_back(leaf, logits, d_feat.mul_(key_feat))
-        return grad_q, grad_k, grad_v, None, None, None
+            grad_k[:, :, start:end] = _pull_back(leaf, logits, d_feat if ctx.signed else d_feat.mul_(key_feat))
+        return grad_q, grad_k, grad_v, None, None, None, None
 
 
 class _Causal(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, query_features: FeatureFn, key_logits: FeatureFn, num_features: int, chunk: int):
+    def forward(
+        ctx, q, k, v, query_features: FeatureFn, key_logits: FeatureFn, num_features: int, chunk: int, signed: bool
+    ):
         seq = v.shape[2]
         out = torch.empty_like(v)
         den = v.new_empty(v.shape[:3])
@@ -136,10 +148,10 @@ class _Causal(torch.autograd.Function):
             for number, (start, end) in enumerate(chunks):
                 query_feat = query_features(q[:, :, start:end], start, end)
                 logits = key_logits(k[:, :, start:end], start, end)
-                new_running = torch.maximum(running, _stabilizer(logits))
+                new_running = torch.maximum(running, _stabilizer(logits, signed))
                 state, norm = _rescale(state, norm, running, new_running)
                 running = stabilizers[..., number : number + 1] = new_running
-                key_feat = logits.sub_(running).exp_()
+                key_feat = _exp_(logits, running, signed)
                 v_chunk = v[:, :, start:end]
                 within = (query_feat @ key_feat.transpose(-2, -1)).tril_()  # (B, H, C, C): causal inside the chunk
                 den[:, :, start:end] = (query_feat @ norm[..., None]).squeeze(-1) + within.sum(dim=-1)
@@ -149,7 +161,7 @@ class _Causal(torch.autograd.Function):
                 norm += key_feat.sum(dim=-2)
         ctx.save_for_backward(q, k, v, out, den, stabilizers)
         ctx.query_features, ctx.key_logits = query_features, key_logits
-        ctx.num_features, ctx.chunk = num_features, chunk
+        ctx.num_features, ctx.chunk, ctx.signed = num_features, chunk, signed
         return out
 
     @staticmethod
@@ -169,7 +181,7 @@ class _Causal(torch.autograd.Function):
             d_num, d_den = chunk_grads(start, end)
             leaf, query_feat = _with_grad(ctx.query_features, q, start, end)
             with torch.no_grad():
-                key_feat = ctx.key_logits(k[:, :, start:end], start, end).sub_(scale).exp_()
+                key_feat = _exp_(ctx.key_logits(k[:, :, start:end], start, end), scale, ctx.signed)
             v_chunk = v[:, :, start:end]
             d_within = (d_num @ v_chunk.transpose(-2, -1) + d_den[..., None]).tril_()  # d(weight_ij), j <= i
             d_feat = d_num @ state.transpose(-2, -1) + d_den[..., None] * norm[..., None, :] + d_within @ key_feat
@@ -189,18 +201,18 @@ class _Causal(torch.autograd.Function):
             with torch.no_grad():
                 query_feat = ctx.query_features(q[:, :, start:end], start, end)
             leaf, logits = _with_grad(ctx.key_logits, k, start, end)
-            key_feat = torch.exp(logits.detach() - scale)
+            key_feat = _exp_(logits.detach().clone(), scale, ctx.signed)
             v_chunk = v[:, :, start:end]
             within = (query_feat @ key_feat.transpose(-2, -1)).tril_()
             d_within = (d_num @ v_chunk.transpose(-2, -1) + d_den[..., None]).tril_()
             grad_v[:, :, start:end] = key_feat @ pulled + within.transpose(-2, -1) @ d_num
             d_feat = v_chunk @ pulled.transpose(-2, -1) + pulled_norm[..., None, :]
             d_feat += d_within.transpose(-2, -1) @ query_feat
-            grad_k[:, :, start:end] = _pull_back(leaf, logits, d_feat.mul_(key_feat))
+            grad_k[:, :, start:end] = _pull_back(leaf, logits, d_feat if ctx.signed else d_feat.mul_(key_feat))
             pulled += query_feat.transpose(-2, -1) @ d_num
             pulled_norm += (query_feat * d_den[..., None]).sum(dim=-2)
             later = scale
-        return grad_q, grad_k, grad_v, None, None, None, None
+        return grad_q, grad_k, grad_v, None, None, None, None, None
 
 
 def linear_attention(
@@ -213,12 +225,16 @@ def linear_attention(
     num_features: int,
     causal: bool = False,
     chunk: int = 128,
+    signed: bool = False,
 ) -> torch.Tensor:
     """Normalized feature-map attention ``(B, H, N, Dh)`` in and out, with O(n) memory in training.
 
     ``chunk``: rows per step of the causal scan (the within-chunk part is a
     ``(chunk, chunk)`` product). See the module docstring for the feature functions.
+    ``signed=True``: ``key_logits`` returns the key features themselves, which
+    may be negative (a Taylor feature map), with no stabilizer; the caller
+    makes sure every ``phi(q) . phi(k)`` is positive.
     """
     if causal:
-        return _Causal.apply(q, k, v, query_features, key_logits, num_features, chunk)
-    return _Bidirectional.apply(q, k, v, query_features, key_logits, num_features)
+        return _Causal.apply(q, k, v, query_features, key_logits, num_features, chunk, signed)
+    return _Bidirectional.apply(q, k, v, query_features, key_logits, num_features, signed)

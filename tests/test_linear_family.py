@@ -1,0 +1,176 @@
+"""The modern linear-attention family against materialized definitions (and flash-linear-attention's naive code).
+
+Values and q/k/v gradients to 1e-5 in fp32, bidirectional and causal, with and without a padding mask, at a
+length that is not a multiple of any chunk, block or window used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import build_variant, qkv, values_and_grads
+
+import variants._linear
+from variants._masks import dense_allowed
+from variants.full_math import softmax_attention_probs
+
+SEQ = 75
+
+
+def padding_mask(batch: int, seq: int) -> torch.Tensor:
+    mask = torch.ones(batch, seq, dtype=torch.bool)
+    mask[-1, seq * 2 // 3 :] = False
+    return mask
+
+
+def assert_same(ours, reference, mask, *, atol=1e-5, rtol=1e-5):
+    """Outputs at real query rows and all q, k, v gradients agree."""
+    real = slice(None) if mask is None else mask[:, None, :, None].expand_as(ours[0])
+    torch.testing.assert_close(ours[0][real], reference[0][real], atol=atol, rtol=rtol, msg="out")
+    for name, mine, theirs in zip("qkv", ours[1:], reference[1:], strict=True):
+        torch.testing.assert_close(mine, theirs, atol=atol, rtol=rtol, msg=f"grad {name}")
+
+
+def allowed_weights(weights: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """``(B, H, N, N)`` weights with padded keys and (causal) future keys set to zero."""
+    allowed = dense_allowed(mask, weights.shape[-1], causal=causal, device=weights.device)
+    return weights if allowed is None else weights * allowed
+
+
+def normalized(weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return (weights @ v) / weights.sum(dim=-1, keepdim=True).clamp_min(variants._linear.TINY)
+
+
+def cosformer_dense(attn, q, k, v, mask, causal):
+    """``relu(q_i) . relu(k_j) cos(pi/2 (i - j) / M)``, masked and normalized by rows: cosFormer's definition."""
+    seq = q.shape[2]
+    horizon = attn.max_seq_len if causal else seq
+    positions = torch.arange(seq, dtype=q.dtype)
+    distance = (positions[:, None] - positions[None, :]) * (math.pi / (2 * horizon))
+    weights = (q.relu() @ k.relu().transpose(-2, -1)) * distance.cos()
+    return normalized(allowed_weights(weights, mask, causal), v)
+
+
+def hedgehog_dense(attn, q, k, v, mask, causal):
+    """``phi(q) . phi(k)`` with ``phi(x) = softmax([2 (W x + b), -2 (W x + b)])`` per head, materialized."""
+
+    def phi(x: torch.Tensor, which: int) -> torch.Tensor:
+        z = 2 * (torch.einsum("bhnd,hed->bhne", x, attn.weight[which]) + attn.bias[which])
+        return torch.cat([z, -z], dim=-1).softmax(dim=-1)
+
+    weights = phi(q, 0) @ phi(k, 1).transpose(-2, -1)
+    return normalized(allowed_weights(weights, mask, causal), v)
+
+
+def based_dense(attn, q, k, v, mask, causal):
+    """Mean of the Taylor linear attention (``1 + s + s^2 / 2``, ``s = q'.k' / sqrt(d')``) and local softmax."""
+    qp, kp = q @ attn.project.weight.T, k @ attn.project.weight.T
+    s = (qp @ kp.transpose(-2, -1)) / math.sqrt(attn.feature_dim)
+    taylor = normalized(allowed_weights(1 + s + s.square() / 2, mask, causal), v)
+    window = attn.window_attention.window
+    chunk = torch.arange(q.shape[2]) // window
+    near = (chunk[:, None] - chunk[None, :]).abs() <= 1
+    if causal:
+        near = near & (chunk[:, None] >= chunk[None, :])
+    allowed = dense_allowed(mask, q.shape[2], causal=causal, device=q.device)
+    allowed = near if allowed is None else allowed & near
+    local = softmax_attention_probs(q, k, allowed) @ v
+    return (taylor + local) / 2
+
+
+def retention_dense(attn, q, k, v, mask, causal):
+    """``(Q K^T / sqrt(d) * D) V`` with ``D_ij = gamma_h^(i - j)`` (``|i - j|`` bidirectionally), masked."""
+    positions = torch.arange(q.shape[2], dtype=q.dtype)
+    distance = positions[:, None] - positions[None, :]
+    gammas = attn.gammas().to(q.dtype)[:, None, None]
+    decay = gammas ** distance.abs()
+    decay = decay * (distance >= 0) if causal else decay
+    weights = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]) * decay
+    return allowed_weights(weights, mask, causal=False) @ v
+
+
+REFERENCES = {
+    "cosformer": (cosformer_dense, {"chunk_size": 16}),
+    "hedgehog": (hedgehog_dense, {"chunk_size": 16}),
+    "based": (based_dense, {"chunk_size": 16, "window": 16}),
+    "retention": (retention_dense, {"chunk_size": 16}),
+}
+
+
+def perturbed(attn):
+    """The variant with its learned parameters moved off their initial values, so they matter in the test."""
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return attn
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_matches_its_materialized_definition(name, causal, with_mask, monkeypatch):
+    monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 1000)  # several chunks in the bidirectional passes
+    reference, hparams = REFERENCES[name]
+    attn = perturbed(build_variant(name, causal=causal, **hparams))
+    q, k, v = qkv(2, SEQ, scale=1.5)
+    mask = padding_mask(2, SEQ) if with_mask else None
+    weights = torch.randn_like(q)
+    ours = values_and_grads(lambda q, k, v: attn(q, k, v, mask), q, k, v, mask, weights)
+    dense = values_and_grads(lambda q, k, v: reference(attn, q, k, v, mask, causal), q, k, v, mask, weights)
+    assert_same(ours, dense, mask)
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_gradcheck_in_float64(name, monkeypatch):
+    monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 50)
+    hparams = {key: 4 for key in REFERENCES[name][1]}  # chunks and windows of 4
+    attn = perturbed(build_variant(name, causal=True, heads=1, dim_head=4, **hparams)).double()
+    mask = torch.ones(2, 11, dtype=torch.bool)
+    mask[1, 8:] = False
+    inputs = [torch.randn(2, 1, 11, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+
+    def run(q, k, v):
+        return attn(q, k, v, mask) * mask[:, None, :, None]  # padded query rows are unspecified
+
+    assert torch.autograd.gradcheck(run, inputs, eps=1e-6, atol=1e-6)
+
+
+def fla_naive(module: str, function: str):
+    """A function of flash-linear-attention's pure-PyTorch ``naive`` references, loaded from its file.
+
+    The ``fla`` package imports Triton kernels on import, which the CPU build cannot load; the naive
+    references need only torch and einops, so we load the one file. Skips where fla-core is not installed.
+    """
+    spec = importlib.util.find_spec("fla")
+    if spec is None or spec.origin is None:
+        pytest.skip("flash-linear-attention (fla-core) is not installed: pip install -e '.[peers]'")
+    path = Path(spec.origin).parent / "ops" / module / "naive.py"
+    loaded = importlib.util.spec_from_file_location(f"fla_naive_{module}", path)
+    naive = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(naive)
+    return getattr(naive, function)
+
+
+def test_retention_matches_flash_linear_attention_naive_retention():
+    naive_retention = fla_naive("retention", "naive_retention")
+    attn = build_variant("retention", causal=True, heads=4, chunk_size=16)
+    q, k, v = (torch.randn(2, 4, SEQ, 16) for _ in range(3))
+    weights = torch.randn_like(q)
+    ours = values_and_grads(lambda q, k, v: attn(q, k, v), q, k, v, None, weights)
+    theirs = values_and_grads(naive_retention, q, k, v, None, weights)
+    assert_same(ours, theirs, None)
+
+
+def test_based_linear_part_matches_flash_linear_attention_naive_parallel_based():
+    """Our Taylor branch (window branch set aside) is fla's ``naive_parallel_based`` on the projected q, k."""
+    naive_parallel_based = fla_naive("based", "naive_parallel_based")
+    attn = perturbed(build_variant("based", causal=True, chunk_size=16))
+    q, k, v = qkv(2, SEQ)
+    qp, kp = attn.feature_inputs(q, k)
+    ours = attn.taylor_attention(qp, kp, v, None)
+    theirs = naive_parallel_based(qp, kp, v)  # normalizes with + 1e-6 where we clamp: a relative 1e-6 apart
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)

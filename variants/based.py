@@ -1,0 +1,133 @@
+"""Based (Arora et al. 2024, "Simple linear attention language models balance the recall-throughput tradeoff").
+
+Two branches over the same tokens, averaged:
+
+- **Taylor linear attention** on a small learned projection (``Dh -> feature_dim``,
+  16 in the paper, owned by the variant): ``exp(s) ~ 1 + s + s^2 / 2`` with
+  ``s = q'.k' / sqrt(feature_dim)``, written as the feature map
+  ``[1, x / d^1/4, vec(x x^T) / sqrt(2 d)]`` (the upper triangle only:
+  ``1 + d + d(d+1)/2`` features, 153 for d = 16). Every ``1 + s + s^2/2`` is
+  positive (at least 1/2), so rows normalize safely; the features themselves
+  may be negative (the kernel's ``signed`` mode). O(n d'^2 Dh).
+- **Exact sliding-window softmax** over nearby tokens, the ``local`` variant's
+  blocked window (each token sees its own block of ``window`` tokens and the
+  one before: between ``window`` and ``2 window - 1`` keys).
+
+The paper interleaves the two kinds of layer (with short convolutions) in one
+model; in one attention core we average them, which keeps each row a
+distribution. Decoding keeps the Taylor summary (constant) and the window cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+import variants
+from variants._decoding import SummaryDecoding
+from variants._linear import linear_attention
+from variants.local import LocalAttention
+
+WINDOW = "window."  # prefix of the window branch's entries in the decoding state
+
+
+def taylor_features(x: torch.Tensor) -> torch.Tensor:
+    """``(..., d) -> (..., 1 + d + d(d+1)/2)``: ``phi(x) . phi(y) = 1 + s + s^2 / 2``, ``s = x.y / sqrt(d)``."""
+    dim = x.shape[-1]
+    rows, cols = torch.triu_indices(dim, dim, offset=1, device=x.device)
+    root = math.sqrt(dim)
+    return torch.cat(
+        [
+            torch.ones_like(x[..., :1]),
+            x / math.sqrt(root),
+            x.square() / (math.sqrt(2) * root),  # the diagonal of x x^T
+            x[..., rows] * x[..., cols] / root,  # the upper triangle, counted once for both halves
+        ],
+        dim=-1,
+    )
+
+
+@variants.register("based")
+class BasedAttention(SummaryDecoding, variants.Attention):
+    """Mean of Taylor linear attention (projected to ``feature_dim``) and blocked sliding-window softmax.
+
+    No attention dropout (the Taylor weights are never formed; ``build`` refuses it).
+    """
+
+    supports_causal = True
+    supports_dropout = False
+    signed_features = True
+
+    def __init__(self, *, feature_dim: int = 16, window: int = 64, chunk_size: int = 128, **common) -> None:
+        super().__init__(**common)
+        variants.check_range("feature_dim", feature_dim, low=1)
+        variants.check_range("chunk_size", chunk_size, low=1)
+        self.feature_dim = feature_dim
+        self.chunk_size = chunk_size
+        self.num_features = 1 + feature_dim + feature_dim * (feature_dim + 1) // 2
+        self.project = nn.Linear(self.dim_head, feature_dim, bias=False)  # shared by queries and keys, as in Based
+        self.window_attention = LocalAttention(
+            heads=self.heads, dim_head=self.dim_head, max_seq_len=self.max_seq_len, causal=self.causal, window=window
+        )
+
+    def feature_inputs(self, q, k):
+        weight = self.project.weight.to(q.dtype)
+        return q @ weight.T, k @ weight.T
+
+    def query_feature_rows(self, q, start, end):
+        return taylor_features(q)
+
+    def key_logit_rows(self, k, start, end):  # signed: the features themselves
+        return taylor_features(k)
+
+    def taylor_attention(self, q, k, v, mask):
+        """The linear branch on already projected ``q``, ``k`` ``(B, H, N, feature_dim)``."""
+
+        def keys(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+            features = taylor_features(x)
+            return features if mask is None else features * mask[:, None, start:end, None]
+
+        return linear_attention(
+            q,
+            k,
+            v,
+            query_features=self.query_feature_rows,
+            key_logits=keys,
+            num_features=self.num_features,
+            causal=self.causal,
+            chunk=self.chunk_size,
+            signed=True,
+        )
+
+    def attend(self, q, k, v, mask):
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            out_dtype = q.dtype
+            dtype = torch.promote_types(q.dtype, torch.float32)  # sums over n keys: fp32 at least
+            q, k, v = (t.to(dtype) for t in (q, k, v))
+            linear = self.taylor_attention(*self.feature_inputs(q, k), v, mask)
+            window = self.window_attention.attend(q, k, v, mask)
+        return ((linear + window) / 2).to(out_dtype)
+
+    def init_state(self, batch, *, device="cpu", dtype=torch.float32):
+        window = self.window_attention.init_state(batch, device=device, dtype=dtype)
+        return super().init_state(batch, device=device, dtype=dtype) | {WINDOW + n: t for n, t in window.items()}
+
+    def decode_step(self, q, k, v, state):
+        summary = {n: t for n, t in state.items() if not n.startswith(WINDOW)}
+        window = {n.removeprefix(WINDOW): t for n, t in state.items() if n.startswith(WINDOW)}
+        linear, summary = super().decode_step(q, k, v, summary)
+        local, window = self.window_attention.decode_step(q, k, v, window)
+        return (linear + local) / 2, summary | {WINDOW + n: t for n, t in window.items()}
+
+    def prefill(self, q, k, v):
+        out, summary = super().prefill(q, k, v)
+        _, window = self.window_attention.prefill(q, k, v)
+        return out, summary | {WINDOW + n: t for n, t in window.items()}
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, feature_dim={self.feature_dim}, window={self.window_attention.window}, "
+            f"chunk_size={self.chunk_size}"
+        )

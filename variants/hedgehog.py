@@ -1,0 +1,84 @@
+"""Hedgehog (Zhang et al. 2024, "The Hedgehog & the Porcupine: Expressive Linear Attentions with Softmax Mimicry").
+
+Linear attention whose feature map is learned: per head, ``z = W x + b`` and
+``phi(x) = softmax([2z, -2z])`` over the ``2 Dh`` features (the map of
+flash-linear-attention's ``HedgehogFeatureMap``; the softmax keeps every
+feature in (0, 1), so large inputs cannot overflow). ``W`` starts as the
+identity and ``b`` at zero; the variant owns them (``2 * heads * Dh^2``
+parameters, shown in the report's parameter column).
+
+The paper first trains the map to mimic softmax attention weights (a
+distillation loss), then the model; here the map trains end to end with the
+task loss, like every other parameter of the skeleton.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import variants
+from variants._decoding import SummaryDecoding
+from variants._linear import linear_attention
+
+
+@variants.register("hedgehog")
+class HedgehogAttention(SummaryDecoding, variants.Attention):
+    """Normalized ``phi(Q) (phi(K)^T V)`` with a learned per-head map: O(n d^2), a constant decoding state.
+
+    No attention dropout (weights are never formed; ``build`` refuses it).
+    """
+
+    supports_causal = True
+    supports_dropout = False
+
+    def __init__(self, *, chunk_size: int = 128, **common) -> None:
+        super().__init__(**common)
+        variants.check_range("chunk_size", chunk_size, low=1)
+        self.chunk_size = chunk_size
+        self.num_features = 2 * self.dim_head
+        eye = torch.eye(self.dim_head).expand(2, self.heads, -1, -1)  # queries' and keys' maps
+        self.weight = nn.Parameter(eye.clone())
+        self.bias = nn.Parameter(torch.zeros(2, self.heads, 1, self.dim_head))
+
+    def project(self, x: torch.Tensor, which: int) -> torch.Tensor:
+        """``2 (W x + b)`` per head for queries (``which=0``) or keys (1): ``(B, H, T, Dh)``."""
+        weight, bias = self.weight[which].to(x.dtype), self.bias[which].to(x.dtype)
+        return 2 * (x @ weight.transpose(-2, -1) + bias)
+
+    def feature_inputs(self, q, k):
+        return self.project(q, 0), self.project(k, 1)
+
+    def query_feature_rows(self, q, start, end):
+        return torch.cat([q, -q], dim=-1).softmax(dim=-1)
+
+    def key_logit_rows(self, k, start, end):
+        return torch.cat([k, -k], dim=-1).log_softmax(dim=-1)
+
+    def attend(self, q, k, v, mask):
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            out_dtype = q.dtype
+            dtype = torch.promote_types(q.dtype, torch.float32)  # sums over n keys: fp32 at least
+            q, k, v = (t.to(dtype) for t in (q, k, v))
+            q, k = self.feature_inputs(q, k)  # plain autograd: O(n d), and the gradient reaches W and b
+
+            def keys(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+                logits = self.key_logit_rows(x, start, end)
+                if mask is not None:
+                    logits = logits.masked_fill(~mask[:, None, start:end, None], float("-inf"))
+                return logits
+
+            out = linear_attention(
+                q,
+                k,
+                v,
+                query_features=self.query_feature_rows,
+                key_logits=keys,
+                num_features=self.num_features,
+                causal=self.causal,
+                chunk=self.chunk_size,
+            )
+        return out.to(out_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, chunk_size={self.chunk_size}"
