@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -44,13 +45,14 @@ class PositionalEncoding(nn.Module):
         elif kind == "learned":
             self.table = nn.Parameter(torch.randn(max_seq_len, dim) * 0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """``x`` ``(B, N, D)`` at positions ``offset .. offset + N - 1`` (decoding passes its position)."""
         if self.kind == "none":
             return x
-        seq = x.shape[1]
-        if seq > self.max_seq_len:
-            raise ValueError(f"sequence length {seq} exceeds the model's max_seq_len={self.max_seq_len}")
-        return x + self.table[:seq].to(x.dtype)
+        end = offset + x.shape[1]
+        if end > self.max_seq_len:
+            raise ValueError(f"sequence length {end} exceeds the model's max_seq_len={self.max_seq_len}")
+        return x + self.table[offset:end].to(x.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -65,9 +67,24 @@ class MultiHeadAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        q, k, v = rearrange(self.to_qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        out = self.core(q, k, v, mask)  # (B, H, N, Dh)
+        out = self.core(*self.qkv(x), mask)  # (B, H, N, Dh)
+        return self.output(out)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return rearrange(self.to_qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+
+    def output(self, out: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.to_out(rearrange(out, "b h n d -> b n (h d)")))
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, variants.State]:
+        """Causal outputs of a prompt ``(B, N, D)`` and the core's state after it."""
+        out, state = self.core.prefill(*self.qkv(x))
+        return self.output(out), state
+
+    def step(self, x: torch.Tensor, state: variants.State) -> tuple[torch.Tensor, variants.State]:
+        """One token ``(B, 1, D)`` through the core's stepwise form."""
+        out, state = self.core.step(*self.qkv(x), state)
+        return self.output(out), state
 
 
 class FeedForward(nn.Sequential):
@@ -97,6 +114,16 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(x), mask)
         return x + self.ff(self.ff_norm(x))
 
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, variants.State]:
+        attended, state = self.attn.prefill(self.attn_norm(x))
+        x = x + attended
+        return x + self.ff(self.ff_norm(x)), state
+
+    def step(self, x: torch.Tensor, state: variants.State) -> tuple[torch.Tensor, variants.State]:
+        attended, state = self.attn.step(self.attn_norm(x), state)
+        x = x + attended
+        return x + self.ff(self.ff_norm(x)), state
+
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean over the sequence axis of ``(B, N, D)`` counting only real tokens."""
@@ -104,6 +131,20 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return x.mean(dim=1)
     weights = mask.to(x.dtype)[..., None]  # (B, N, 1)
     return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+@dataclass
+class DecodingState:
+    """What generation carries between tokens: each layer's attention state and the next position."""
+
+    layers: list[variants.State]
+    position: int
+
+    def nbytes(self) -> int:
+        """Memory of every layer's state, in bytes."""
+        from variants._decoding import state_bytes
+
+        return sum(state_bytes(layer) for layer in self.layers)
 
 
 class Transformer(nn.Module):
@@ -178,3 +219,45 @@ class Transformer(nn.Module):
         if self.head_kind == "classify":
             x = masked_mean(x, mask)  # (B, D)
         return self.to_logits(x)
+
+    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, DecodingState]:
+        """Logits ``(B, N, V)`` of a prompt (no padding) and the state to generate from.
+
+        Each layer's core runs its parallel causal form and hands over its
+        decoding state (a KV cache, a window, a constant summary).
+        """
+        self._check_decoding()
+        x = self.dropout(self.positions(self.embed(tokens)))
+        layers = []
+        for block in self.blocks:
+            x, state = block.prefill(x)
+            layers.append(state)
+        return self.to_logits(self.norm(x)), DecodingState(layers, tokens.shape[1])
+
+    def step(self, tokens: torch.Tensor, state: DecodingState) -> tuple[torch.Tensor, DecodingState]:
+        """Logits ``(B, V)`` of one new token per sequence ``(B,)``, and the state after it."""
+        self._check_decoding()
+        x = self.dropout(self.positions(self.embed(tokens[:, None]), offset=state.position))
+        layers = []
+        for block, layer_state in zip(self.blocks, state.layers, strict=True):
+            x, layer_state = block.step(x, layer_state)
+            layers.append(layer_state)
+        return self.to_logits(self.norm(x))[:, 0], DecodingState(layers, state.position + 1)
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        """Greedy continuation ``(B, N + new_tokens)`` of ``prompt`` ``(B, N)``, one token per step."""
+        logits, state = self.prefill(prompt)
+        tokens = [prompt]
+        next_token = logits[:, -1].argmax(dim=-1)
+        for _ in range(new_tokens):
+            tokens.append(next_token[:, None])
+            logits, state = self.step(next_token, state)
+            next_token = logits.argmax(dim=-1)
+        return torch.cat(tokens, dim=1)
+
+    def _check_decoding(self) -> None:
+        if not self.causal or self.head_kind != "token":
+            raise ValueError(
+                "decoding needs a causal model with per-token logits: build it with causal=True, head='token'"
+            )

@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import build_variant, qkv
 
+import models
 import variants
 from variants._decoding import state_bytes
 
@@ -89,3 +90,51 @@ def test_step_takes_one_token():
     q, k, v = qkv(1, 3)
     with pytest.raises(ValueError, match=r"one token"):
         attn.step(q, k, v, attn.init_state(1))
+
+
+def decoding_model(name: str) -> models.Transformer:
+    torch.manual_seed(0)
+    attention = {"name": name} | {k: v for k, v in SMALL.get(name, {}).items() if k in variants.hyperparameters(name)}
+    model = models.Transformer(
+        vocab_size=32,
+        num_outputs=32,
+        max_seq_len=128,
+        attention=attention,
+        dim=32,
+        layers=2,
+        heads=2,
+        head="token",
+        causal=True,
+    )
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", DECODING)
+def test_skeleton_steps_give_the_logits_of_its_forward_pass(name):
+    """Prefill a prompt, then feed the rest token by token through every layer: the causal forward's logits."""
+    model = decoding_model(name)
+    tokens = torch.randint(0, 32, (2, 53), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        parallel = model(tokens)
+        logits, state = model.prefill(tokens[:, :20])
+        stepped = [logits]
+        for t in range(20, tokens.shape[1]):
+            logits, state = model.step(tokens[:, t], state)
+            stepped.append(logits[:, None])
+    assert state.position == tokens.shape[1] and len(state.layers) == 2 and state.nbytes() > 0
+    torch.testing.assert_close(torch.cat(stepped, dim=1), parallel, atol=1e-4, rtol=1e-4)
+
+
+def test_generate_continues_greedily():
+    model = decoding_model("linear")
+    prompt = torch.randint(0, 32, (2, 7), generator=torch.Generator().manual_seed(1))
+    out = model.generate(prompt, new_tokens=5)
+    assert out.shape == (2, 12) and torch.equal(out[:, :7], prompt)
+    with torch.no_grad():  # each generated token is the argmax of the forward pass over what came before
+        assert torch.equal(model(out[:, :-1])[:, 6:].argmax(dim=-1), out[:, 7:])
+
+
+def test_generation_needs_a_causal_token_model():
+    model = models.Transformer(vocab_size=8, num_outputs=2, max_seq_len=16, attention={"name": "full"}, causal=True)
+    with pytest.raises(ValueError, match="head='token'"):
+        model.prefill(torch.zeros(1, 4, dtype=torch.long))
