@@ -28,6 +28,7 @@ TINY_SWEEP = [
     "sweep.warmup=1",
     "sweep.batch_size=2",
     "sweep.maps=false",
+    "sweep.decode_lens=[]",
 ]
 
 # The maps probe at test size: one sequence per case, one module seed, a trained model of a few steps.

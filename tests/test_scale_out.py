@@ -20,6 +20,7 @@ POINT = [
     "sweep.seq_lens=[32]",
     "sweep.accuracy=null",
     "sweep.maps=false",
+    "sweep.decode_lens=[]",
     "sweep.repeats=1",
     "sweep.warmup=0",
     "sweep.batch_size=2",

@@ -8,6 +8,7 @@ import pandas as pd
 
 from runners.reporting import accuracy as acc_tables
 from runners.reporting.approximation import approximation_section
+from runners.reporting.generation import generation_section
 from runners.reporting.md import md_table
 from runners.reporting.plots import accuracy_plots, speed_plots
 from runners.reporting.tables import (
@@ -136,6 +137,9 @@ def build_report(frame: pd.DataFrame, out: Path) -> Path:
             lines += speed_section(speed, out, f"hw{index}")
         if not accuracy.empty:
             lines += accuracy_section(accuracy, out, f"hw{index}")
+        decode = part[part.probe == "decode"]
+        if not decode.empty:
+            lines += generation_section(decode, out, f"hw{index}")
     ok_speed = frame[(frame.probe == "speed") & (frame.status == "ok")]
     multi = ok_speed.groupby("variant").fingerprint.nunique()
     if (multi > 1).any():

@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from runners.reporting.tables import pareto_front, scaling_exponent
 
 
-def _plot(path: Path, title: str, xlabel: str, ylabel: str, draw: Callable[[Axes], None]) -> Path:
+def save_plot(path: Path, title: str, xlabel: str, ylabel: str, draw: Callable[[Axes], None]) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     draw(ax)
     ax.set_title(title)
@@ -86,14 +86,14 @@ def speed_plots(speed: pd.DataFrame, out: Path, tag: str) -> list[Path]:
     """Training throughput and peak memory over length; their paths."""
     ok = speed[speed.status == "ok"]
     return [
-        _plot(
+        save_plot(
             out / f"throughput_{tag}.png",
             "Training throughput",
             "sequence length",
             "tokens/s",
             lambda ax: draw_lines(ax, ok, "train_tokens_per_s"),
         ),
-        _plot(
+        save_plot(
             out / f"memory_{tag}.png",
             "Peak memory of a training step",
             "sequence length",
@@ -109,7 +109,7 @@ def accuracy_plots(runs: pd.DataFrame, stats: pd.DataFrame, out: Path, tag: str)
     for (task, direction), group in stats.groupby(["task", "direction"], sort=True):
         name = f"{task}_{direction}_{tag}"
         paths.append(
-            _plot(
+            save_plot(
                 out / f"accuracy_{name}.png",
                 f"Test accuracy, {task} {direction} (mean, min-max over seeds)",
                 "sequence length",
@@ -119,7 +119,7 @@ def accuracy_plots(runs: pd.DataFrame, stats: pd.DataFrame, out: Path, tag: str)
         )
         longest = group.seq_len.max()
         paths.append(
-            _plot(
+            save_plot(
                 out / f"tradeoff_{name}.png",
                 f"Accuracy vs training throughput, {task} {direction}, n={longest}",
                 "train tokens/s (training runs, this hardware)",
@@ -130,7 +130,7 @@ def accuracy_plots(runs: pd.DataFrame, stats: pd.DataFrame, out: Path, tag: str)
     for (task, direction, seq_len), group in runs.groupby(["task", "direction", "seq_len"], sort=True):
         for x, label in (("step", "optimizer steps"), ("train_s", "seconds in training steps (this hardware)")):
             paths.append(
-                _plot(
+                save_plot(
                     out / f"curve_{task}_{direction}_{seq_len}_{x}_{tag}.png",
                     f"Validation accuracy, {task} {direction}, n={seq_len}",
                     label,

@@ -47,6 +47,11 @@ def estimate_seconds(points: list[dict[str, Any]], *, device: str) -> tuple[floa
             per_step = _cached(cache, point, shape, device)
             total += 2 * PROCESS_START_S + (steps * 1.4 + 1 + 4) * per_step
             continue
+        if point["probe"] == "decode":  # a fresh process and one forward pass over the prompt (~1/3 of a step)
+            if variants.get(point["attention"]["name"]).supports_decoding:
+                shape = (point["seq_len"], point["batch_size"], True)
+                total += PROCESS_START_S + _cached(cache, point, shape, device) / 3
+            continue
         if point["probe"] == "maps":
             total += _maps_seconds(cache, point, device, trained=trained)
             trained = True

@@ -11,10 +11,12 @@ from omegaconf import DictConfig, OmegaConf
 import variants
 from runners.approximation.probe import maps_probe
 from runners.measure.failures import PointFailed, classify_failure, failure_message
-from runners.measure.worker import measure_isolated
+from runners.measure.memory import timing_env
+from runners.measure.worker import measure_isolated, run_isolated
 from runners.training.run import run_training
 
 SPEED_PROBE = "runners.measure.speed_probe:speed_probe"
+DECODE_PROBE = "runners.measure.decode_probe:decode_probe"
 
 
 def device_for(hardware: DictConfig) -> str:
@@ -46,6 +48,26 @@ def measure_speed(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
     return measure_isolated(SPEED_PROBE, kwargs, threads=cfg.hardware.threads, timeout_s=cfg.sweep.point_timeout_s)
 
 
+def measure_decode(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
+    """Decoding speed and state size of the causal skeleton after a prompt of ``seq_len`` tokens, in a fresh process."""
+    name = point["attention"]["name"]
+    if not variants.get(name).supports_decoding:  # recorded as unsupported without starting a process
+        raise variants.UnsupportedError(
+            f"{name} cannot decode token by token; variants that can: {', '.join(variants.decoding_names())}"
+        )
+    kwargs = {
+        "model_cfg": point["model"],
+        "attention": point["attention"],
+        "context": point["seq_len"],
+        "batch_size": point["batch_size"],
+        "device": device_for(cfg.hardware),
+        "warmup": point["warmup"],
+        "repeats": point["repeats"],
+    }
+    threads, timeout = cfg.hardware.threads, cfg.sweep.point_timeout_s
+    return run_isolated(DECODE_PROBE, kwargs, threads=threads, timeout_s=timeout, env=timing_env())  # timing only
+
+
 def measure_accuracy(cfg: DictConfig, point: dict[str, Any], progress: str | None = None) -> dict[str, Any]:
     """A training run of the point's variant on the point's task, direction, seed and learning rate."""
     device_for(cfg.hardware)
@@ -74,6 +96,8 @@ def measure_point(cfg: DictConfig, point: dict[str, Any], progress: str | None =
             return {"status": "ok"} | measure_speed(cfg, point)
         if point["probe"] == "maps":
             return {"status": "ok"} | measure_maps(point)
+        if point["probe"] == "decode":
+            return {"status": "ok"} | measure_decode(cfg, point)
         return measure_accuracy(cfg, point, progress)
     except Exception as error:  # a failed point is a result, never the end of the sweep
         return {

@@ -1,6 +1,8 @@
 """A sweep is a list of points: variant x sequence length x probe, on one hardware config.
 
-Speed points: every variant at every ``sweep.seq_lens``. Maps points (``sweep.maps``):
+Speed points: every variant at every ``sweep.seq_lens``. Decode points: every
+variant at every ``sweep.decode_lens`` (prompt lengths; variants that cannot
+decode get an ``unsupported`` record). Maps points (``sweep.maps``):
 every variant at every ``sweep.maps_lens``, against exact attention. Accuracy points: every
 variant on every entry of ``sweep.accuracy`` (a label -> ``task`` (default: the
 label), ``seq_lens``, ``directions`` and any task argument), at every length, in every direction
@@ -111,9 +113,11 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
     for key, lens in (("sweep.seq_lens", list(cfg.sweep.seq_lens)), ("sweep.accuracy.*.seq_lens", accuracy_lens)):
         if any(not isinstance(n, int) or n < 1 for n in lens):
             raise ConfigError(f"{key} must be positive integers; got {lens}")
-    if not cfg.sweep.seq_lens and not accuracy_lens and not (cfg.sweep.get("maps") and cfg.sweep.maps_lens):
+    maps_on = cfg.sweep.get("maps") and cfg.sweep.maps_lens
+    if not cfg.sweep.seq_lens and not accuracy_lens and not maps_on and not cfg.sweep.get("decode_lens"):
         raise ConfigError(
-            "sweep.seq_lens, sweep.maps_lens and every sweep.accuracy.*.seq_lens are empty: nothing to measure"
+            "sweep.seq_lens, sweep.maps_lens, sweep.decode_lens and every sweep.accuracy.*.seq_lens are empty: "
+            "nothing to measure"
         )
     if accuracy_lens and not cfg.sweep.seeds:
         raise ConfigError("sweep.seeds is empty: accuracy points need at least one seed")
@@ -133,7 +137,12 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
             f"sweep.maps_lens={maps_lens} go beyond approximation.trained.max_seq_len="
             f"{cfg.approximation.trained.max_seq_len}; raise it or shorten the lengths"
         )
-    longest = max([*cfg.sweep.seq_lens, *accuracy_lens, *maps_lens])
+    decode_lens = list(cfg.sweep.get("decode_lens") or [])
+    if any(not isinstance(n, int) or n < 1 for n in decode_lens):
+        raise ConfigError(f"sweep.decode_lens must be positive integers; got {decode_lens}")
+    if decode_lens and min(cfg.sweep.decode_batch_size, cfg.sweep.decode_repeats) < 1:
+        raise ConfigError("sweep.decode_batch_size and sweep.decode_repeats must be >= 1")
+    longest = max([*cfg.sweep.seq_lens, *accuracy_lens, *maps_lens, *decode_lens])
     for attention in attentions:
         hparams = {k: v for k, v in attention.items() if k != "name"}
         try:
@@ -174,6 +183,17 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
                     "batch_size": cfg.sweep.batch_size,
                     "warmup": cfg.sweep.warmup,
                     "repeats": cfg.sweep.repeats,
+                }
+            )
+        for seq_len in cfg.sweep.get("decode_lens") or []:
+            points.append(
+                shared
+                | {
+                    "probe": "decode",
+                    "seq_len": seq_len,
+                    "batch_size": cfg.sweep.decode_batch_size,
+                    "warmup": cfg.sweep.decode_warmup,
+                    "repeats": cfg.sweep.decode_repeats,
                 }
             )
         if cfg.sweep.get("maps"):

@@ -45,6 +45,11 @@ def describe(record: dict[str, Any]) -> str:
     if record["probe"] == "maps":
         errors = ", ".join(f"{case} {e:.3g}" for case, e in record["maps_summary"].items() if e is not None)
         return f"output error vs exact: {errors}"
+    if record["probe"] == "decode":
+        return (
+            f"decode {record['decode_tokens_per_s']:,.0f} tok/s, state {record['state_bytes'] / 2**20:,.2f} MiB "
+            f"(prompt {record['prefill_ms']:,.0f} ms)"
+        )
     if record["probe"] == "speed":
         return (
             f"train {record['train_tokens_per_s']:,.0f} tok/s, infer {record['infer_tokens_per_s']:,.0f} tok/s, "

@@ -1,0 +1,88 @@
+"""The report's "Generation" section: decoding speed and state memory against context length.
+
+Decoding is where the variants differ most in kind: softmax attention keeps a
+KV cache that grows with the context, a sliding window keeps a window, the
+linear family a constant summary. The fitted exponent of n^p says which; the
+crossover column says from which measured context a variant decodes faster
+than ``full``. Speeds are measurements of this hardware; state bytes are a
+property of the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from runners.reporting.md import md_table
+from runners.reporting.plots import draw_lines, save_plot
+from runners.reporting.tables import REFERENCE, cell_table, scaling_exponent
+
+
+def growth_table(decode: pd.DataFrame) -> pd.DataFrame:
+    """Per variant: fitted exponents of state bytes and step time over n, and where it overtakes ``full``."""
+    ok = decode[decode.status == "ok"]
+    reference = ok[ok.variant == REFERENCE].set_index("seq_len").decode_tokens_per_s
+    rows = {}
+    for variant, group in ok.groupby("variant"):
+        group = group.sort_values("seq_len")
+        row = {
+            "lengths": f"{group.seq_len.min()}-{group.seq_len.max()}",
+            "state bytes ~ n^p": scaling_exponent(group.seq_len, group.state_bytes),
+            "step time ~ n^p": scaling_exponent(group.seq_len, group.decode_ms),
+        }
+        if variant != REFERENCE and not reference.empty:
+            shared = group.set_index("seq_len").decode_tokens_per_s.reindex(reference.index).dropna()
+            faster = shared[shared > reference.reindex(shared.index)]
+            row[f"faster than {REFERENCE} from n ="] = (
+                f"{faster.index.min():,}" if not faster.empty else f"not up to {shared.index.max():,}"
+            )
+        rows[variant] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
+
+
+def generation_section(decode: pd.DataFrame, out: Path, tag: str) -> list[str]:
+    """Tables and log-log plots of the decode points of one hardware fingerprint."""
+    decode = decode.assign(state_kib=decode.state_bytes / 1024)
+    ok = decode[decode.status == "ok"]
+    batch = ", ".join(str(int(b)) for b in sorted(decode.batch_size.dropna().unique())) or "?"
+    lines = [
+        "### Generation",
+        "",
+        "One new token through the whole causal skeleton after a prompt of n tokens (`sweep.decode_lens`): "
+        f"the median time of single-token steps that carry each layer's state (batch {batch}), and the state "
+        "the layers hold after the prompt. Variants that cannot decode are marked.",
+        "",
+        "**Decoding throughput, tokens/s**",
+        "",
+        md_table(cell_table(decode, "decode_tokens_per_s", ",.0f")),
+        "",
+        "**Decoding state of all layers, KiB** (a property of the config)",
+        "",
+        md_table(cell_table(decode, "state_kib", ",.1f")),
+        "",
+        "**Growth with context length**: fitted exponent p of n^p (state: KV cache ~1, window and linear "
+        "family ~0), and the shortest measured context from which the variant decodes faster than `full`.",
+        "",
+        md_table(growth_table(decode)),
+        "",
+    ]
+    if ok.empty:
+        return lines
+    plots = [
+        save_plot(
+            out / f"decode_tokens_per_s_{tag}.png",
+            "Decoding throughput after a prompt of n tokens",
+            "context length n",
+            "tokens/s",
+            lambda ax: draw_lines(ax, ok, "decode_tokens_per_s"),
+        ),
+        save_plot(
+            out / f"decode_state_{tag}.png",
+            "Decoding state of all layers",
+            "context length n",
+            "KiB",
+            lambda ax: draw_lines(ax, ok, "state_kib", with_exponent=True),
+        ),
+    ]
+    return lines + [f"![{path.stem}]({path.name})\n" for path in plots]
