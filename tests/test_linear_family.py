@@ -171,6 +171,6 @@ def test_based_linear_part_matches_flash_linear_attention_naive_parallel_based()
     attn = perturbed(build_variant("based", causal=True, chunk_size=16))
     q, k, v = qkv(2, SEQ)
     qp, kp = attn.feature_inputs(q, k)
-    ours = attn.taylor_attention(qp, kp, v, None)
+    ours = attn.linear_attend(q, k, v, None)
     theirs = naive_parallel_based(qp, kp, v)  # normalizes with + 1e-6 where we clamp: a relative 1e-6 apart
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)

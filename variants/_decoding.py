@@ -10,7 +10,6 @@ phi(k_j)``, exactly what its causal prefix scan carries between chunks.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -96,54 +95,3 @@ def read_summary(query_feat: torch.Tensor, state: State) -> torch.Tensor:
     query_feat = query_feat.to(state["context"].dtype)
     den = query_feat @ state["norm"][..., None]
     return (query_feat @ state["context"]) / den.clamp_min(TINY)
-
-
-class SummaryDecoding:
-    """Decoding for feature-map attention, mixed in before :class:`variants.Attention`.
-
-    The variant gives ``num_features`` and the two feature functions of its
-    kernel, ``query_feature_rows(q, start, end)`` (positive features) and
-    ``key_logit_rows(k, start, end)`` (logarithms of the key features), for
-    rows at absolute positions ``start:end`` (cosFormer's depend on them).
-    """
-
-    supports_decoding: ClassVar[bool] = True
-    signed_features: ClassVar[bool] = False  # key_logit_rows gives the features themselves (see linear_attention)
-    num_features: int
-
-    def feature_inputs(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the feature functions read: q and k, or the variant's learned projections of them."""
-        return q, k
-
-    def query_feature_rows(self, q: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        raise NotImplementedError
-
-    def key_logit_rows(self, k: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        raise NotImplementedError
-
-    def init_state(self, batch, *, device="cpu", dtype=torch.float32):
-        self._check_decoding()
-        state = empty_summary(batch, self.heads, self.num_features, self.dim_head, device, dtype)
-        return state | {"position": torch.zeros((), dtype=torch.long, device=device)}
-
-    def decode_step(self, q, k, v, state):
-        return self._fold(q, k, v, state)
-
-    def prefill(self, q, k, v):
-        self._check_decoding()
-        state = self.init_state(q.shape[0], device=q.device, dtype=q.dtype)
-        _, state = self._fold(q[:, :, :0], k, v, state)
-        return self(q, k, v), state
-
-    def _fold(self, q, k, v, state):
-        """Add keys ``k``, values ``v`` at the next positions; read queries ``q`` (the last of them) from the result."""
-        with torch.autocast(q.device.type, enabled=False):
-            dtype = state["context"].dtype
-            q, k = self.feature_inputs(q.to(dtype), k.to(dtype))
-            start = int(state["position"])
-            end = start + k.shape[2]
-            key_logits = self.key_logit_rows(k.to(dtype), start, end)
-            summary = add_to_summary(state, key_logits, v, signed=self.signed_features)
-            query_feat = self.query_feature_rows(q.to(dtype), end - q.shape[2], end)  # the last rows
-            out = read_summary(query_feat, summary)
-        return out.to(q.dtype), summary | {"position": state["position"] + k.shape[2]}

@@ -26,8 +26,7 @@ import torch
 from torch import nn
 
 import variants
-from variants._decoding import SummaryDecoding
-from variants._linear import linear_attention
+from variants._feature_map import FeatureMapAttention
 from variants.local import LocalAttention
 
 WINDOW = "window."  # prefix of the window branch's entries in the decoding state
@@ -50,14 +49,12 @@ def taylor_features(x: torch.Tensor) -> torch.Tensor:
 
 
 @variants.register("based")
-class BasedAttention(SummaryDecoding, variants.Attention):
+class BasedAttention(FeatureMapAttention):
     """Mean of Taylor linear attention (projected to ``feature_dim``) and blocked sliding-window softmax.
 
     No attention dropout (the Taylor weights are never formed; ``build`` refuses it).
     """
 
-    supports_causal = True
-    supports_dropout = False
     signed_features = True
 
     def __init__(self, *, feature_dim: int = 16, window: int = 64, chunk_size: int = 128, **common) -> None:
@@ -82,33 +79,10 @@ class BasedAttention(SummaryDecoding, variants.Attention):
     def key_logit_rows(self, k, start, end):  # signed: the features themselves
         return taylor_features(k)
 
-    def taylor_attention(self, q, k, v, mask):
-        """The linear branch on already projected ``q``, ``k`` ``(B, H, N, feature_dim)``."""
-
-        def keys(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
-            features = taylor_features(x)
-            return features if mask is None else features * mask[:, None, start:end, None]
-
-        return linear_attention(
-            q,
-            k,
-            v,
-            query_features=self.query_feature_rows,
-            key_logits=keys,
-            num_features=self.num_features,
-            causal=self.causal,
-            chunk=self.chunk_size,
-            signed=True,
-        )
-
     def attend(self, q, k, v, mask):
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            out_dtype = q.dtype
-            dtype = torch.promote_types(q.dtype, torch.float32)  # sums over n keys: fp32 at least
-            q, k, v = (t.to(dtype) for t in (q, k, v))
-            linear = self.taylor_attention(*self.feature_inputs(q, k), v, mask)
-            window = self.window_attention.attend(q, k, v, mask)
-        return ((linear + window) / 2).to(out_dtype)
+        linear = self.linear_attend(q, k, v, mask)
+        window = self.window_attention.attend(q, k, v, mask)
+        return (linear + window.to(linear.dtype)) / 2
 
     def init_state(self, batch, *, device="cpu", dtype=torch.float32):
         window = self.window_attention.init_state(batch, device=device, dtype=dtype)
@@ -127,7 +101,4 @@ class BasedAttention(SummaryDecoding, variants.Attention):
         return out, summary | {WINDOW + n: t for n, t in window.items()}
 
     def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, feature_dim={self.feature_dim}, window={self.window_attention.window}, "
-            f"chunk_size={self.chunk_size}"
-        )
+        return f"{super().extra_repr()}, feature_dim={self.feature_dim}, window={self.window_attention.window}"

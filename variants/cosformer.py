@@ -21,8 +21,7 @@ import math
 import torch
 
 import variants
-from variants._decoding import SummaryDecoding
-from variants._linear import linear_attention
+from variants._feature_map import FeatureMapAttention
 
 
 def reweighting(start: int, end: int, horizon: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,14 +49,9 @@ def key_logits(k: torch.Tensor, start: int, end: int, horizon: int) -> torch.Ten
 
 
 @variants.register("cosformer")
-class CosformerAttention(SummaryDecoding, variants.Attention):
-    """ReLU features re-weighted by ``cos(pi/2 (i - j) / M)``: O(n d^2), with a constant decoding state.
+class CosformerAttention(FeatureMapAttention):
+    """ReLU features re-weighted by ``cos(pi/2 (i - j) / M)``: O(n d^2), a constant decoding state; no dropout."""
 
-    No attention dropout (weights are never formed; ``build`` refuses it).
-    """
-
-    supports_causal = True
-    supports_dropout = False
     needs_max_seq_len = True  # the causal horizon M
 
     def __init__(self, *, chunk_size: int = 128, **common) -> None:
@@ -66,43 +60,17 @@ class CosformerAttention(SummaryDecoding, variants.Attention):
         self.chunk_size = chunk_size
         self.num_features = 2 * self.dim_head
 
-    def horizon(self, seq: int) -> int:
-        """``M``: the length bidirectionally (the paper), ``max_seq_len`` causally (fixed for decoding)."""
-        return self.max_seq_len if self.causal else seq
+    def horizon(self, seq: int | None) -> int:
+        """``M``: the length bidirectionally (the paper), ``max_seq_len`` causally and when decoding."""
+        return self.max_seq_len if self.causal or seq is None else seq
 
-    def query_feature_rows(self, q, start, end):  # decoding: causal, M = max_seq_len
-        return query_features(q, start, end, self.max_seq_len)
+    def feature_functions(self, seq):
+        horizon = self.horizon(seq)
 
-    def key_logit_rows(self, k, start, end):
-        return key_logits(k, start, end, self.max_seq_len)
+        def queries(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+            return query_features(x, start, end, horizon)
 
-    def attend(self, q, k, v, mask):
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            out_dtype = q.dtype
-            dtype = torch.promote_types(q.dtype, torch.float32)  # sums over n keys: fp32 at least
-            q, k, v = (t.to(dtype) for t in (q, k, v))
-            horizon = self.horizon(q.shape[2])
+        def keys(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+            return key_logits(x, start, end, horizon)
 
-            def queries(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
-                return query_features(x, start, end, horizon)
-
-            def keys(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
-                logits = key_logits(x, start, end, horizon)
-                if mask is not None:
-                    logits = logits.masked_fill(~mask[:, None, start:end, None], float("-inf"))
-                return logits
-
-            out = linear_attention(
-                q,
-                k,
-                v,
-                query_features=queries,
-                key_logits=keys,
-                num_features=self.num_features,
-                causal=self.causal,
-                chunk=self.chunk_size,
-            )
-        return out.to(out_dtype)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, chunk_size={self.chunk_size}"
+        return queries, keys

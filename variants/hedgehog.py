@@ -18,19 +18,12 @@ import torch
 from torch import nn
 
 import variants
-from variants._decoding import SummaryDecoding
-from variants._linear import linear_attention
+from variants._feature_map import FeatureMapAttention
 
 
 @variants.register("hedgehog")
-class HedgehogAttention(SummaryDecoding, variants.Attention):
-    """Normalized ``phi(Q) (phi(K)^T V)`` with a learned per-head map: O(n d^2), a constant decoding state.
-
-    No attention dropout (weights are never formed; ``build`` refuses it).
-    """
-
-    supports_causal = True
-    supports_dropout = False
+class HedgehogAttention(FeatureMapAttention):
+    """Normalized ``phi(Q) (phi(K)^T V)`` with a learned per-head map: O(n d^2), a constant decoding state."""
 
     def __init__(self, *, chunk_size: int = 128, **common) -> None:
         super().__init__(**common)
@@ -54,31 +47,3 @@ class HedgehogAttention(SummaryDecoding, variants.Attention):
 
     def key_logit_rows(self, k, start, end):
         return torch.cat([k, -k], dim=-1).log_softmax(dim=-1)
-
-    def attend(self, q, k, v, mask):
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            out_dtype = q.dtype
-            dtype = torch.promote_types(q.dtype, torch.float32)  # sums over n keys: fp32 at least
-            q, k, v = (t.to(dtype) for t in (q, k, v))
-            q, k = self.feature_inputs(q, k)  # plain autograd: O(n d), and the gradient reaches W and b
-
-            def keys(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
-                logits = self.key_logit_rows(x, start, end)
-                if mask is not None:
-                    logits = logits.masked_fill(~mask[:, None, start:end, None], float("-inf"))
-                return logits
-
-            out = linear_attention(
-                q,
-                k,
-                v,
-                query_features=self.query_feature_rows,
-                key_logits=keys,
-                num_features=self.num_features,
-                causal=self.causal,
-                chunk=self.chunk_size,
-            )
-        return out.to(out_dtype)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, chunk_size={self.chunk_size}"

@@ -5,7 +5,7 @@ Softmax's ``exp(q.k)`` is replaced by ``phi(q) . phi(k)`` with the feature map
 ``phi(Q) (phi(K)^T V)`` normalized row-wise: O(n d^2) time, O(n d) memory.
 Causal attention keeps running sums over the prefix, chunk by chunk. Both run
 in the lean kernel of :mod:`variants._linear`, which keeps no feature matrix
-for the backward pass.
+for the backward pass; decoding keeps the constant ``(Dh, Dh)`` summary.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import variants
-from variants._decoding import SummaryDecoding
-from variants._linear import linear_attention
+from variants._feature_map import FeatureMapAttention
 
 
 def elu_features(x: torch.Tensor) -> torch.Tensor:
@@ -29,15 +28,8 @@ def elu_feature_logits(x: torch.Tensor) -> torch.Tensor:
 
 
 @variants.register("linear")
-class LinearAttention(SummaryDecoding, variants.Attention):
-    """Normalized ``phi(Q) (phi(K)^T V)`` with ``phi = elu + 1``: O(n d^2).
-
-    No attention dropout (the weights are never formed; ``build`` refuses it).
-    Decoding keeps the constant ``(Dh, Dh)`` summary of the causal scan.
-    """
-
-    supports_causal = True
-    supports_dropout = False
+class LinearAttention(FeatureMapAttention):
+    """Normalized ``phi(Q) (phi(K)^T V)`` with ``phi = elu + 1``: O(n d^2); no attention dropout."""
 
     def __init__(self, *, chunk_size: int = 128, **common) -> None:
         super().__init__(**common)
@@ -50,30 +42,3 @@ class LinearAttention(SummaryDecoding, variants.Attention):
 
     def key_logit_rows(self, k, start, end):
         return elu_feature_logits(k)
-
-    def attend(self, q, k, v, mask):
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            out_dtype = q.dtype
-            dtype = torch.promote_types(q.dtype, torch.float32)  # sums over n keys: fp32 at least
-            q, k, v = (t.to(dtype) for t in (q, k, v))
-
-            def keys(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
-                logits = self.key_logit_rows(x, start, end)
-                if mask is not None:
-                    logits = logits.masked_fill(~mask[:, None, start:end, None], float("-inf"))
-                return logits
-
-            out = linear_attention(
-                q,
-                k,
-                v,
-                query_features=self.query_feature_rows,
-                key_logits=keys,
-                num_features=self.num_features,
-                causal=self.causal,
-                chunk=self.chunk_size,
-            )
-        return out.to(out_dtype)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, chunk_size={self.chunk_size}"

@@ -21,8 +21,7 @@ import math
 import torch
 
 import variants
-from variants._decoding import SummaryDecoding
-from variants._linear import linear_attention
+from variants._feature_map import FeatureMapAttention
 
 
 def orthogonal_gaussian_features(nb_features: int, dim: int) -> torch.Tensor:
@@ -53,7 +52,7 @@ def key_logits(x_proj: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor | N
 
 
 @variants.register("performer")
-class PerformerAttention(SummaryDecoding, variants.Attention):
+class PerformerAttention(FeatureMapAttention):
     """FAVOR+ linear attention with ``nb_features`` positive orthogonal random features.
 
     No attention dropout: the weights ``phi(q) . phi(k)`` are never formed, so
@@ -62,9 +61,7 @@ class PerformerAttention(SummaryDecoding, variants.Attention):
     ``(nb_features, Dh)`` summary of the causal scan.
     """
 
-    supports_causal = True
     budget = ("nb_features", (8, 16, 32, 64, 128, 256, 512))
-    supports_dropout = False
 
     def __init__(
         self,
@@ -90,7 +87,7 @@ class PerformerAttention(SummaryDecoding, variants.Attention):
         fresh = orthogonal_gaussian_features(self.nb_features, self.dim_head) * self.dim_head**-0.25
         self.features.copy_(fresh.to(self.features.device))
 
-    def query_feature_rows(self, q, start, end):
+    def query_feature_rows(self, q, start, end):  # exp() of random projections: computed in fp32 (the base class)
         return query_features(q @ self.features.to(q.dtype).T)
 
     def key_logit_rows(self, k, start, end):
@@ -99,31 +96,6 @@ class PerformerAttention(SummaryDecoding, variants.Attention):
     def on_train_step(self, step: int) -> None:
         if self.redraw_interval and step > 0 and step % self.redraw_interval == 0:
             self.redraw_features()
-
-    def attend(self, q, k, v, mask):
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            # exp() of random projections needs float32 range and precision.
-            out_dtype = q.dtype
-            dtype = torch.promote_types(q.dtype, torch.float32)  # float64 stays float64 (gradcheck)
-            q, k, v, features = (t.to(dtype) for t in (q, k, v, self.features))
-
-            def queries(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
-                return query_features(x @ features.T)
-
-            def keys(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
-                return key_logits(x @ features.T, x, None if mask is None else mask[:, start:end])
-
-            out = linear_attention(
-                q,
-                k,
-                v,
-                query_features=queries,
-                key_logits=keys,
-                num_features=self.nb_features,
-                causal=self.causal,
-                chunk=self.chunk_size,
-            )
-        return out.to(out_dtype)
 
     def extra_repr(self) -> str:
         return (

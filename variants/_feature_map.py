@@ -1,0 +1,114 @@
+"""The base class of feature-map (linear) attention: one parallel form and one decoding form for the family.
+
+A subclass gives ``num_features``, ``chunk_size`` and two feature functions of
+rows at absolute positions ``start:end`` (cosFormer's depend on them):
+``query_feature_rows(q, start, end)`` and ``key_logit_rows(k, start, end)``,
+the logarithms of the key features (or, with ``signed_features``, the
+features themselves, which may be negative). Optionally ``feature_inputs``
+(learned projections the features read) and ``feature_functions`` (functions
+that depend on the sequence length). It inherits the parallel form, in the
+lean kernel of :mod:`variants._linear`, and decoding with a constant
+``(m, Dh)`` summary (:mod:`variants._decoding`): Performer, Linear
+Transformer, cosFormer, Hedgehog and Based's linear branch are each a feature
+map and little else.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from variants._base import Attention, State
+from variants._decoding import add_to_summary, empty_summary, read_summary
+from variants._linear import FeatureFn, linear_attention
+
+
+class FeatureMapAttention(Attention):
+    """Normalized ``phi(Q) (phi(K)^T V)``: O(n m d) time, O(n d) memory, a constant decoding state.
+
+    No attention dropout: the weights are never formed (``build`` refuses it).
+    """
+
+    supports_causal = True
+    supports_dropout = False
+    supports_decoding = True
+    signed_features: ClassVar[bool] = False  # key_logit_rows gives the features themselves (see linear_attention)
+    num_features: int
+    chunk_size: int
+
+    def feature_inputs(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the feature functions read: q and k, or the variant's learned projections of them."""
+        return q, k
+
+    def query_feature_rows(self, q: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def key_logit_rows(self, k: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def feature_functions(self, seq: int | None) -> tuple[FeatureFn, FeatureFn]:
+        """The query and key functions for a parallel call over ``seq`` rows, or for decoding (``None``)."""
+        return self.query_feature_rows, self.key_logit_rows
+
+    def attend(self, q, k, v, mask):
+        return self.linear_attend(q, k, v, mask)
+
+    def linear_attend(self, q, k, v, mask):
+        """The parallel form (bidirectional or causal) with padded keys given no weight."""
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            out_dtype = q.dtype
+            dtype = torch.promote_types(q.dtype, torch.float32)  # sums over n keys: fp32 at least
+            q, k, v = (t.to(dtype) for t in (q, k, v))
+            q, k = self.feature_inputs(q, k)  # plain autograd: O(n d), and the gradient reaches their parameters
+            query_features, key_logits = self.feature_functions(q.shape[2])
+
+            def keys(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+                logits = key_logits(x, start, end)
+                if mask is None:
+                    return logits
+                keep = mask[:, None, start:end, None]
+                return logits * keep if self.signed_features else logits.masked_fill(~keep, float("-inf"))
+
+            out = linear_attention(
+                q,
+                k,
+                v,
+                query_features=query_features,
+                key_logits=keys,
+                num_features=self.num_features,
+                causal=self.causal,
+                chunk=self.chunk_size,
+                signed=self.signed_features,
+            )
+        return out.to(out_dtype)
+
+    def init_state(self, batch, *, device="cpu", dtype=torch.float32) -> State:
+        self._check_decoding()
+        state = empty_summary(batch, self.heads, self.num_features, self.dim_head, device, dtype)
+        return state | {"position": torch.zeros((), dtype=torch.long, device=device)}
+
+    def decode_step(self, q, k, v, state):
+        return self._fold(q, k, v, state)
+
+    def prefill(self, q, k, v):
+        self._check_decoding()
+        state = self.init_state(q.shape[0], device=q.device, dtype=q.dtype)
+        _, state = self._fold(q[:, :, :0], k, v, state)
+        return self(q, k, v), state
+
+    def _fold(self, q, k, v, state):
+        """Add keys ``k``, values ``v`` at the next positions; read queries ``q`` (the last of them) from the result."""
+        out_dtype = q.dtype
+        with torch.autocast(q.device.type, enabled=False):
+            dtype = state["context"].dtype
+            q, k = self.feature_inputs(q.to(dtype), k.to(dtype))
+            query_features, key_logits = self.feature_functions(None)
+            start = int(state["position"])
+            end = start + k.shape[2]
+            summary = add_to_summary(state, key_logits(k, start, end), v, signed=self.signed_features)
+            out = read_summary(query_features(q, end - q.shape[2], end), summary)  # the queries are the last rows
+        return out.to(out_dtype), summary | {"position": state["position"] + k.shape[2]}
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, chunk_size={self.chunk_size}"
