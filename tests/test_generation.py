@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from helpers import TINY_SWEEP
 
 from runners.measure.decode_probe import decode_probe
-from runners.reporting.generation import growth_table
+from runners.reporting.generation import crossover, growth_table
 from runners.reporting.tables import flat_results
 from runners.results import store
 from runners.sweeping.run import run_sweep
@@ -45,3 +46,9 @@ def test_sweep_records_decode_points_and_the_report_shows_generation(tmp_path, c
     report = (tmp_path / "report" / "report.md").read_text()
     assert "### Generation" in report and "n/a: unsupported" in report
     assert (tmp_path / "report" / "decode_state_hw0.png").exists()
+
+
+def test_crossover_is_where_a_variant_stays_faster():
+    full = pd.Series({256: 100.0, 1024: 90.0, 4096: 50.0, 16384: 20.0})
+    assert crossover(pd.Series({256: 120.0, 1024: 80.0, 4096: 60.0, 16384: 60.0}), full) == "4,096"
+    assert crossover(pd.Series({256: 80.0, 1024: 80.0, 4096: 60.0, 16384: 10.0}), full) == "not up to 16,384"

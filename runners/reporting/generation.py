@@ -19,6 +19,20 @@ from runners.reporting.plots import draw_lines, save_plot
 from runners.reporting.tables import REFERENCE, cell_table, scaling_exponent
 
 
+def crossover(speed: pd.Series, reference: pd.Series) -> str:
+    """The shortest measured n from which ``speed`` beats ``reference`` at every longer measured n too."""
+    shared = speed.reindex(reference.index).dropna().sort_index()
+    if shared.empty:
+        return ""
+    faster = (shared > reference.reindex(shared.index)).to_numpy()
+    if not faster[-1]:
+        return f"not up to {shared.index.max():,}"
+    first = len(faster)
+    while first > 0 and faster[first - 1]:  # walk back while it stays faster
+        first -= 1
+    return f"{shared.index[first]:,}"
+
+
 def growth_table(decode: pd.DataFrame) -> pd.DataFrame:
     """Per variant: fitted exponents of state bytes and step time over n, and where it overtakes ``full``."""
     ok = decode[decode.status == "ok"]
@@ -32,10 +46,8 @@ def growth_table(decode: pd.DataFrame) -> pd.DataFrame:
             "step time ~ n^p": scaling_exponent(group.seq_len, group.decode_ms),
         }
         if variant != REFERENCE and not reference.empty:
-            shared = group.set_index("seq_len").decode_tokens_per_s.reindex(reference.index).dropna()
-            faster = shared[shared > reference.reindex(shared.index)]
-            row[f"faster than {REFERENCE} from n ="] = (
-                f"{faster.index.min():,}" if not faster.empty else f"not up to {shared.index.max():,}"
+            row[f"faster than {REFERENCE} from n ="] = crossover(
+                group.set_index("seq_len").decode_tokens_per_s, reference
             )
         rows[variant] = row
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
@@ -62,7 +74,8 @@ def generation_section(decode: pd.DataFrame, out: Path, tag: str) -> list[str]:
         md_table(cell_table(decode, "state_kib", ",.1f")),
         "",
         "**Growth with context length**: fitted exponent p of n^p (state: KV cache ~1, window and linear "
-        "family ~0), and the shortest measured context from which the variant decodes faster than `full`.",
+        "family ~0), and the shortest measured context from which the variant decodes faster than `full` at "
+        "every longer measured context too.",
         "",
         md_table(growth_table(decode)),
         "",
