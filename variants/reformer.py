@@ -74,7 +74,9 @@ class ReformerAttention(variants.Attention):
         if mask is not None or padded != seq:
             valid = torch.ones(batch, seq, dtype=torch.bool, device=q.device) if mask is None else mask
             valid = F.pad(valid, (0, padded - seq), value=False).repeat_interleave(heads, dim=0)  # (BH, P)
-        q, k, v = (F.pad(t, (0, 0, 0, padded - seq)).flatten(0, 1) for t in (q, k, v))  # (BH, P, Dh)
+        if padded != seq:  # a copy of each input only where the length needs it
+            q, k, v = (F.pad(t, (0, 0, 0, padded - seq)) for t in (q, k, v))
+        q, k, v = (t.flatten(0, 1) for t in (q, k, v))  # (BH, P, Dh)
         rotations = self.rotations(padded // b, q.device)
         orders = (self.hash_order(x, rotations).int() for x in (q, k))
         out = lsh_attention(q, k, v, LshLayout(*orders, b, valid), dropout_p=self.dropout_p)
