@@ -71,3 +71,18 @@ def die(*, how: str) -> None:
     if how == "MemoryError":
         raise MemoryError("simulated")
     os.kill(os.getpid(), getattr(signal, how))
+
+
+def padding_mask(batch: int, seq: int) -> torch.Tensor:
+    """All tokens real except the last third of the last sequence."""
+    mask = torch.ones(batch, seq, dtype=torch.bool)
+    mask[-1, seq * 2 // 3 :] = False
+    return mask
+
+
+def assert_same(ours, reference, mask, *, atol=1e-5, rtol=1e-5):
+    """Outputs at real query rows and all q, k, v gradients agree (``values_and_grads`` tuples)."""
+    real = slice(None) if mask is None else mask[:, None, :, None].expand_as(ours[0])
+    torch.testing.assert_close(ours[0][real], reference[0][real], atol=atol, rtol=rtol, msg="out")
+    for name, mine, theirs in zip("qkv", ours[1:], reference[1:], strict=True):
+        torch.testing.assert_close(mine, theirs, atol=atol, rtol=rtol, msg=f"grad {name}")

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import build_variant, qkv, values_and_grads
+from helpers import build_variant, padding_mask, qkv, values_and_grads
 
 import variants._blocks
 import variants._linear
 from variants.full_math import softmax_attention_probs
 from variants.performer import key_logits, query_features
-
-
-def padding_mask(batch: int, seq: int) -> torch.Tensor:
-    mask = torch.ones(batch, seq, dtype=torch.bool)
-    mask[-1, seq * 2 // 3 :] = False
-    return mask
 
 
 def local_pattern(seq: int, window: int, causal: bool) -> torch.Tensor:

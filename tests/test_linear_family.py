@@ -12,27 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import build_variant, qkv, values_and_grads
+from helpers import assert_same, build_variant, padding_mask, qkv, values_and_grads
 
 import variants._linear
 from variants._masks import dense_allowed
 from variants.full_math import softmax_attention_probs
 
 SEQ = 75
-
-
-def padding_mask(batch: int, seq: int) -> torch.Tensor:
-    mask = torch.ones(batch, seq, dtype=torch.bool)
-    mask[-1, seq * 2 // 3 :] = False
-    return mask
-
-
-def assert_same(ours, reference, mask, *, atol=1e-5, rtol=1e-5):
-    """Outputs at real query rows and all q, k, v gradients agree."""
-    real = slice(None) if mask is None else mask[:, None, :, None].expand_as(ours[0])
-    torch.testing.assert_close(ours[0][real], reference[0][real], atol=atol, rtol=rtol, msg="out")
-    for name, mine, theirs in zip("qkv", ours[1:], reference[1:], strict=True):
-        torch.testing.assert_close(mine, theirs, atol=atol, rtol=rtol, msg=f"grad {name}")
 
 
 def allowed_weights(weights: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
