@@ -167,11 +167,9 @@ class Attention(nn.Module):
 
     def _check_decoding(self) -> None:
         if not self.supports_decoding:
-            from variants._registry import decoding_names  # the registry imports this module
+            from variants._registry import cannot_decode  # the registry imports this module
 
-            raise UnsupportedError(
-                f"{self.name} cannot decode token by token; variants that can: {', '.join(decoding_names())}"
-            )
+            raise cannot_decode(self.name)
         if not self.causal:
             raise UnsupportedError(f"{self.name}: decoding is causal; build it with causal=True")
 

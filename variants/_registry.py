@@ -62,6 +62,11 @@ def decoding_names() -> list[str]:
     return [n for n in names() if _REGISTRY[n].supports_decoding]
 
 
+def cannot_decode(name: str) -> UnsupportedError:
+    """The error for decoding with a variant that cannot, naming those that can."""
+    return UnsupportedError(f"{name} cannot decode token by token; variants that can: {', '.join(decoding_names())}")
+
+
 def hyperparameters(name: str) -> dict[str, Any]:
     """The variant's own hyperparameters and their defaults (beyond the common ones)."""
     params = inspect.signature(get(name).__init__).parameters

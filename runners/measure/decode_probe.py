@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-import variants
 from runners.measure.speed_probe import build_model
 from runners.measure.timing import synchronize, time_calls
 
@@ -34,11 +33,7 @@ def decode_probe(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Tokens/s of one decoding step at ``context``, the state's bytes and the prompt's time; raises on failure."""
-    name = attention["name"]
-    if not variants.get(name).supports_decoding:
-        raise variants.UnsupportedError(
-            f"{name} cannot decode token by token; variants that can: {', '.join(variants.decoding_names())}"
-        )
+    # a variant that cannot decode is refused by the model's prefill, naming those that can
     device = torch.device(device)
     torch.manual_seed(seed)
     model = build_model(

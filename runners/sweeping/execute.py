@@ -14,6 +14,7 @@ from runners.measure.failures import PointFailed, classify_failure, failure_mess
 from runners.measure.memory import timing_env
 from runners.measure.worker import measure_isolated, run_isolated
 from runners.training.run import run_training
+from variants._registry import cannot_decode
 
 SPEED_PROBE = "runners.measure.speed_probe:speed_probe"
 DECODE_PROBE = "runners.measure.decode_probe:decode_probe"
@@ -52,9 +53,7 @@ def measure_decode(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
     """Decoding speed and state size of the causal skeleton after a prompt of ``seq_len`` tokens, in a fresh process."""
     name = point["attention"]["name"]
     if not variants.get(name).supports_decoding:  # recorded as unsupported without starting a process
-        raise variants.UnsupportedError(
-            f"{name} cannot decode token by token; variants that can: {', '.join(variants.decoding_names())}"
-        )
+        raise cannot_decode(name)
     kwargs = {
         "model_cfg": point["model"],
         "attention": point["attention"],
