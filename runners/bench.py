@@ -34,9 +34,10 @@ from typing import Any
 import pandas as pd
 
 import variants
+from runners.measure.bf16 import EmulatedBF16Error, check_bf16
 from runners.measure.core_probe import OURS
 from runners.measure.failures import PointFailed
-from runners.measure.matmul_peak import DTYPES
+from runners.measure.matmul_peak import DTYPES, describe_peak
 from runners.measure.peers import PEERS
 from runners.measure.worker import measure_isolated, run_isolated
 
@@ -132,8 +133,9 @@ def summarize(records: list[dict[str, Any]], seq_lens: list[int]) -> str:
                 (100 * ok.fwd_bwd_gflops_per_s / peak).map(lambda p: f"{p:.0f}%"), sep=" "
             )
         )
-        peaks = ", ".join(f"{dt} {g:.0f}" for dt, g in records[0]["hardware"]["matmul_gflops"].items())
-        out.append(f"\nachieved matmul GFLOP/s of forward+backward, % of the measured matmul peak ({peaks} GFLOP/s)")
+        machine = records[0]["hardware"]
+        peaks = describe_peak(machine["matmul_gflops"], bf16_native=machine.get("bf16_native"))
+        out.append(f"\nachieved matmul GFLOP/s of forward+backward, % of the measured matmul peak ({peaks})")
         out.append(cells.pivot(index="label", columns="seq_len", values="gflops").to_string())
     lo, hi = (2048, 8192) if {2048, 8192} <= set(seq_lens) else (min(seq_lens), max(seq_lens))
     growth = []
@@ -190,6 +192,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per point before it is 'timeout'")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per point (0: torch's default)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of q, k, v")
+    parser.add_argument(
+        "--allow-emulated-bf16",
+        action="store_true",
+        help="measure --dtype bf16 even where this CPU only emulates it (refused otherwise: ~500x slower)",
+    )
     parser.add_argument("--peers", action="store_true", help="also run the reference packages (.[peers])")
     parser.add_argument("--out", type=Path, default=Path("results/bench.jsonl"), help="JSON lines, appended")
     return parser.parse_args(argv)
@@ -197,13 +204,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
+    try:
+        check_bf16(
+            args.dtype == "bf16",
+            "cpu",
+            allow_emulated=args.allow_emulated_bf16,
+            fix="--dtype fp32",
+            override="--allow-emulated-bf16",
+        )
+    except EmulatedBF16Error as error:
+        raise SystemExit(f"runners.bench: {error}") from None
     names = args.variants or variants.names()
     for name in names:
         variants.get(name)  # unknown names fail here, listing the registered ones
     cases = build_cases(names, with_peers=args.peers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = hardware(args)
-    print(f"{machine['fingerprint']}, {args.dtype}; matmul peak GFLOP/s: {machine['matmul_gflops']}", file=sys.stderr)
+    peaks = describe_peak(machine["matmul_gflops"], bf16_native=machine.get("bf16_native"))
+    print(f"{machine['fingerprint']}, {args.dtype}; matmul peak: {peaks}", file=sys.stderr)
     records = []
     total = len(cases) * len(args.seq_lens)
     started = time.perf_counter()

@@ -9,6 +9,7 @@ The machinery lives in :mod:`runners.training`; this file composes the config
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import hydra
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
 from runners.hydra_glue.configs import CONF_DIR, register_configs
+from runners.measure.bf16 import EmulatedBF16Error
 from runners.training.run import run_training
 
 register_configs()
@@ -23,7 +25,10 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    result = run_training(cfg)
+    try:
+        result = run_training(cfg)
+    except EmulatedBF16Error as error:
+        sys.exit(f"config error: {error}")
     if rank_zero_only.rank == 0:  # under ddp every rank runs this script
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items() if k != "loss_trace"})
     return result

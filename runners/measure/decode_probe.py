@@ -31,8 +31,12 @@ def decode_probe(
     repeats: int = 32,
     vocab_size: int = 128,
     seed: int = 0,
+    budget_s: float = 20.0,
 ) -> dict[str, Any]:
-    """Tokens/s of one decoding step at ``context``, the state's bytes and the prompt's time; raises on failure."""
+    """Tokens/s of one decoding step at ``context``, the state's bytes and the prompt's time; raises on failure.
+
+    ``budget_s`` caps the timed steps on a slow machine (at least 3; ``decode_repeats`` says how many).
+    """
     # a variant that cannot decode is refused by the model's prefill, naming those that can
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -58,7 +62,7 @@ def decode_probe(
             logits, carried["state"] = model.step(carried["token"], carried["state"])
             carried["token"] = logits.argmax(dim=-1)
 
-        timing = time_calls(step, device=device, warmup=warmup, repeats=repeats)
+        timing = time_calls(step, device=device, warmup=warmup, repeats=repeats, budget_s=budget_s)
     return {
         "decode_ms": timing.median_s * 1e3,
         "decode_tokens_per_s": batch_size / timing.median_s,

@@ -4,37 +4,90 @@ A square matmul is the fastest thing a CPU or GPU does with floating point,
 so its rate is a practical peak: a variant at 60% of it wastes little, one at
 5% spends its time in memory traffic, softmax or Python. Measured, not taken
 from a datasheet, so it matches the threads and the build the numbers come from.
+
+The probe is bounded in time on any machine: it calibrates on a small matmul
+and grows the size only while a handful of calls still fit its budget, so a
+device that is a thousand times slower in some dtype costs the same seconds
+(a fixed 2048x2048 probe once took ten minutes in emulated bf16). A dtype the
+device would only emulate (:func:`runners.measure.bf16.bf16_native`) is not
+measured at all: its "peak" would be a reference implementation's speed.
 """
 
 from __future__ import annotations
 
+import time
+
 import torch
 
-from runners.measure.timing import time_calls
+from runners.measure.bf16 import bf16_native
+from runners.measure.timing import synchronize, time_calls
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SIZES = (256, 512, 1024, 2048, 4096)  # candidate square sizes, smallest first
+MIN_CALLS = 6  # the chosen size must afford this many calls (warm-up + repeats) within the budget
 
 
-def matmul_gflops(dtype: torch.dtype, device: torch.device, *, size: int = 2048, repeats: int = 10) -> float:
-    """GFLOP/s of the fastest of ``repeats`` ``size x size`` matmuls in ``dtype`` (after one warm-up call).
+def _one_call_s(a: torch.Tensor, b: torch.Tensor, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    a @ b
+    synchronize(device)
+    return time.perf_counter() - start
 
-    The fastest, not the median: this is a ceiling, and on a shared machine
-    noise only ever slows a matmul down (a median we took under load read 99
-    GFLOP/s on a machine that does 166).
+
+def matmul_gflops(
+    dtype: torch.dtype, device: torch.device, *, budget_s: float = 1.5, max_repeats: int = 10
+) -> tuple[float, int]:
+    """GFLOP/s of the fastest timed square matmul in ``dtype``, and the size it was measured at.
+
+    The largest size of :data:`SIZES` that affords :data:`MIN_CALLS` calls within ``budget_s``
+    (predicted from the size below it, timed on the way up), then as many timed calls as fit
+    the budget, 3 to ``max_repeats``. The fastest, not the median: this is a ceiling, and on
+    a shared machine noise only ever slows a matmul down (a median we took under load read
+    99 GFLOP/s on a machine that does 166).
     """
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    timing = time_calls(lambda: a @ b, device=device, warmup=1, repeats=repeats)
-    return 2 * size**3 / timing.min_s / 1e9
+
+    def operands(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+
+    size = SIZES[0]
+    a, b = operands(size)
+    _one_call_s(a, b, device)  # lazy initialisation (kernels, handles) is not the matmul
+    per_call = _one_call_s(a, b, device)
+    for larger in SIZES[1:]:
+        if per_call * (larger / size) ** 3 * MIN_CALLS > budget_s:
+            break
+        size = larger
+        a, b = operands(size)
+        per_call = _one_call_s(a, b, device)  # also the warm-up of this size
+    repeats = int(min(max_repeats, max(3, budget_s // max(per_call, 1e-9))))
+    timing = time_calls(lambda: a @ b, device=device, warmup=0, repeats=repeats)
+    return 2 * size**3 / min(timing.min_s, per_call) / 1e9, size
 
 
 def matmul_peak(device: torch.device | str = "cpu") -> dict[str, float]:
-    """GFLOP/s of the fp32 and bf16 matmul probe, keyed ``"fp32"``/``"bf16"`` (a dtype that fails is left out)."""
+    """GFLOP/s of the fp32 and bf16 matmul probe, keyed ``"fp32"``/``"bf16"``.
+
+    Left out: bf16 where the device only emulates it, and any dtype whose matmul fails.
+    """
     device = torch.device(device)
     peak = {}
     for name, dtype in DTYPES.items():
+        if dtype == torch.bfloat16 and not bf16_native(device):
+            continue
         try:
-            peak[name] = round(matmul_gflops(dtype, device), 1)
+            peak[name] = round(matmul_gflops(dtype, device)[0], 1)
         except RuntimeError:  # a device without this dtype's matmul
             continue
     return peak
+
+
+def describe_peak(gflops: dict[str, float], *, bf16_native: bool | None, on_gpu: bool = False) -> str:
+    """The peak in words, e.g. ``fp32 144 GFLOP/s; bf16: emulated on this CPU, not measured``.
+
+    ``bf16_native`` is None for records from before the fingerprint recorded it.
+    """
+    parts = [f"{dtype} {rate:,.0f} GFLOP/s" for dtype, rate in gflops.items()]
+    if "bf16" not in gflops and bf16_native is False:
+        parts.append(f"bf16: emulated on this {'GPU' if on_gpu else 'CPU'}, not measured")
+    return "; ".join(parts) or "not measured"

@@ -54,9 +54,13 @@ def speed_probe(
     warmup: int = 2,
     repeats: int = 5,
     seed: int = 0,
+    budget_s: float = 30.0,
     parts: Sequence[str] = ("time", "memory"),
 ) -> dict[str, Any]:
     """Throughput, memory and FLOPs of one configuration; raises on failure (the sweep records it).
+
+    ``budget_s`` caps the timed steps of a slow point, training and inference each (at least 3 are
+    taken; ``timed_repeats`` says how many were).
 
     The sweep calls it through :func:`runners.measure.worker.measure_isolated`, one fresh process per part.
     """
@@ -89,9 +93,9 @@ def speed_probe(
     result: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
     if "time" in parts:
         model.train()
-        train = time_calls(train_step, device=device, warmup=warmup, repeats=repeats)
+        train = time_calls(train_step, device=device, warmup=warmup, repeats=repeats, budget_s=budget_s)
         model.eval()
-        infer = time_calls(inference, device=device, warmup=warmup, repeats=repeats)
+        infer = time_calls(inference, device=device, warmup=warmup, repeats=repeats, budget_s=budget_s)
         model.train()
         flops = count_flops(train_step)  # with the fused CPU attention kernel counted (runners.measure.flops)
         tokens_per_step = batch_size * seq_len
@@ -104,7 +108,7 @@ def speed_probe(
             "infer_tokens_per_s_min": tokens_per_step / infer.max_s,
             "infer_tokens_per_s_max": tokens_per_step / infer.min_s,
             "infer_spread": infer.spread,
-            "timed_repeats": repeats,
+            "timed_repeats": train.repeats,
             "flops_per_step": flops,
         }
     if "memory" in parts:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from runners.measure.matmul_peak import describe_peak
 from runners.reporting import accuracy as acc_tables
 from runners.reporting.approximation import approximation_section
 from runners.reporting.generation import generation_section
@@ -52,14 +53,19 @@ def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
         lines += [f"**{title}**", "", md_table(cell_table(speed, value, fmt)), ""]
     efficiency = achieved_gflops(speed)
     if efficiency.pct_of_peak.notna().any():
-        peaks = ", ".join(
-            f"{dtype} {efficiency[f'matmul_{dtype}_gflops'].dropna().iloc[-1]:,.0f}"
-            for dtype in ("fp32", "bf16")
-            if efficiency[f"matmul_{dtype}_gflops"].notna().any()
+        latest = efficiency.iloc[-1]
+        peaks = describe_peak(
+            {
+                dtype: efficiency[f"matmul_{dtype}_gflops"].dropna().iloc[-1]
+                for dtype in ("fp32", "bf16")
+                if efficiency[f"matmul_{dtype}_gflops"].notna().any()
+            },
+            bf16_native=None if pd.isna(latest.bf16_native) else bool(latest.bf16_native),
+            on_gpu=pd.notna(latest.gpu_name),
         )
         lines += [
             "**Where the time goes: achieved matmul GFLOP/s of a training step, and % of this machine's "
-            f"measured matmul peak** ({peaks} GFLOP/s; counted "
+            f"measured matmul peak** ({peaks}; counted "
             "FLOPs / step time, so softmax, feature maps and Python overhead show as a low share)",
             "",
             md_table(cell_table(efficiency, "train_gflops", ",.1f")),

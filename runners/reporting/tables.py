@@ -34,6 +34,8 @@ COLUMNS = {
     "config.hardware.precision": "precision",
     "hardware_info.matmul_gflops.fp32": "matmul_fp32_gflops",
     "hardware_info.matmul_gflops.bf16": "matmul_bf16_gflops",
+    "hardware_info.bf16_native": "bf16_native",
+    "hardware_info.gpu_name": "gpu_name",
     "params": "params",
     "decode_tokens_per_s": "decode_tokens_per_s",
     "decode_ms": "decode_ms",

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from runners.measure.bf16 import bf16_native
 from runners.measure.matmul_peak import matmul_peak
 
 PACKAGES = ("torch", "pytorch-lightning", "torchmetrics", "hydra-core", "wandb", "pandas", "numpy")
@@ -58,10 +59,11 @@ def cpu_model() -> str:
 
 
 def hardware_fingerprint(accelerator: str, *, with_matmul_peak: bool = True) -> dict[str, Any]:
-    """CPU model and threads, or GPU name and memory, and the measured matmul peak: what the numbers ran on.
+    """CPU model and threads, or GPU name and memory, bf16 support and the matmul peak: what the numbers ran on.
 
-    ``matmul_gflops`` (fp32 and bf16, about a second to measure) is the ceiling
-    reports compare each variant's achieved GFLOP/s with.
+    ``bf16_native`` says whether bf16 matmuls run in hardware here (False: emulated, hundreds of times
+    slower). ``matmul_gflops`` (fp32, and bf16 where native; a few seconds at most on any machine) is
+    the ceiling reports compare each variant's achieved GFLOP/s with.
     """
     info: dict[str, Any] = {
         "cpu_model": cpu_model(),
@@ -75,9 +77,10 @@ def hardware_fingerprint(accelerator: str, *, with_matmul_peak: bool = True) -> 
         info["fingerprint"] = f"{props.name} ({props.total_memory // 2**30} GiB)"
     else:
         info["fingerprint"] = f"{info['cpu_model']} x{info['torch_threads']} threads"
+    device = "cuda" if accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    info["bf16_native"] = bf16_native(device)
     if with_matmul_peak:
-        on_gpu = accelerator in ("gpu", "cuda") and torch.cuda.is_available()
-        info["matmul_gflops"] = matmul_peak("cuda" if on_gpu else "cpu")
+        info["matmul_gflops"] = matmul_peak(device)
     return info
 
 

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import variants
 from runners.hydra_glue.configs import TASKS, attention_config, keyword_defaults, task_config
+from runners.measure.bf16 import EmulatedBF16Error, check_precision
 
 DIRECTIONS = ("bidirectional", "causal")
 
@@ -159,6 +160,12 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
             "sweep; inside a sweep use hardware.strategy=ddp_spawn (or train one config with "
             "python -m runners.train hardware.strategy=ddp)"
         )
+    try:
+        check_precision(
+            cfg.hardware.accelerator, cfg.hardware.precision, allow_emulated=cfg.hardware.get("allow_emulated_bf16")
+        )
+    except EmulatedBF16Error as error:
+        raise ConfigError(str(error)) from None
     if cfg.logger not in ("wandb", "none"):
         raise ConfigError(f"logger={cfg.logger!r} is unknown; choose wandb or none")
 

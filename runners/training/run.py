@@ -6,7 +6,9 @@ initialization and dropout; deterministic algorithms on CPU), then reports
 test accuracy and its learning curve. ``optim.max_time_s`` is only a safety
 cap: a run that reaches it ends as ``timeout`` with its partial curve and no
 final accuracy. A NaN/inf loss ends the run as ``diverged``; a causal task
-with a variant that cannot be causal is ``unsupported``. None of these raises.
+with a variant that cannot be causal is ``unsupported``. None of these raises;
+a bf16 precision this machine would only emulate does, before any work
+(:func:`runners.measure.bf16.check_precision`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import variants
+from runners.measure.bf16 import check_precision
 from runners.training.curve import LearningCurve, curve_rows
 from runners.training.module import SequenceModel
 from runners.training.progress import ProgressLine
@@ -98,6 +101,8 @@ def run_training(cfg: DictConfig, *, logger: Any = False, progress: str | None =
 
     ``progress``: the console line this run belongs to; on a terminal it shows the step count while training.
     """
+    hardware = cfg.hardware
+    check_precision(hardware.accelerator, hardware.precision, allow_emulated=hardware.get("allow_emulated_bf16"))
     attention = OmegaConf.to_container(cfg.attention, resolve=True)
     task: GeneratedTask = hydra.utils.instantiate(cfg.task)
     name = attention["name"]
