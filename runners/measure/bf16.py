@@ -12,9 +12,11 @@ the device.
 
 from __future__ import annotations
 
-import warnings
+import sys
 
 import torch
+
+_SAID: set[str] = set()
 
 
 class EmulatedBF16Error(ValueError):
@@ -22,7 +24,11 @@ class EmulatedBF16Error(ValueError):
 
 
 def bf16_native(device: torch.device | str = "cpu") -> bool:
-    """True where bf16 matmuls run in hardware (fast); False where they would be emulated (slow)."""
+    """True where bf16 matmuls run in hardware (fast); False where they would be emulated (slow).
+
+    CPU: the same oneDNN check PyTorch makes to route a bf16 matmul to oneDNN
+    (``use_mkldnn_bf16_matmul``); where it says no, the matmul takes the reference path.
+    """
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
@@ -43,8 +49,11 @@ def check_bf16(uses_bf16: bool, device: torch.device | str, *, allow_emulated: b
     if not uses_bf16 or bf16_native(device):
         return
     what = "this CPU" if torch.device(device).type == "cpu" else "this GPU"
-    if allow_emulated:  # shown once per process (the default warnings filter)
-        warnings.warn(f"measuring emulated bf16 on {what} ({override}): expect ~500x fp32's time", stacklevel=2)
+    if allow_emulated:
+        line = f"measuring emulated bf16 on {what} ({override}): expect ~500x fp32's time"
+        if line not in _SAID:  # once per process, however many runs ask
+            _SAID.add(line)
+            print(line, file=sys.stderr, flush=True)
         return
     raise EmulatedBF16Error(
         f"bf16 is emulated on {what} (no native bf16 matmul: ~500x slower than fp32); use {fix}, "
