@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import build_variant, qkv
+from helpers import build_variant, qkv, values_and_grads
 
 import models
 import variants
@@ -78,22 +78,34 @@ def test_causal_future_does_not_leak(name):
 MASK_CASES = [(n, False) for n in MASKABLE] + [(n, True) for n in MASKABLE if n in CAUSAL]
 
 
+PAD_SEQ = 211  # prime: not a multiple of any block, bucket, chunk, window or landmark count
+PADDING_FILLS = {
+    "zeros": lambda t, gen: torch.zeros_like(t),
+    "std 50": lambda t, gen: torch.randn(t.shape, generator=gen) * 50,
+    "other random": lambda t, gen: torch.randn(t.shape, generator=gen),
+}
+
+
+@pytest.mark.parametrize("fill", PADDING_FILLS)
 @pytest.mark.parametrize(("name", "causal"), MASK_CASES)
-def test_padded_keys_get_no_weight(name, causal):
+def test_what_padding_holds_never_changes_real_outputs_or_their_gradients(name, causal, fill):
+    """The same sentence gets the same representation however it was padded and whatever the padding held."""
     attn = build_variant(name, causal=causal).eval()
-    seq = 150
-    q, k, v = qkv(3, seq)
-    mask = torch.ones(3, seq, dtype=torch.bool)
-    mask[0, 97:] = False
-    mask[1, 10:] = False
-    q2, k2, v2 = (t.clone() for t in (q, k, v))
+    q, k, v = qkv(3, PAD_SEQ)
+    mask = torch.ones(3, PAD_SEQ, dtype=torch.bool)
+    mask[0, 150:] = False  # the issue's case: the last ~30% padded
+    mask[1, 17:] = False  # mostly padding
+    weights = torch.randn_like(q)
+    before = values_and_grads(lambda q, k, v: attn(q, k, v, mask), q, k, v, mask, weights)
     pad = ~mask[:, None, :, None]  # (B, 1, N, 1)
-    for t in (q2, k2, v2):
-        t.copy_(torch.where(pad, torch.randn_like(t) * 50, t))
-    out, out2 = attn(q, k, v, mask), attn(q2, k2, v2, mask)
-    real = mask[:, None, :, None].expand_as(out)
-    assert torch.isfinite(out).all() and torch.isfinite(out2).all()
-    torch.testing.assert_close(out[real], out2[real], atol=1e-5, rtol=1e-5)
+    gen = torch.Generator().manual_seed(1)
+    q2, k2, v2 = (torch.where(pad, PADDING_FILLS[fill](t, gen), t) for t in (q, k, v))
+    after = values_and_grads(lambda q, k, v: attn(q, k, v, mask), q2, k2, v2, mask, weights)
+    real = mask[:, None, :, None].expand_as(q)
+    assert all(torch.isfinite(t).all() for t in (*before, *after))
+    for label, mine, other in zip(["out", "grad q", "grad k", "grad v"], before, after, strict=True):
+        where = f"{label} at real positions, padding {fill}"
+        torch.testing.assert_close(mine[real], other[real], atol=1e-5, rtol=1e-5, msg=lambda m, w=where: f"{w}: {m}")
 
 
 @pytest.mark.parametrize("name", ALL)

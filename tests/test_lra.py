@@ -165,7 +165,7 @@ def reformer_dense(attn, q, k, v, mask):
     valid = torch.ones(batch, seq, dtype=torch.bool) if mask is None else mask
     valid = torch.nn.functional.pad(valid, (0, padded - seq), value=False).repeat_interleave(heads, 0)
     rotations = attn.rotations(padded // b, q.device)
-    order_q, order_k = attn.hash_order(qf, rotations), attn.hash_order(kf, rotations)
+    order_q, order_k = attn.hash_order(qf, rotations, valid), attn.hash_order(kf, rotations, valid)
     logits = qf @ torch.nn.functional.normalize(kf, dim=-1).transpose(-1, -2) * dim**-0.5  # (BH, P, P)
     logits = logits.masked_fill(torch.eye(padded, dtype=torch.bool), -5e4)
     logits = logits.masked_fill(~valid[:, None, :], torch.finfo(logits.dtype).min)  # finite, as padding is
@@ -199,14 +199,16 @@ def test_reformer_matches_its_dense_definition_with_the_same_buckets(seq, with_m
     assert_same(ours, dense, mask)
 
 
-@pytest.mark.parametrize("with_mask", [False, True])
-def test_reformer_with_shared_qk_matches_reformer_pytorch(with_mask, monkeypatch):
-    """With ``k = q`` and the peer's random rotations replaced by ours, the peer's LSHAttention gives our numbers."""
+def test_reformer_with_shared_qk_matches_reformer_pytorch(monkeypatch):
+    """With ``k = q`` and the peer's random rotations replaced by ours, the peer's LSHAttention gives our numbers.
+
+    Without padding only: the peer hashes padded positions like real ones, where ours sorts them behind
+    every real position so that they never displace a real key (the variant's docstring).
+    """
     reformer_pytorch = pytest.importorskip("reformer_pytorch.reformer_pytorch")
     attn = build_variant("reformer", bucket_size=8, n_hashes=3)
     seq = 64
     q, _, v = qkv(2, seq)
-    mask = padding_mask(2, seq) if with_mask else None
     rotations = attn.rotations(seq // 8, q.device)
     real_randn = torch.randn
 
@@ -217,16 +219,14 @@ def test_reformer_with_shared_qk_matches_reformer_pytorch(with_mask, monkeypatch
 
     monkeypatch.setattr(reformer_pytorch.torch, "randn", randn)
     peer = reformer_pytorch.LSHAttention(bucket_size=8, n_hashes=3).eval()
-    heads = q.shape[1]
-    peer_mask = None if mask is None else mask.repeat_interleave(heads, 0)
 
     def peer_fn(q, k, v):
-        return peer(q.flatten(0, 1), v.flatten(0, 1), input_mask=peer_mask)[0].view_as(q)
+        return peer(q.flatten(0, 1), v.flatten(0, 1))[0].view_as(q)
 
     weights = torch.randn_like(q)
-    ours = values_and_grads(lambda q, k, v: attn(q, q, v, mask), q, q, v, mask, weights)
-    theirs = values_and_grads(peer_fn, q, q, v, mask, weights)
-    assert_same(ours, theirs, mask)
+    ours = values_and_grads(lambda q, k, v: attn(q, q, v), q, q, v, None, weights)
+    theirs = values_and_grads(peer_fn, q, q, v, None, weights)
+    assert_same(ours, theirs, None)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])

@@ -19,6 +19,17 @@ with the same rotations. With ``k = q`` this is the reference exactly
 drawn once per number of buckets from ``seed`` (the reference draws fresh ones
 every call), so outputs are reproducible.
 
+Padding is neutral: padded keys and queries (``mask`` False, and the zero rows
+that round the length up to whole bucket pairs) take no part in bucketing.
+They get a bucket after every real one, so each round sorts them behind every
+real position, and the sorted order, the chunks and the look-backs of the real
+positions are the same whatever the padding holds. (The padded length still
+sets the number of buckets, ``P / bucket_size`` as in the reference, so
+padding a batch to another length rehashes it.) reformer-pytorch
+hashes padded positions like real ones and only masks their scores, so a padded
+key can push a real key out of a real query's chunk; without padding the two
+agree exactly.
+
 Not causal: a causal mask hides future keys, but which past keys share a
 query's chunk depends on how the future tokens hash (they shift the sorted
 chunk boundaries), so past outputs change with the future; the contract's
@@ -59,10 +70,12 @@ class ReformerAttention(variants.Attention):
             self._rotations[key] = torch.randn(shape, generator=generator).to(device)
         return self._rotations[key]
 
-    def hash_order(self, x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-        """``(BH, n_hashes, P)``: positions sorted by (bucket, position) in each round."""
+    def hash_order(self, x: torch.Tensor, rotations: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """``(BH, n_hashes, P)``: positions sorted by (bucket, position) in each round, padding (``~valid``) last."""
         rotated = torch.einsum("bnd,drk->brnk", x, rotations.to(x.dtype))
         buckets = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)  # (BH, R, P)
+        if valid is not None:  # a bucket after every real one: padding never shares a sorted slot with a real token
+            buckets = buckets.masked_fill(~valid[:, None, :], 2 * rotations.shape[-1])
         positions = torch.arange(x.shape[1], device=x.device)
         return (buckets * x.shape[1] + positions).argsort(dim=-1)
 
@@ -78,7 +91,7 @@ class ReformerAttention(variants.Attention):
             q, k, v = (F.pad(t, (0, 0, 0, padded - seq)) for t in (q, k, v))
         q, k, v = (t.flatten(0, 1) for t in (q, k, v))  # (BH, P, Dh)
         rotations = self.rotations(padded // b, q.device)
-        orders = (self.hash_order(x, rotations).int() for x in (q, k))
+        orders = (self.hash_order(x, rotations, valid).int() for x in (q, k))
         out = lsh_attention(q, k, v, LshLayout(*orders, b, valid), dropout_p=self.dropout_p)
         return out.view(batch, heads, padded, dim)[:, :, :seq]
 
