@@ -16,8 +16,8 @@ import hydra
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
+from runners.checks import ConfigError
 from runners.hydra_glue.configs import CONF_DIR, register_configs
-from runners.measure.bf16 import EmulatedBF16Error
 from runners.training.run import run_training
 
 register_configs()
@@ -27,7 +27,7 @@ register_configs()
 def main(cfg: DictConfig) -> dict[str, Any]:
     try:
         result = run_training(cfg)
-    except EmulatedBF16Error as error:
+    except ConfigError as error:
         sys.exit(f"config error: {error}")
     if rank_zero_only.rank == 0:  # under ddp every rank runs this script
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items() if k != "loss_trace"})

@@ -42,6 +42,14 @@ class GeneratedTask(pl.LightningDataModule):
         self, *, num_train: int = 20_000, num_val: int = 500, num_test: int = 1_000, batch_size: int = 64, seed: int = 0
     ) -> None:
         super().__init__()
+        for key, value in (
+            ("num_train", num_train),
+            ("num_val", num_val),
+            ("num_test", num_test),
+            ("batch_size", batch_size),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key}={value!r} is out of range; allowed: integers in [1, inf)")
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.batch_size = batch_size
         self.seed = seed

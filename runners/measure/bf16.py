@@ -16,10 +16,12 @@ import sys
 
 import torch
 
+from runners.checks import ConfigError
+
 _SAID: set[str] = set()
 
 
-class EmulatedBF16Error(ValueError):
+class EmulatedBF16Error(ConfigError):
     """bf16 asked of a device that would only emulate it, without the explicit override."""
 
 

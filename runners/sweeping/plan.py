@@ -19,19 +19,14 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import hydra
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 import variants
+from runners.checks import ConfigError, check_optim, check_range, instantiate_task
 from runners.hydra_glue.configs import TASKS, attention_config, keyword_defaults, task_config
-from runners.measure.bf16 import EmulatedBF16Error, check_precision
+from runners.measure.bf16 import check_precision
 
 DIRECTIONS = ("bidirectional", "causal")
-
-
-class ConfigError(ValueError):
-    """A bad config value, reported before any work starts."""
 
 
 class AccuracyEntry(NamedTuple):
@@ -122,14 +117,19 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
         )
     if accuracy_lens and not cfg.sweep.seeds:
         raise ConfigError("sweep.seeds is empty: accuracy points need at least one seed")
+    if accuracy_lens:  # the optimizer of every training run: the base config, each entry's overrides, each rate
+        optim = OmegaConf.to_container(cfg.optim, resolve=True)
+        for lr in cfg.sweep.get("lrs") or []:
+            check_range("sweep.lrs[*]", lr, low=0.0, low_inclusive=False)
+        for entry in tasks:
+            check_optim(
+                optim | entry.optim, where="optim" if not entry.optim else f"sweep.accuracy.{entry.label}.optim"
+            )
     for entry in tasks:
         for n in entry.seq_lens:
-            for direction in entry.directions:
-                try:  # a bad combination (more queries than fit, ...) fails here, before any work
-                    hydra.utils.instantiate(point_task(entry.task, entry.settings, n, direction, seed=0))
-                except InstantiationException as error:  # Hydra wraps the task's ValueError or TypeError
-                    reason = error.__cause__ or error
-                    raise ConfigError(f"sweep.accuracy.{entry.label} at seq_len={n}: {reason}") from None
+            for direction in entry.directions:  # a bad value or combination (more queries than fit, ...) fails here
+                task = point_task(entry.task, entry.settings, n, direction, seed=0)
+                instantiate_task(task, where=f"sweep.accuracy.{entry.label} at seq_len={n}")
     maps_lens = list(cfg.sweep.maps_lens) if cfg.sweep.get("maps") else []
     if any(not isinstance(n, int) or n < 1 for n in maps_lens):
         raise ConfigError(f"sweep.maps_lens must be positive integers; got {maps_lens}")
@@ -160,12 +160,7 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
             "sweep; inside a sweep use hardware.strategy=ddp_spawn (or train one config with "
             "python -m runners.train hardware.strategy=ddp)"
         )
-    try:
-        check_precision(
-            cfg.hardware.accelerator, cfg.hardware.precision, allow_emulated=cfg.hardware.get("allow_emulated_bf16")
-        )
-    except EmulatedBF16Error as error:
-        raise ConfigError(str(error)) from None
+    check_precision(cfg.hardware.accelerator, cfg.hardware.precision, allow_emulated=cfg.hardware.allow_emulated_bf16)
     if cfg.logger not in ("wandb", "none"):
         raise ConfigError(f"logger={cfg.logger!r} is unknown; choose wandb or none")
 

@@ -7,8 +7,8 @@ test accuracy and its learning curve. ``optim.max_time_s`` is only a safety
 cap: a run that reaches it ends as ``timeout`` with its partial curve and no
 final accuracy. A NaN/inf loss ends the run as ``diverged``; a causal task
 with a variant that cannot be causal is ``unsupported``. None of these raises;
-a bf16 precision this machine would only emulate does, before any work
-(:func:`runners.measure.bf16.check_precision`).
+a bad config value does, before any work (:class:`runners.checks.ConfigError`:
+an optimizer or task value out of range, a bf16 precision this machine would only emulate).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import warnings
 from datetime import timedelta
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 import variants
+from runners.checks import check_optim, instantiate_task
 from runners.measure.bf16 import check_precision
 from runners.training.curve import LearningCurve, curve_rows
 from runners.training.module import SequenceModel
@@ -102,9 +102,10 @@ def run_training(cfg: DictConfig, *, logger: Any = False, progress: str | None =
     ``progress``: the console line this run belongs to; on a terminal it shows the step count while training.
     """
     hardware = cfg.hardware
-    check_precision(hardware.accelerator, hardware.precision, allow_emulated=hardware.get("allow_emulated_bf16"))
+    check_precision(hardware.accelerator, hardware.precision, allow_emulated=hardware.allow_emulated_bf16)
+    check_optim(OmegaConf.to_container(cfg.optim, resolve=True))
     attention = OmegaConf.to_container(cfg.attention, resolve=True)
-    task: GeneratedTask = hydra.utils.instantiate(cfg.task)
+    task: GeneratedTask = instantiate_task(cfg.task)
     name = attention["name"]
     if task.causal and not variants.get(name).supports_causal:
         return {

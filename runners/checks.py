@@ -1,0 +1,58 @@
+"""Config values checked before any work: one-line errors that name the key, its value and the allowed range.
+
+The attention hyperparameters are checked by the registry when a variant is
+built; the optimizer's values and the task's (whose constructors check their
+own arguments) are checked here, so ``runners.sweep`` and ``runners.train``
+stop before the first point or step, never after hours of other points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import hydra
+from hydra.errors import InstantiationException
+
+import variants
+
+
+class ConfigError(ValueError):
+    """A bad config value, reported before any work starts."""
+
+
+def check_range(key: str, value: Any, *, integer: bool = False, **bounds: Any) -> None:
+    """``variants.check_range`` for a config key (``optim.lr``), as a :class:`ConfigError`; ``integer``: no floats."""
+    if integer and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}={value!r} must be an integer")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}={value!r} must be a number")
+    try:
+        variants.check_range(key, value, **bounds)
+    except variants.HyperparameterError as error:
+        raise ConfigError(str(error)) from None
+
+
+def check_optim(optim: Mapping[str, Any], *, where: str = "optim") -> None:
+    """The optimizer and schedule values of one training run (``where``: the key prefix in the message)."""
+    check_range(f"{where}.lr", optim["lr"], low=0.0, low_inclusive=False)
+    check_range(f"{where}.weight_decay", optim["weight_decay"], low=0.0)
+    check_range(f"{where}.max_steps", optim["max_steps"], integer=True, low=1)
+    check_range(f"{where}.warmup_steps", optim["warmup_steps"], integer=True, low=0, high=optim["max_steps"])
+    check_range(f"{where}.val_every", optim["val_every"], integer=True, low=1, high=optim["max_steps"])
+    check_range(f"{where}.max_time_s", optim["max_time_s"], low=0.0, low_inclusive=False)
+    if optim.get("grad_clip") is not None:
+        check_range(f"{where}.grad_clip", optim["grad_clip"], low=0.0)
+    limit = optim["limit_val_batches"]
+    if isinstance(limit, float):  # Lightning: a float is a share of the batches, an int a count
+        check_range(f"{where}.limit_val_batches", limit, low=0.0, high=1.0, low_inclusive=False)
+    else:
+        check_range(f"{where}.limit_val_batches", limit, integer=True, low=1)
+
+
+def instantiate_task(task_cfg: Any, *, where: str = "task") -> Any:
+    """The task a config describes; a bad value is a :class:`ConfigError` naming it (Hydra wraps the task's)."""
+    try:
+        return hydra.utils.instantiate(task_cfg)
+    except InstantiationException as error:
+        raise ConfigError(f"{where}: {error.__cause__ or error}") from None
