@@ -204,7 +204,7 @@ def test_memory_plot_legend_carries_each_variants_fitted_exponent():
     plots.draw_lines(ax, ok, "peak_memory_mib", with_exponent=True)
     labels = ax.get_legend_handles_labels()[1]
     plt.close(fig)
-    assert labels == ["full (n^2.00)", "linformer", "local (n^1.00)"]
+    assert labels == ["full (n^2.00)", "local (n^1.00)", "linformer"]  # full first, then family by family
 
 
 def test_every_plot_is_a_valid_png_and_csv_is_written(built):

@@ -16,6 +16,7 @@ Every public module here (name not starting with ``_``) is imported on
 """
 
 from variants._base import (
+    FAMILIES,
     Attention,
     AttentionError,
     HyperparameterError,
@@ -37,6 +38,7 @@ from variants._registry import (
 )
 
 __all__ = [
+    "FAMILIES",
     "Attention",
     "AttentionError",
     "HyperparameterError",

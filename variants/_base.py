@@ -51,6 +51,17 @@ def check_range(
         raise HyperparameterError(f"{name}={value!r} is out of range; allowed: {left}{lo}, {hi}{right}")
 
 
+FAMILIES = {  # family -> what it means; the order reports list them in
+    "exact": "exact softmax attention",
+    "sparse": "sliding window and sparse patterns",
+    "low-rank": "low-rank projections of the keys and values",
+    "kernel": "kernel feature maps and linear attention",
+    "recurrent": "recurrent (decayed) state",
+    "learned": "learned attention patterns",
+    "other": "not declared",
+}
+
+
 class Attention(nn.Module):
     """Base class of a registered attention core.
 
@@ -71,6 +82,8 @@ class Attention(nn.Module):
     # Token-by-token causal decoding: the variant implements ``init_state`` and ``decode_step`` (and may
     # override ``prefill`` with a parallel form). The contract checks stepwise == causal parallel output.
     supports_decoding: ClassVar[bool] = False
+    # How reports group and colour it: one of FAMILIES (plots give a family one hue, tables sort by it).
+    family: ClassVar[str] = "other"
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from variants._base import (
+    FAMILIES,
     Attention,
     HyperparameterError,
     UnknownVariantError,
@@ -27,6 +28,8 @@ def register(name: str) -> Callable[[type[Attention]], type[Attention]]:
         if existing is not None and existing.__qualname__ != cls.__qualname__:
             owner = f"{existing.__module__}.{existing.__qualname__}"
             raise ValueError(f"variant name {name!r} is already registered by {owner}")
+        if cls.family not in FAMILIES:
+            raise ValueError(f"variant {name!r}: family {cls.family!r} is unknown; families: {', '.join(FAMILIES)}")
         cls.name = name
         _REGISTRY[name] = cls
         return cls

@@ -55,6 +55,7 @@ class BasedAttention(FeatureMapAttention):
     No attention dropout (the Taylor weights are never formed; ``build`` refuses it).
     """
 
+    family = "kernel"
     signed_features = True
 
     def __init__(self, *, feature_dim: int = 16, window: int = 64, chunk_size: int = 128, **common) -> None:

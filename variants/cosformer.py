@@ -52,6 +52,7 @@ def key_logits(k: torch.Tensor, start: int, end: int, horizon: int) -> torch.Ten
 class CosformerAttention(FeatureMapAttention):
     """ReLU features re-weighted by ``cos(pi/2 (i - j) / M)``: O(n d^2), a constant decoding state; no dropout."""
 
+    family = "kernel"
     needs_max_seq_len = True  # the causal horizon M
 
     def __init__(self, *, chunk_size: int = 128, **common) -> None:

@@ -18,6 +18,7 @@ class FullAttention(variants.Attention):
     zeros, as PyTorch's kernels do. Decoding keeps a KV cache that grows with n.
     """
 
+    family = "exact"
     supports_causal = True
     supports_decoding = True  # a KV cache: every key and value so far
 

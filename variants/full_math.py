@@ -30,6 +30,7 @@ class FullMathAttention(variants.Attention):
     weights for plotting.
     """
 
+    family = "exact"
     supports_causal = True
     supports_decoding = True  # a KV cache: every key and value so far
 

@@ -25,6 +25,8 @@ from variants._feature_map import FeatureMapAttention
 class HedgehogAttention(FeatureMapAttention):
     """Normalized ``phi(Q) (phi(K)^T V)`` with a learned per-head map: O(n d^2), a constant decoding state."""
 
+    family = "kernel"
+
     def __init__(self, *, chunk_size: int = 128, **common) -> None:
         super().__init__(**common)
         variants.check_range("chunk_size", chunk_size, low=1)

@@ -31,6 +31,8 @@ def elu_feature_logits(x: torch.Tensor) -> torch.Tensor:
 class LinearAttention(FeatureMapAttention):
     """Normalized ``phi(Q) (phi(K)^T V)`` with ``phi = elu + 1``: O(n d^2); no attention dropout."""
 
+    family = "kernel"
+
     def __init__(self, *, chunk_size: int = 128, **common) -> None:
         super().__init__(**common)
         variants.check_range("chunk_size", chunk_size, low=1)

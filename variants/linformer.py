@@ -23,6 +23,7 @@ import variants
 class LinformerAttention(variants.Attention):
     """Softmax attention over ``k`` learned mixtures of the keys: O(n k)."""
 
+    family = "low-rank"
     supports_causal = False
     normalized_rows = False  # softmax over k mixtures of keys: the weights on the keys themselves are signed
     budget = ("k", (8, 16, 32, 64, 128, 256))

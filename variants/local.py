@@ -21,6 +21,7 @@ from variants._decoding import append_to_cache, cache_from_prompt, empty_cache, 
 class LocalAttention(variants.Attention):
     """Each query sees the neighbouring ``window``-sized chunks: O(n * window) time, O(n) memory."""
 
+    family = "sparse"
     supports_causal = True
     supports_decoding = True  # a window cache: at most 2 * window keys
     budget = ("window", (8, 16, 32, 64, 128, 256))

@@ -24,6 +24,7 @@ from variants._blocks import BlockLayout, blocked_attention, key_validity
 class LongformerAttention(variants.Attention):
     """Sliding window of ``window``-sized chunks plus ``num_global`` global tokens: O(n (w + g))."""
 
+    family = "sparse"
     supports_causal = True
     budget = ("window", (8, 16, 32, 64, 128, 256))
 

@@ -43,6 +43,7 @@ def iterative_pinv(x: torch.Tensor, iterations: int) -> torch.Tensor:
 class NystromAttention(variants.Attention):
     """Nyström approximation of softmax attention with ``num_landmarks`` segment-mean landmarks: O(n m)."""
 
+    family = "low-rank"
     supports_causal = False
     supports_dropout = False  # the package has none inside attention either; build refuses dropout > 0
     normalized_rows = False  # the pseudo-inverse mixes landmarks with signed weights

@@ -61,6 +61,7 @@ class PerformerAttention(FeatureMapAttention):
     ``(nb_features, Dh)`` summary of the causal scan.
     """
 
+    family = "kernel"
     budget = ("nb_features", (8, 16, 32, 64, 128, 256, 512))
 
     def __init__(

@@ -49,6 +49,7 @@ from variants._lsh import LshLayout, lsh_attention
 class ReformerAttention(variants.Attention):
     """LSH attention: ``n_hashes`` rounds of bucketed, sorted, chunked attention: O(n h b)."""
 
+    family = "sparse"
     supports_causal = False
     budget = ("n_hashes", (1, 2, 4, 8))
 

@@ -54,6 +54,7 @@ class RetentionAttention(variants.Attention):
     Not normalized rows (``normalized_rows = False``); no attention dropout (``build`` refuses it).
     """
 
+    family = "recurrent"
     supports_causal = True
     supports_dropout = False
     supports_decoding = True

@@ -35,6 +35,7 @@ import variants
 class SinkhornAttention(variants.Attention):
     """Own block + a Sinkhorn-sorted partner block per query block: O(n b)."""
 
+    family = "learned"
     supports_causal = False
     budget = ("block", (8, 16, 32, 64, 128))
 

@@ -25,6 +25,7 @@ from variants._blocks import BlockLayout, blocked_attention, key_validity
 class SparseAttention(variants.Attention):
     """Local + random + global block-sparse attention (bidirectional)."""
 
+    family = "sparse"
     supports_causal = False
     budget = ("num_random", (0, 1, 2, 4, 8))
 

@@ -25,6 +25,7 @@ from variants._blocks import BlockLayout, blocked_attention, key_validity
 class StridedAttention(variants.Attention):
     """Own block + the last ``summary`` tokens of every block, one softmax (Sparse Transformer "fixed")."""
 
+    family = "sparse"
     supports_causal = True
     budget = ("summary", (1, 2, 4, 8, 16, 32))
 

@@ -36,6 +36,7 @@ MODES = ("dense", "random")
 class SynthesizerAttention(variants.Attention):
     """Dense (per-token MLP) or random (learned matrix) synthetic attention: O(n^2), fixed length."""
 
+    family = "learned"
     supports_causal = True
     needs_max_seq_len = True
 

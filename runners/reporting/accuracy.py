@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 
-from runners.reporting.tables import status_label
+from runners.reporting.tables import by_variant, status_label
 
 SETTING = ["task", "direction", "seq_len"]
 RUN = ["variant", *SETTING]
@@ -83,7 +83,7 @@ def accuracy_table(stats: pd.DataFrame) -> pd.DataFrame:
     extra["params"] = extra.params.map(lambda p: f"{p:,.0f}" if pd.notna(p) else "")
     extra["steps"] = extra.steps.map(lambda s: f"{s:.0f}" if pd.notna(s) else "")
     extra["lr"] = extra.lr.map(lambda r: f"{r:g}" if pd.notna(r) else "")
-    return extra.join(table)
+    return by_variant(extra.join(table))
 
 
 def summary(stats: pd.DataFrame) -> pd.DataFrame:

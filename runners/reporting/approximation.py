@@ -14,6 +14,7 @@ import pandas as pd
 
 from runners.reporting.maps_plots import budget_plot, heatmap_grid
 from runners.reporting.md import md_table
+from runners.reporting.tables import by_variant
 
 METRICS = ("output_rel_error", "matrix_rel_error", "kl", "topk_mass_kept")
 
@@ -46,7 +47,7 @@ def error_pivot(errors: pd.DataFrame, metric: str) -> pd.DataFrame:
         cell=errors[metric].map(lambda x: "" if pd.isna(x) else f"{x:.3g}").where(errors.status == "ok", "n/a"),
     )
     order = list(dict.fromkeys(cells.sort_values(["seq_len"], kind="stable").column))
-    return cells.pivot_table(index="variant", columns="column", values="cell", aggfunc="first")[order]
+    return by_variant(cells.pivot_table(index="variant", columns="column", values="cell", aggfunc="first")[order])
 
 
 def budget_table(maps: pd.DataFrame) -> pd.DataFrame:

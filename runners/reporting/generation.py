@@ -16,7 +16,7 @@ import pandas as pd
 
 from runners.reporting.md import md_table
 from runners.reporting.plots import draw_lines, save_plot
-from runners.reporting.tables import REFERENCE, cell_table, scaling_exponent
+from runners.reporting.tables import REFERENCE, by_variant, cell_table, scaling_exponent
 
 
 def crossover(speed: pd.Series, reference: pd.Series) -> str:
@@ -50,7 +50,7 @@ def growth_table(decode: pd.DataFrame) -> pd.DataFrame:
                 group.set_index("seq_len").decode_tokens_per_s, reference
             )
         rows[variant] = row
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
+    return by_variant(pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant"))
 
 
 def generation_section(decode: pd.DataFrame, out: Path, tag: str) -> list[str]:

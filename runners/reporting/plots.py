@@ -12,62 +12,77 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
+from runners.reporting.styles import variant_order, variant_style
 from runners.reporting.tables import pareto_front, scaling_exponent
 
 
-def save_plot(path: Path, title: str, xlabel: str, ylabel: str, draw: Callable[[Axes], None]) -> Path:
+def plot_figure(title: str, xlabel: str, ylabel: str, draw: Callable[[Axes], None]) -> Figure:
+    """A figure with one axes drawn by ``draw`` and its legend outside, to the right, never over the lines."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     draw(ax)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return fig
+
+
+def save_plot(path: Path, title: str, xlabel: str, ylabel: str, draw: Callable[[Axes], None]) -> Path:
+    fig = plot_figure(title, xlabel, ylabel, draw)
+    fig.savefig(path, bbox_inches="tight")  # the canvas grows to hold the legend beside the axes
     plt.close(fig)
     return path
 
 
+def by_family(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """``frame`` grouped by variant, in the report's order (legends list ``full`` first, then family by family)."""
+    groups = dict(tuple(frame.groupby("variant")))
+    return [(name, groups[name]) for name in variant_order(groups)]
+
+
 def draw_lines(ax: Axes, ok: pd.DataFrame, value: str, *, with_exponent: bool = False) -> None:
     """One line per variant over sequence length (log-log); the legend can carry the fitted exponent."""
-    for variant, group in ok.groupby("variant"):
+    for variant, group in by_family(ok):
         group = group.sort_values("seq_len")
         exponent = scaling_exponent(group.seq_len, group[value]) if with_exponent else math.nan
         label = variant if math.isnan(exponent) else f"{variant} (n^{exponent:.2f})"  # a fit needs two lengths
-        ax.plot(group.seq_len, group[value], marker="o", label=label)
+        ax.plot(group.seq_len, group[value], label=label, **variant_style(variant))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
 
 
 def draw_accuracy_vs_length(ax: Axes, stats: pd.DataFrame) -> None:
     """Mean test accuracy per variant over length, error bars from the lowest to the highest seed."""
-    for variant, group in stats.dropna(subset=["mean"]).groupby("variant"):
+    for variant, group in by_family(stats.dropna(subset=["mean"])):
         group = group.sort_values("seq_len")
         spread = [group["mean"] - group["min"], group["max"] - group["mean"]]
-        ax.errorbar(group.seq_len, group["mean"], yerr=spread, marker="o", capsize=3, label=variant)
+        ax.errorbar(group.seq_len, group["mean"], yerr=spread, capsize=3, label=variant, **variant_style(variant))
     ax.set_xscale("log", base=2)
 
 
 def draw_learning_curves(ax: Axes, runs: pd.DataFrame, x: str) -> None:
     """Validation accuracy against ``x`` (``step`` or ``train_s``), mean over seeds per evaluation."""
-    for variant, group in runs[runs.status == "ok"].groupby("variant"):
+    for variant, group in by_family(runs[runs.status == "ok"]):
         points = pd.DataFrame([point for curve in group.learning_curve for point in curve])
         if points.empty:
             continue
         mean = points.groupby("step", as_index=False)[["train_s", "val_acc"]].mean().sort_values(x)
-        ax.plot(mean[x], mean.val_acc, marker=".", label=variant)
+        ax.plot(mean[x], mean.val_acc, label=variant, markersize=4, **variant_style(variant))
 
 
 def draw_tradeoff(ax: Axes, stats: pd.DataFrame) -> None:
     """Mean accuracy (error bars: seed spread) against training throughput at one length; Pareto front ringed."""
     points = stats.dropna(subset=["mean", "train_tokens_per_s"])
-    for _, row in points.iterrows():
+    for variant, group in by_family(points):
+        row = group.iloc[-1]
         spread = [[row["mean"] - row["min"]], [row["max"] - row["mean"]]]
-        ax.errorbar(row.train_tokens_per_s, row["mean"], yerr=spread, marker="o", capsize=3)
-        ax.annotate(row.variant, (row.train_tokens_per_s, row["mean"]), fontsize=8)
+        style = variant_style(variant) | {"linestyle": "none"}
+        ax.errorbar(row.train_tokens_per_s, row["mean"], yerr=spread, capsize=3, label=variant, **style)
     if not points.empty:
         front = pareto_front(points, "train_tokens_per_s", "mean").sort_values("train_tokens_per_s")
         ax.plot(

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
-REFERENCE = "full"
-CAUSAL = " (causal)"  # suffix of causal speed points, which are compared with causal full
+from runners.reporting.styles import CAUSAL, REFERENCE, variant_order
+
 COLUMNS = {
     "variant": "variant",
     "hardware": "hardware",
@@ -97,7 +97,13 @@ def cell_table(frame: pd.DataFrame, value: str, fmt: str) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame()
     cells = frame.apply(lambda r: format(r[value], fmt) if r["status"] == "ok" else status_label(r), axis=1)
-    return frame.assign(cell=cells).pivot_table(index="variant", columns="seq_len", values="cell", aggfunc="last")
+    table = frame.assign(cell=cells).pivot_table(index="variant", columns="seq_len", values="cell", aggfunc="last")
+    return by_variant(table)
+
+
+def by_variant(table: pd.DataFrame) -> pd.DataFrame:
+    """A table indexed by variant in the report's order: ``full`` first, then family by family."""
+    return table.reindex(variant_order(table.index)) if not table.empty else table
 
 
 def relative_table(speed: pd.DataFrame, value: str) -> pd.DataFrame:
@@ -110,7 +116,7 @@ def relative_table(speed: pd.DataFrame, value: str) -> pd.DataFrame:
         reference = REFERENCE + CAUSAL if causal else REFERENCE
         if reference in rows.index:
             parts.append(rows.div(rows.loc[reference], axis=1))
-    return pd.concat(parts) if parts else pd.DataFrame()
+    return by_variant(pd.concat(parts)) if parts else pd.DataFrame()
 
 
 def achieved_gflops(speed: pd.DataFrame) -> pd.DataFrame:
@@ -164,7 +170,7 @@ def scaling_table(speed: pd.DataFrame) -> pd.DataFrame:
         for label, column in SCALED.items():
             row[label] = scaling_exponent(group.seq_len, group[column])
         rows[variant] = row
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
+    return by_variant(pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant"))
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
