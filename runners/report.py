@@ -42,11 +42,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("filters", nargs="*", help="column=value, e.g. task=MQAR hardware=cpu sweep_id=...")
     parser.add_argument("--results", type=Path, default=Path("results/store"))
     parser.add_argument("--out", type=Path, default=Path("results/report"))
+    parser.add_argument("--baselines", nargs="*", default=["full"], help="variants the report marks as baselines")
     args = parser.parse_args(argv)
     frame = apply_filters(flat_results(store.read_records(args.results)), args.filters)
     if frame.empty:
         raise SystemExit(f"no results in {args.results} match {args.filters or 'anything'}")
-    report = build_report(frame, args.out)
+    report = build_report(frame, args.out, baselines=args.baselines)
     print(f"report: {report.resolve()}")
     return report
 

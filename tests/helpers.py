@@ -29,6 +29,7 @@ TINY_SWEEP = [
     "sweep.batch_size=2",
     "sweep.maps=false",
     "sweep.decode_lens=[]",
+    "sweep.baselines=[]",  # each test says which variants it measures; test_sweep checks the baselines
 ]
 
 # The maps probe at test size: one sequence per case, one module seed, a trained model of a few steps.

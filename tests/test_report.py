@@ -102,7 +102,8 @@ def built(tmp_path):
 
 def test_report_tables_hold_the_right_numbers(built):
     path, text = built
-    assert "Built from **15 results** (2 failed or unsupported" in text
+    assert "Built from **15 results** (1 failed, shown where they belong; 1 not scored, listed once)" in text
+    assert "**Baselines**: `full`, measured at the same points" in text
     assert "## cpu-A" in text and "## gpu-B" in text
     frame = tables.flat_results(store.read_records(path.parent.parent / "store"))
     speed_a = frame[(frame.fingerprint == "cpu-A") & (frame.probe == "speed")]
@@ -119,10 +120,15 @@ def test_training_runs_show_throughput_per_device_and_total(built):
     assert "| local | 3,000 (1,500 x 2), 100 steps |" in text
 
 
-def test_failed_points_are_shown_not_dropped(built):
+def test_failed_points_are_shown_not_dropped_and_what_a_variant_cannot_do_is_one_line(built):
     _, text = built
     assert "OOM" in text
-    assert "n/a: causal unsupported" in text
+    assert "n/a: causal unsupported" not in text  # no row of n/a cells for what the variant cannot do
+    not_scored = [line for line in text.splitlines() if line.startswith("**Not scored**")]
+    assert not_scored == [
+        "**Not scored** where a variant cannot do what a point asks (the records stay in `results.csv`): "
+        "`linformer`: accuracy mqar causal n=128 ('linformer' cannot be causal)."
+    ]
 
 
 def test_speed_summary_picks_fastest_and_leanest(built):
@@ -146,7 +152,7 @@ def test_accuracy_is_a_mean_over_seeds_with_its_spread_and_parameters(built):
     assert stats.loc["full", "mean"] == pytest.approx(0.94) and stats.loc["full", "seeds"] == 2
     assert (stats.loc["full", "min"], stats.loc["full", "max"]) == (0.93, 0.95)
     assert "| full | 4,000 | 100 | 0.003 | 0.940 (0.930-0.950, 2 seeds) |" in text
-    assert "| linformer | 5,000 |  |  | n/a: causal unsupported |" in text
+    assert "| linformer |" not in text.split("**mqar, causal**")[1].split("####")[0]  # not scored there
 
 
 def test_variants_inside_the_best_ones_spread_are_a_tie_never_a_winner(built):
@@ -235,7 +241,8 @@ def test_pareto_front():
 def test_report_from_only_failed_points(tmp_path):
     store.write_point(tmp_path / "store", RECORDS[-1] | {"key": "only"})
     text = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "o")]).read_text()
-    assert "Built from **1 results** (1 failed" in text and "n/a: causal unsupported" in text
+    assert "Built from **1 results** (0 failed, shown where they belong; 1 not scored" in text
+    assert "`linformer`: accuracy mqar causal n=128 ('linformer' cannot be causal)" in text
 
 
 def test_scaling_table_fits_memory_and_step_time_exponents(built):

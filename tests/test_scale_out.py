@@ -24,6 +24,7 @@ POINT = [
     "sweep.repeats=1",
     "sweep.warmup=0",
     "sweep.batch_size=2",
+    "sweep.baselines=[]",  # parallel jobs would both measure full beside full_math
     "logger=none",
 ]
 

@@ -359,3 +359,30 @@ def test_the_duration_estimate_counts_planned_steps_at_a_measured_step_time(swee
     assert measured == 1 and 0 < short < estimate_seconds(longer, device="cpu")[0] < 20 * short
     print_estimate(points, cfg)
     assert re.search(r"about [\d.]+ h \(\d+ min\): 1 training runs, 20 steps in all", capsys.readouterr().err)
+
+
+def test_one_variant_sweep_is_compared_with_the_baseline_at_the_same_points(tmp_path, sweep_config):
+    """`attention=X` plans `full` beside X, so the report's relative tables are filled at every length."""
+    cfg = sweep_config("attention=linformer", "attention.k=16", "sweep.baselines=[full]", "sweep.seeds=[0]")
+    run_sweep(cfg)
+    records = store.read_records(tmp_path / "store")
+    speed = {(r["variant"], r["seq_len"]) for r in records if r["probe"] == "speed" and r["status"] == "ok"}
+    assert speed == {(v, n) for v in ("linformer", "full") for n in (32, 64)}
+    report = (tmp_path / "report" / "report.md").read_text()
+    relative = report.split("#### Relative to full")[1].split("#### Scaling")[0]
+    assert re.search(r"\| linformer \| \d+\.\d\d \| \d+\.\d\d \|", relative), relative  # filled at both lengths
+    assert "**Baselines**: `full`" in report and "Nothing to show" not in relative
+    assert "`linformer`: accuracy mqar causal n=32" in report  # TINY's task is causal: folded, not a table row
+
+
+def test_baselines_are_reused_from_the_store_checked_and_can_be_turned_off(tmp_path, sweep_config):
+    from runners.sweeping.plan import attention_list, plan_points
+
+    with_baseline = sweep_config("attention=local", "sweep.baselines=[full]")
+    full_alone = sweep_config("attention=full")
+    keys = {store.point_key(p) for p in plan_points(with_baseline, attention_list(with_baseline))}
+    assert {store.point_key(p) for p in plan_points(full_alone, attention_list(full_alone))} < keys  # same points
+    assert [a["name"] for a in attention_list(sweep_config("attention=local", "sweep.baselines=[]"))] == ["local"]
+    assert [a["name"] for a in attention_list(sweep_config("attention=full", "sweep.baselines=[full]"))] == ["full"]
+    with pytest.raises(ConfigError, match=r"sweep\.baselines: unknown attention variant 'fulll'.*registered: .*full"):
+        run_sweep(sweep_config("attention=local", "sweep.baselines=[fulll]"))

@@ -23,7 +23,7 @@ class ReportAfterMultirun(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         results_dir = Path(launch.absolute(config.results_dir))
         report_dir = launch.absolute(config.report_dir)
-        table = finish(results_dir, report_dir)
+        table = finish(results_dir, report_dir, baselines=list(config.sweep.get("baselines") or []))
         print(f"multirun finished: {len(table)} results in {results_dir}")
         if report_dir:
             print(f"report: {Path(report_dir) / 'report.md'}")

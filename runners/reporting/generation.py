@@ -63,7 +63,7 @@ def generation_section(decode: pd.DataFrame, out: Path, tag: str) -> list[str]:
         "",
         "One new token through the whole causal skeleton after a prompt of n tokens (`sweep.decode_lens`): "
         f"the median time of single-token steps that carry each layer's state (batch {batch}), and the state "
-        "the layers hold after the prompt. Variants that cannot decode are marked.",
+        "the layers hold after the prompt. Variants that cannot decode are listed under *Not scored*.",
         "",
         "**Decoding throughput, tokens/s**",
         "",
@@ -77,7 +77,7 @@ def generation_section(decode: pd.DataFrame, out: Path, tag: str) -> list[str]:
         "family ~0), and the shortest measured context from which the variant decodes faster than `full` at "
         "every longer measured context too.",
         "",
-        md_table(growth_table(decode)),
+        md_table(growth_table(decode), empty="no variant decoded at two or more context lengths"),
         "",
     ]
     if ok.empty:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ from runners.reporting.approximation import approximation_section
 from runners.reporting.generation import generation_section
 from runners.reporting.md import md_table
 from runners.reporting.plots import accuracy_plots, speed_plots
+from runners.reporting.styles import CAUSAL, REFERENCE, variant_order
 from runners.reporting.tables import (
     achieved_gflops,
     cell_table,
@@ -21,6 +23,11 @@ from runners.reporting.tables import (
     training_run_cells,
 )
 
+NO_REFERENCE = (
+    f"`{REFERENCE}` was not measured at these lengths and directions (it is planned beside any selection "
+    "unless `sweep.baselines=[]`)"
+)
+
 
 def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
     """Throughput, memory and FLOPs of the speed points: a measurement of this hardware."""
@@ -28,19 +35,21 @@ def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
     lines += [
         "#### Relative to full (Long Range Arena form)",
         "",
-        "Training speed (tokens/s) relative to `full`; above 1 is faster:",
+        f"Training speed (tokens/s) relative to `{REFERENCE}` at the same length (causal rows: to "
+        f"`{REFERENCE}{CAUSAL}`); above 1 is faster:",
         "",
-        md_table(relative_table(speed, "train_tokens_per_s")),
-        "Peak memory relative to `full`; below 1 is leaner:",
+        md_table(relative_table(speed, "train_tokens_per_s"), empty=NO_REFERENCE),
+        f"Peak memory relative to `{REFERENCE}` at the same length (causal rows: to `{REFERENCE}{CAUSAL}`); "
+        "below 1 is leaner:",
         "",
-        md_table(relative_table(speed, "peak_memory_mib")),
+        md_table(relative_table(speed, "peak_memory_mib"), empty=NO_REFERENCE),
         "#### Scaling with sequence length",
         "",
         "Fitted exponent p of n^p (1 = linear, 2 = quadratic) over the measured lengths. Peak memory "
         "includes the model state, which does not grow with n, so it bends below the step's own growth "
         "at short lengths; `python -m runners.bench` measures the attention cores alone.",
         "",
-        md_table(scaling_table(speed)),
+        md_table(scaling_table(speed), empty="no variant was measured at two or more lengths"),
         "#### Absolute numbers",
         "",
     ]
@@ -69,6 +78,8 @@ def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
             "FLOPs / step time, so softmax, feature maps and Python overhead show as a low share)",
             "",
             md_table(cell_table(efficiency, "train_gflops", ",.1f")),
+            "",
+            "% of the measured matmul peak:",
             "",
             md_table(cell_table(efficiency, "pct_of_peak", ".1f")),
             "",
@@ -101,7 +112,7 @@ def accuracy_section(accuracy: pd.DataFrame, out: Path, tag: str) -> list[str]:
         "Optimizer steps and seconds spent in training steps (this hardware) until validation accuracy first "
         "reached 50% and 90% of the best mean final validation accuracy of the setting (`targets`).",
         "",
-        md_table(acc_tables.time_to_accuracy(runs)),
+        md_table(acc_tables.time_to_accuracy(runs), empty="no run recorded a learning curve"),
         "#### Training runs: tokens/s in total (per device x devices), optimizer steps",
         "",
     ]
@@ -122,21 +133,57 @@ def maps_lines(frame: pd.DataFrame, out: Path) -> list[str]:
     return lines
 
 
-def build_report(frame: pd.DataFrame, out: Path) -> Path:
-    """Write report.md, plots and results.csv for ``frame`` into ``out``."""
+def not_scored_line(unsupported: pd.DataFrame) -> list[str]:
+    """Points a variant cannot do (causal, decoding, ...), folded into one line instead of rows of ``n/a``."""
+    if unsupported.empty:
+        return []
+    items = []
+    for variant in variant_order(unsupported.variant):
+        rows = unsupported[unsupported.variant == variant]
+        parts = []
+        for (probe, task, direction), group in rows.groupby(["probe", "task", "direction"], dropna=False, sort=True):
+            what = " ".join(str(x) for x in (probe, task, direction) if pd.notna(x))
+            lengths = ", ".join(str(int(n)) for n in sorted(group.seq_len.dropna().unique()))
+            messages = group.message.dropna()
+            reason = str(messages.iloc[0]).split(";")[0] if not messages.empty else "unsupported"
+            parts.append(f"{what} n={lengths} ({reason})")
+        items.append(f"`{variant}`: {', '.join(parts)}")
+    return [
+        "**Not scored** where a variant cannot do what a point asks (the records stay in `results.csv`): "
+        + "; ".join(items)
+        + ".",
+        "",
+    ]
+
+
+def build_report(frame: pd.DataFrame, out: Path, *, baselines: Sequence[str] = (REFERENCE,)) -> Path:
+    """Write report.md, plots and results.csv for ``frame`` into ``out``; ``baselines`` are marked as such."""
     out.mkdir(parents=True, exist_ok=True)
     lists = ["learning_curve", "errors", "budget_curve", "heatmaps"]  # nested per point; the tables show them
     frame.drop(columns=lists, errors="ignore").to_csv(out / "results.csv", index=False)
-    failed = int((frame.status != "ok").sum())
+    unsupported = frame.status == "unsupported"
+    failed = int((frame.status != "ok").sum()) - int(unsupported.sum())
+    measured = sorted(set(frame.variant.str.removesuffix(CAUSAL)))
+    marked = [name for name in baselines if name in measured]
     lines = [
         "# attnbench comparison report",
         "",
-        f"Built from **{len(frame)} results** ({failed} failed or unsupported, shown where they belong) "
-        f"on {frame.fingerprint.nunique()} hardware fingerprint(s). Flat table: `results.csv`.",
+        f"Built from **{len(frame)} results** ({failed} failed, shown where they belong; {int(unsupported.sum())} "
+        f"not scored, listed once) on {frame.fingerprint.nunique()} hardware fingerprint(s). "
+        "Flat table: `results.csv`.",
         "",
     ]
-    for index, (fingerprint, part) in enumerate(frame.groupby("fingerprint", sort=True)):
+    if marked:
+        lines += [
+            f"**Baselines**: {', '.join(f'`{name}`' for name in marked)}, measured at the same points as the "
+            f"variants compared with them (`sweep.baselines`); every relative table divides by `{REFERENCE}`, "
+            "exact softmax attention.",
+            "",
+        ]
+    for index, (fingerprint, whole) in enumerate(frame.groupby("fingerprint", sort=True)):
         lines += [f"## {fingerprint}", ""]
+        lines += not_scored_line(whole[whole.status == "unsupported"])
+        part = whole[whole.status != "unsupported"]
         speed = part[part.probe == "speed"]
         accuracy = part[part.probe == "accuracy"]
         if not speed.empty:
@@ -153,7 +200,7 @@ def build_report(frame: pd.DataFrame, out: Path) -> Path:
             index=["variant", "seq_len"], columns="fingerprint", values="train_tokens_per_s", aggfunc="last"
         )
         lines += ["## Across hardware: training tokens/s", "", md_table(cross, "{:,.0f}"), ""]
-    lines += maps_lines(frame, out)
+    lines += maps_lines(frame[~unsupported], out)
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report

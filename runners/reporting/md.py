@@ -7,10 +7,10 @@ import math
 import pandas as pd
 
 
-def md_table(frame: pd.DataFrame, floatfmt: str = "{:.2f}") -> str:
-    """A GitHub-markdown table without extra dependencies."""
+def md_table(frame: pd.DataFrame, floatfmt: str = "{:.2f}", *, empty: str = "no successful point to show") -> str:
+    """A GitHub-markdown table without extra dependencies; ``empty``: the one line that says why there is none."""
     if frame.empty:
-        return "_no data_\n"
+        return f"_Nothing to show: {empty}._\n"
     frame = frame.reset_index()
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "|" + "---|" * len(frame.columns)

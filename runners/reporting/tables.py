@@ -56,8 +56,22 @@ COLUMNS = {
 }
 
 
+def latest_per_point(records: list[dict]) -> list[dict]:
+    """One record per point key, the last to finish: a point measured twice (``force=true``, or a baseline
+    measured by two parallel jobs of a multirun) counts once, so a re-run never passes for another seed."""
+    latest: dict[str, dict] = {}
+    unkeyed = []
+    for record in sorted(records, key=lambda r: str(r.get("finished_at") or "")):
+        if record.get("key") is None:
+            unkeyed.append(record)
+        else:
+            latest[record["key"]] = record
+    return [*latest.values(), *unkeyed]
+
+
 def flat_results(records: list[dict]) -> pd.DataFrame:
-    """One row per point with the columns the report uses."""
+    """One row per point (the latest record of each) with the columns the report uses."""
+    records = latest_per_point(records)
     frame = pd.json_normalize(records) if records else pd.DataFrame()
     for column in COLUMNS:
         if column not in frame.columns:

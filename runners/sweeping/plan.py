@@ -1,8 +1,10 @@
 """A sweep is a list of points: variant x sequence length x probe, on one hardware config.
 
-Speed points: every variant at every ``sweep.seq_lens``. Decode points: every
-variant at every ``sweep.decode_lens`` (prompt lengths; variants that cannot
-decode get an ``unsupported`` record). Maps points (``sweep.maps``):
+Variants: the one ``attention=`` selects and the baselines ``sweep.baselines``
+(default ``[full]``), or every registered one. Speed points: every variant at
+every ``sweep.seq_lens``. Decode points: every variant at every
+``sweep.decode_lens`` (prompt lengths; variants that cannot decode get an
+``unsupported`` record). Maps points (``sweep.maps``):
 every variant at every ``sweep.maps_lens``, against exact attention. Accuracy points: every
 variant on every entry of ``sweep.accuracy`` (a label -> ``task`` (default: the
 label), ``seq_lens``, ``directions`` and any task argument), at every length, in every direction
@@ -41,10 +43,23 @@ class AccuracyEntry(NamedTuple):
 
 
 def attention_list(cfg: DictConfig) -> list[dict[str, Any]]:
-    """The selected variant, or every registered one with its default hyperparameters."""
-    if cfg.get("attention") is not None:
-        return [OmegaConf.to_container(cfg.attention, resolve=True)]
-    return [attention_config(name) for name in variants.names()]
+    """The selected variant and the baselines (``sweep.baselines``), or every registered variant.
+
+    Each with its default hyperparameters, except the selection's overrides. A baseline is planned at the
+    same points as the selection, so a one-variant report compares it with exact attention.
+    """
+    if cfg.get("attention") is None:
+        return [attention_config(name) for name in variants.names()]
+    selected = OmegaConf.to_container(cfg.attention, resolve=True)
+    chosen = [selected]
+    for name in OmegaConf.select(cfg, "sweep.baselines", default=None) or []:  # runners.maps has no sweep
+        try:
+            baseline = attention_config(name)
+        except variants.UnknownVariantError as error:
+            raise ConfigError(f"sweep.baselines: {error}") from None
+        if baseline not in chosen:
+            chosen.append(baseline)
+    return chosen
 
 
 def task_directions(name: str) -> tuple[str, ...]:

@@ -145,14 +145,14 @@ def run_sweep(cfg: DictConfig) -> pd.DataFrame:
         print(f" {describe(record)} ({elapsed:.0f} s{eta})", file=sys.stderr, flush=True)
     if launch.in_multirun():
         return results_table(results_dir)  # the launching process builds one report once every job is done
-    return finish(results_dir, cfg.report_dir)
+    return finish(results_dir, cfg.report_dir, baselines=cfg.sweep.get("baselines") or [])
 
 
-def finish(results_dir: Path, report_dir: str | None) -> pd.DataFrame:
+def finish(results_dir: Path, report_dir: str | None, *, baselines: list[str]) -> pd.DataFrame:
     """Write the store's results table and, if ``report_dir`` is set, the report; returns the table."""
     table = results_table(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(results_dir / "results_table.csv", index=False)
     if report_dir and not table.empty:
-        build_report(flat_results(store.read_records(results_dir)), Path(report_dir))
+        build_report(flat_results(store.read_records(results_dir)), Path(report_dir), baselines=baselines)
     return table
