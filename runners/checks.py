@@ -39,7 +39,7 @@ def check_optim(optim: Mapping[str, Any], *, where: str = "optim") -> None:
     check_range(f"{where}.weight_decay", optim["weight_decay"], low=0.0)
     check_range(f"{where}.max_steps", optim["max_steps"], integer=True, low=1)
     check_range(f"{where}.warmup_steps", optim["warmup_steps"], integer=True, low=0, high=optim["max_steps"])
-    check_range(f"{where}.val_every", optim["val_every"], integer=True, low=1, high=optim["max_steps"])
+    check_range(f"{where}.val_every", optim["val_every"], integer=True, low=1)  # beyond max_steps: no validation
     check_range(f"{where}.max_time_s", optim["max_time_s"], low=0.0, low_inclusive=False)
     if optim.get("grad_clip") is not None:
         check_range(f"{where}.grad_clip", optim["grad_clip"], low=0.0)

@@ -16,7 +16,7 @@ BAD_OPTIM = [
     ("optim.max_steps=0", r"optim\.max_steps=0 is out of range; allowed: \[1, inf\]"),
     ("optim.max_steps=2.5", r"optim\.max_steps=2\.5 must be an integer"),
     ("optim.warmup_steps=500", r"optim\.warmup_steps=500 is out of range; allowed: \[0, 20\]"),
-    ("optim.val_every=0", r"optim\.val_every=0 is out of range; allowed: \[1, 20\]"),
+    ("optim.val_every=0", r"optim\.val_every=0 is out of range; allowed: \[1, inf\]"),
     ("optim.max_time_s=0", r"optim\.max_time_s=0 is out of range"),
     ("optim.grad_clip=-1", r"optim\.grad_clip=-1 is out of range"),
     ("optim.limit_val_batches=1.5", r"optim\.limit_val_batches=1\.5 is out of range; allowed: \(0\.0, 1\.0\]"),

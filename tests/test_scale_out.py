@@ -106,6 +106,7 @@ DDP_TRAIN = [
     "model=tiny",
     "hardware=cpu_ddp",
     "optim.max_steps=8",
+    "optim.warmup_steps=2",
     "optim.val_every=4",
     "task.num_train=256",
     "task.num_val=32",
