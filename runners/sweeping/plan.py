@@ -175,7 +175,8 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
             "sweep; inside a sweep use hardware.strategy=ddp_spawn (or train one config with "
             "python -m runners.train hardware.strategy=ddp)"
         )
-    check_precision(cfg.hardware.accelerator, cfg.hardware.precision, allow_emulated=cfg.hardware.allow_emulated_bf16)
+    hardware = cfg.hardware  # a user's own hardware preset may predate allow_emulated_bf16
+    check_precision(hardware.accelerator, hardware.precision, allow_emulated=hardware.get("allow_emulated_bf16", False))
     if cfg.logger not in ("wandb", "none"):
         raise ConfigError(f"logger={cfg.logger!r} is unknown; choose wandb or none")
 
