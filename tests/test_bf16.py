@@ -110,17 +110,26 @@ def test_bench_refuses_bf16_on_emulated_bf16_with_the_fix(emulated, tmp_path):
 
 
 def test_matmul_probe_fits_a_slow_dtype_into_its_budget(monkeypatch):
-    """A dtype 0.1 s per 256x256 call (a thousand times slow) stays at the smallest size and a bounded count."""
+    """A dtype at 0.1 s per 256x256 call (a thousand times slow) stops growing at 256 and stays in budget."""
     calls = []
 
     def slow_call(a, b, device):
-        calls.append(a.shape[0])
-        return 0.1 * (a.shape[0] / 256) ** 3
+        calls.append((a.shape[0], 0.1 * (a.shape[0] / 256) ** 3))
+        return calls[-1][1]
 
     monkeypatch.setattr(matmul_peak, "_one_call_s", slow_call)
     rate, size = matmul_peak.matmul_gflops(torch.float32, torch.device("cpu"), budget_s=1.5)
-    assert size == 256 and calls == [256, 256]  # warm-up and calibration only; 512 would need 6 x 0.8 s
-    assert rate > 0
+    assert size == 256 and rate > 0  # 512 would need 6 x 0.8 s
+    assert [n for n, _ in calls[:4]] == [64, 64, 128, 256] and {n for n, _ in calls[4:]} == {256}
+    assert sum(seconds for _, seconds in calls) <= 1.5  # every call it made fits the budget
+
+
+def test_matmul_probe_on_a_hopelessly_slow_device_makes_one_call(monkeypatch):
+    """Where even the 64x64 warm-up takes longer than the budget, that one call is the measurement."""
+    calls = []
+    monkeypatch.setattr(matmul_peak, "_one_call_s", lambda a, b, device: calls.append(a.shape[0]) or 60.0)
+    rate, size = matmul_peak.matmul_gflops(torch.bfloat16, torch.device("cpu"), budget_s=1.5)
+    assert calls == [64] and size == 64 and rate == pytest.approx(2 * 64**3 / 60.0 / 1e9)
 
 
 def test_matmul_probe_grows_the_size_while_calls_fit():

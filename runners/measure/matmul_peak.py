@@ -5,7 +5,7 @@ so its rate is a practical peak: a variant at 60% of it wastes little, one at
 5% spends its time in memory traffic, softmax or Python. Measured, not taken
 from a datasheet, so it matches the threads and the build the numbers come from.
 
-The probe is bounded in time on any machine: it calibrates on a small matmul
+The probe is bounded in time on any machine: it calibrates on a tiny matmul
 and grows the size only while a handful of calls still fit its budget, so a
 device that is a thousand times slower in some dtype costs the same seconds
 (a fixed 2048x2048 probe once took ten minutes in emulated bf16). A dtype the
@@ -20,10 +20,10 @@ import time
 import torch
 
 from runners.measure.bf16 import bf16_native
-from runners.measure.timing import synchronize, time_calls
+from runners.measure.timing import synchronize
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-SIZES = (256, 512, 1024, 2048, 4096)  # candidate square sizes, smallest first
+SIZES = (64, 128, 256, 512, 1024, 2048, 4096)  # candidate square sizes, smallest first
 MIN_CALLS = 6  # the chosen size must afford this many calls (warm-up + repeats) within the budget
 
 
@@ -41,10 +41,11 @@ def matmul_gflops(
     """GFLOP/s of the fastest timed square matmul in ``dtype``, and the size it was measured at.
 
     The largest size of :data:`SIZES` that affords :data:`MIN_CALLS` calls within ``budget_s``
-    (predicted from the size below it, timed on the way up), then as many timed calls as fit
-    the budget, 3 to ``max_repeats``. The fastest, not the median: this is a ceiling, and on
-    a shared machine noise only ever slows a matmul down (a median we took under load read
-    99 GFLOP/s on a machine that does 166).
+    (predicted from the size below it, timed on the way up), then up to ``max_repeats`` more calls
+    while the calls so far and one more stay within the budget. The time spent is bounded on any
+    device: by ``budget_s`` plus one call, or by one 64x64 matmul where even that is slower. The
+    fastest call, not the median: this is a ceiling, and on a shared machine noise only ever slows
+    a matmul down (a median we took under load read 99 GFLOP/s on a machine that does 166).
     """
 
     def operands(size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,17 +53,25 @@ def matmul_gflops(
 
     size = SIZES[0]
     a, b = operands(size)
-    _one_call_s(a, b, device)  # lazy initialisation (kernels, handles) is not the matmul
-    per_call = _one_call_s(a, b, device)
+    spent = _one_call_s(a, b, device)  # lazy initialisation (kernels, handles) is not the matmul
+    if spent >= budget_s:  # a device this slow gets no second call: the warm-up is the measurement
+        return 2 * size**3 / spent / 1e9, size
+    fastest = _one_call_s(a, b, device)
+    spent += fastest
     for larger in SIZES[1:]:
-        if per_call * (larger / size) ** 3 * MIN_CALLS > budget_s:
+        if fastest * (larger / size) ** 3 * MIN_CALLS > budget_s:
             break
         size = larger
         a, b = operands(size)
-        per_call = _one_call_s(a, b, device)  # also the warm-up of this size
-    repeats = int(min(max_repeats, max(3, budget_s // max(per_call, 1e-9))))
-    timing = time_calls(lambda: a @ b, device=device, warmup=0, repeats=repeats)
-    return 2 * size**3 / min(timing.min_s, per_call) / 1e9, size
+        fastest = _one_call_s(a, b, device)  # also the warm-up of this size
+        spent += fastest
+    for _ in range(max_repeats):
+        if spent + fastest > budget_s:
+            break
+        call = _one_call_s(a, b, device)
+        spent += call
+        fastest = min(fastest, call)
+    return 2 * size**3 / fastest / 1e9, size
 
 
 def matmul_peak(device: torch.device | str = "cpu") -> dict[str, float]:
