@@ -92,15 +92,15 @@ def test_training_with_bf16_mixed_on_emulated_bf16_is_refused(emulated, compose_
 def test_the_override_measures_emulated_bf16_with_its_line_printed_once(emulated, monkeypatch, capsys):
     monkeypatch.setattr(bf16, "_SAID", set())
     for _ in range(3):
-        bf16.check_precision("cpu", "bf16-mixed", allow_emulated=True)
+        bf16.check_precision({"accelerator": "cpu", "precision": "bf16-mixed", "allow_emulated_bf16": True})
     said = capsys.readouterr().err.splitlines()
     assert said == ["measuring emulated bf16 on this CPU (hardware.allow_emulated_bf16=true): expect ~500x fp32's time"]
-    bf16.check_precision("cpu", "32-true", allow_emulated=False)  # fp32 is never refused
+    bf16.check_precision({"accelerator": "cpu", "precision": "32-true"})  # fp32 is never refused
 
 
 def test_native_bf16_is_never_refused(monkeypatch):
     monkeypatch.setattr(bf16, "bf16_native", lambda device="cpu": True)
-    bf16.check_precision("cpu", "bf16-mixed", allow_emulated=False)
+    bf16.check_precision({"accelerator": "cpu", "precision": "bf16-mixed", "allow_emulated_bf16": False})
 
 
 def test_bench_refuses_bf16_on_emulated_bf16_with_the_fix(emulated, tmp_path):

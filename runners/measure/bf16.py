@@ -13,6 +13,8 @@ the device.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -63,18 +65,19 @@ def check_bf16(uses_bf16: bool, device: torch.device | str, *, allow_emulated: b
     )
 
 
-def check_precision(accelerator: str, precision: str, *, allow_emulated: bool) -> None:
+def check_precision(hardware: Mapping[str, Any]) -> None:
     """Refuse a ``hardware`` config whose bf16 precision this machine would only emulate (see :func:`check_bf16`).
 
+    Reads ``accelerator``, ``precision`` and ``allow_emulated_bf16`` (false where a preset predates it).
     A CUDA config on a machine without CUDA is left alone: its points are recorded as unsupported.
     """
-    on_gpu = accelerator in ("gpu", "cuda")
+    on_gpu = hardware["accelerator"] in ("gpu", "cuda")
     if on_gpu and not torch.cuda.is_available():
         return
     check_bf16(
-        str(precision).startswith("bf16"),
+        str(hardware["precision"]).startswith("bf16"),
         "cuda" if on_gpu else "cpu",
-        allow_emulated=allow_emulated,
+        allow_emulated=bool(hardware.get("allow_emulated_bf16", False)),
         fix="hardware.precision=16-mixed" if on_gpu else "hardware.precision=32-true",
         override="hardware.allow_emulated_bf16=true",
     )

@@ -175,8 +175,7 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
             "sweep; inside a sweep use hardware.strategy=ddp_spawn (or train one config with "
             "python -m runners.train hardware.strategy=ddp)"
         )
-    hardware = cfg.hardware  # a user's own hardware preset may predate allow_emulated_bf16
-    check_precision(hardware.accelerator, hardware.precision, allow_emulated=hardware.get("allow_emulated_bf16", False))
+    check_precision(cfg.hardware)
     if cfg.logger not in ("wandb", "none"):
         raise ConfigError(f"logger={cfg.logger!r} is unknown; choose wandb or none")
 

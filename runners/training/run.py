@@ -101,8 +101,7 @@ def run_training(cfg: DictConfig, *, logger: Any = False, progress: str | None =
 
     ``progress``: the console line this run belongs to; on a terminal it shows the step count while training.
     """
-    hardware = cfg.hardware
-    check_precision(hardware.accelerator, hardware.precision, allow_emulated=hardware.get("allow_emulated_bf16", False))
+    check_precision(cfg.hardware)
     check_optim(OmegaConf.to_container(cfg.optim, resolve=True))
     attention = OmegaConf.to_container(cfg.attention, resolve=True)
     task: GeneratedTask = instantiate_task(cfg.task)
