@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import hydra
@@ -121,11 +123,20 @@ def test_every_documented_command_line_composes(module, name):
 def test_ci_runs_the_readmes_install_and_test_command_verbatim():
     readme = (REPO / "README.md").read_text()
     lines = [line.split("#")[0].strip() for line in readme.splitlines()]
-    test_line = next(line for line in lines if line.endswith("&& pytest"))
+    test_line = next(line for line in lines if line.endswith("&& python -m pytest"))
     ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     install, test = (part.strip() for part in test_line.split("&&"))
     assert install in ci_lines and test in ci_lines
     assert ci_lines.index(install) < ci_lines.index(test)
+
+
+def test_the_installed_packages_import_from_outside_the_checkout(tmp_path):
+    """``python -m pytest`` puts the checkout on sys.path; a broken install must still fail somewhere."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import models, runners.sweep, tasks, variants; print(variants.__file__)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Path(done.stdout.strip()).is_relative_to(REPO / "variants")
 
 
 def test_no_source_file_is_ignored_by_git():
