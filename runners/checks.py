@@ -41,6 +41,8 @@ def check_optim(optim: Mapping[str, Any], *, where: str = "optim") -> None:
     check_range(f"{where}.warmup_steps", optim["warmup_steps"], integer=True, low=0, high=optim["max_steps"])
     check_range(f"{where}.val_every", optim["val_every"], integer=True, low=1)  # beyond max_steps: no validation
     check_range(f"{where}.max_time_s", optim["max_time_s"], low=0.0, low_inclusive=False)
+    if optim.get("target_acc") is not None:
+        check_range(f"{where}.target_acc", optim["target_acc"], low=0.0, high=1.0, low_inclusive=False)
     if optim.get("grad_clip") is not None:
         check_range(f"{where}.grad_clip", optim["grad_clip"], low=0.0)
     limit = optim["limit_val_batches"]

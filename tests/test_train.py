@@ -163,3 +163,23 @@ def test_every_variant_trains_in_bf16_mixed_precision_on_cpu(name, train_config)
     result = run_training(train_config(*overrides, *fits, f"attention={name}", *bf16))
     assert result["status"] == "ok", result
     assert result["steps"] == 10 and all(math.isfinite(loss) for _, loss in result["loss_trace"])
+
+
+def test_a_run_stops_at_the_first_validation_that_reaches_its_target_accuracy(train_config):
+    """optim.target_acc ends training early at a step count (the same on every rerun), still tested as usual."""
+    task = ["task=lookup", "task.seq_len=32", "task.causal=false", *SIZES, "model=tiny", "optim.warmup_steps=5"]
+    overrides = (*task, "optim.max_steps=600", "optim.val_every=10", "optim.target_acc=0.5", "optim.lr=1e-2")
+    first, second = run_training(train_config(*overrides)), run_training(train_config(*overrides))
+    assert first["status"] == "ok" and first["stopped_at_target"], first
+    assert first["steps"] < 600 and first["steps"] % 10 == 0
+    assert first["learning_curve"][-1]["val_acc"] >= 0.5 > max(p["val_acc"] for p in first["learning_curve"][:-1])
+    assert "test_acc" in first and second["steps"] == first["steps"] and second["test_acc"] == first["test_acc"]
+    unreachable = run_training(train_config(*task, "optim.max_steps=20", "optim.val_every=10", "optim.target_acc=1.0"))
+    assert unreachable["status"] == "ok" and unreachable["steps"] == 20 and not unreachable["stopped_at_target"]
+
+
+def test_a_target_accuracy_outside_0_1_is_refused(train_config):
+    from runners.checks import ConfigError
+
+    with pytest.raises(ConfigError, match=r"optim.target_acc"):
+        run_training(train_config("task=lookup", "task.seq_len=32", *SMALL, "optim.target_acc=1.5"))

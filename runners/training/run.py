@@ -1,9 +1,11 @@
 """One accuracy run: build the task, the module and a Trainer from the config, train, test, report a status.
 
 Accuracy is a property of the config and the seed, never of the machine's
-load: every run trains for exactly ``optim.max_steps`` steps (seeded data,
-initialization and dropout; deterministic algorithms on CPU), then reports
-test accuracy and its learning curve. ``optim.max_time_s`` is only a safety
+load: every run trains for ``optim.max_steps`` steps (seeded data,
+initialization and dropout; deterministic algorithms on CPU), or, with
+``optim.target_acc`` set, until a validation (every ``optim.val_every`` steps)
+reaches that accuracy: a step count, so the same on any machine (Zoology's
+protocol stops at 0.99). It then reports test accuracy and its learning curve. ``optim.max_time_s`` is only a safety
 cap: a run that reaches it ends as ``timeout`` with its partial curve and no
 final accuracy. A NaN/inf loss ends the run as ``diverged``; a causal task
 with a variant that cannot be causal is ``unsupported``. None of these raises;
@@ -22,6 +24,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import EarlyStopping
 
 import variants
 from runners.checks import check_optim, instantiate_task
@@ -129,6 +132,11 @@ def run_training(cfg: DictConfig, *, logger: Any = False, progress: str | None =
         max_steps=cfg.optim.max_steps,
     )
     callbacks: list[pl.Callback] = [TrainThroughput(), LearningCurve()]
+    target = cfg.optim.get("target_acc")
+    if target is not None:  # stops at the first validation that reaches it (patience: never otherwise)
+        callbacks.append(
+            EarlyStopping(monitor="val_acc", mode="max", stopping_threshold=target, patience=10**9, check_finite=False)
+        )
     if progress is not None:
         callbacks.append(ProgressLine(progress))
     trainer = build_trainer(cfg, logger=logger, callbacks=callbacks)
@@ -136,9 +144,13 @@ def run_training(cfg: DictConfig, *, logger: Any = False, progress: str | None =
     trainer.fit(module, datamodule=task)
     train_time = time.perf_counter() - start
     steps = int(_metric(trainer, "steps") or trainer.global_step)
+    curve = curve_rows(trainer)
+    reached = target is not None and bool(curve) and curve[-1]["val_acc"] >= target and curve[-1]["step"] == steps
     result = {
         "steps": steps,
         "max_steps": cfg.optim.max_steps,
+        "target_acc": target,
+        "stopped_at_target": reached,  # steps < max_steps because validation reached optim.target_acc
         "params": sum(p.numel() for p in module.parameters()),
         "train_time_s": train_time,
         "val_acc": _metric(trainer, "val_acc"),
@@ -147,13 +159,13 @@ def run_training(cfg: DictConfig, *, logger: Any = False, progress: str | None =
         "world_size": int(_metric(trainer, "world_size") or 1),
         "train_tokens_per_s_per_device": _metric(trainer, "train_tokens_per_s_per_device"),
         "train_tokens_per_s_total": _metric(trainer, "train_tokens_per_s_total"),
-        "learning_curve": curve_rows(trainer),
+        "learning_curve": curve,
         "loss_trace": module.loss_trace,  # this process's steps only (empty from ddp_spawn workers)
     }
     diverged_at = _metric(trainer, "diverged_at")
     if diverged_at is not None:
         return result | {"status": "diverged", "message": f"loss became NaN/inf at step {int(diverged_at)}"}
-    if steps < cfg.optim.max_steps:
+    if steps < cfg.optim.max_steps and not reached:
         return result | {
             "status": "timeout",
             "message": f"stopped by the safety cap optim.max_time_s={cfg.optim.max_time_s} after {steps} of "
