@@ -74,6 +74,25 @@ def die(*, how: str) -> None:
     os.kill(os.getpid(), getattr(signal, how))
 
 
+def echo(*, value: object) -> dict:
+    """A worker function that answers at once."""
+    return {"value": value}
+
+
+def sleep_then_echo(*, seconds: float, value: object) -> dict:
+    """A worker function that takes ``seconds``."""
+    import time
+
+    started = time.time()
+    time.sleep(seconds)
+    return {"value": value, "started": started, "ended": time.time()}
+
+
+def torch_threads() -> dict:
+    """A worker function that reports the torch threads it was given."""
+    return {"threads": torch.get_num_threads()}
+
+
 def padding_mask(batch: int, seq: int) -> torch.Tensor:
     """All tokens real except the last third of the last sequence."""
     mask = torch.ones(batch, seq, dtype=torch.bool)

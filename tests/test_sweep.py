@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -69,6 +68,23 @@ def test_tiny_sweep_writes_one_record_per_point_and_offline_wandb_runs(tmp_path,
     assert len(table) == 3
     runs = list((tmp_path / "wandb").glob("offline-run-*"))  # one offline wandb run per point, no account
     assert len(runs) == 3 and all(any(run.rglob("*.wandb")) for run in runs)
+
+
+def test_accuracy_runs_side_by_side_give_the_same_accuracy_as_one_at_a_time(tmp_path, sweep_config):
+    """sweep.accuracy_jobs=2: two runs in workers, one thread each; a run's result is what it would be alone."""
+    side = sweep_config("attention=full", "sweep.seq_lens=[]", "sweep.seeds=[0,1]", "sweep.accuracy_jobs=2")
+    side.hardware.threads = 2
+    run_sweep(side)
+    together = {r["seed"]: r for r in store.read_records(tmp_path / "store") if r["probe"] == "accuracy"}
+    assert sorted(together) == [0, 1] and all(r["status"] == "ok" for r in together.values()), together
+    assert {(r["config"]["hardware"]["threads"], r["concurrent_runs"]) for r in together.values()} == {(1, 2)}
+    alone = sweep_config("attention=full", "sweep.seq_lens=[]", "sweep.seeds=[0]", "sweep.accuracy_jobs=1")
+    alone.hardware.threads, alone.results_dir = 1, str(tmp_path / "alone")
+    run_sweep(alone)
+    [single] = [r for r in store.read_records(tmp_path / "alone") if r["probe"] == "accuracy"]
+    assert single["key"] == together[0]["key"] and single["concurrent_runs"] == 1  # the same point
+    assert single["test_acc"] == together[0]["test_acc"]
+    assert [p["val_loss"] for p in single["learning_curve"]] == [p["val_loss"] for p in together[0]["learning_curve"]]
 
 
 def test_resume_skips_done_points_and_force_remeasures(tmp_path, sweep_config):
@@ -308,9 +324,8 @@ def test_main_job_writes_only_where_git_ignores():
 
 @pytest.mark.parametrize(("how", "status"), [("SIGKILL", "oom"), ("SIGSEGV", "error"), ("MemoryError", "oom")])
 def test_a_worker_that_dies_ends_only_its_point_with_a_status(how, status):
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
-    with pytest.raises(PointFailed) as failed:
-        run_isolated("helpers:die", {"how": how}, threads=1, env=env)
+    with pytest.raises(PointFailed) as failed:  # the worker imports helpers: pytest put tests/ on sys.path
+        run_isolated("helpers:die", {"how": how}, threads=1)
     assert failed.value.status == status, str(failed.value)
 
 

@@ -43,7 +43,9 @@ def _status_kib(field: str) -> int:
 
 
 def timing_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for a measuring subprocess: glibc malloc thresholds fixed high for the timing.
+    """Environment for a fresh interpreter that times: glibc malloc thresholds fixed high, as the workers fix them.
+
+    (:func:`runners.measure.worker.fix_malloc_for_timing` does the same in a forked worker.)
 
     glibc adapts its mmap and trim thresholds as blocks are freed, and a fresh
     process lands in one of two regimes (large tensors reused from the heap, or

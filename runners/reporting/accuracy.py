@@ -39,11 +39,12 @@ def accuracy_stats(acc: pd.DataFrame) -> pd.DataFrame:
         ok = runs[runs.status == "ok"]
         row = dict(zip(RUN, key, strict=True)) | {"seeds": len(ok), "runs": len(runs), "params": runs.params.max()}
         if ok.empty:  # every seed failed: the cell shows the status of the first
-            measured = dict.fromkeys(("steps", "lr", "mean", "min", "max", "train_tokens_per_s"), math.nan)
+            measured = dict.fromkeys(("steps", "steps_min", "lr", "mean", "min", "max", "train_tokens_per_s"), math.nan)
             measured |= {"status": runs.status.iloc[0], "message": str(runs.message.iloc[0] or "")}
         else:
             measured = {
                 "steps": ok.steps.max(),
+                "steps_min": ok.steps.min(),  # below max: some seeds stopped at optim.target_acc
                 "lr": ok.lr.iloc[0],
                 "mean": ok.test_acc.mean(),
                 "min": ok.test_acc.min(),
@@ -79,9 +80,15 @@ def accuracy_table(stats: pd.DataFrame) -> pd.DataFrame:
     cells = stats.assign(cell=stats.apply(accuracy_cell, axis=1))
     table = cells.pivot_table(index="variant", columns="seq_len", values="cell", aggfunc="last")
     table.columns = [f"n={n}" for n in table.columns]
-    extra = cells.groupby("variant").agg(params=("params", "max"), steps=("steps", "max"), lr=("lr", "first"))
+    extra = cells.groupby("variant").agg(
+        params=("params", "max"), steps=("steps", "max"), fewest=("steps_min", "min"), lr=("lr", "first")
+    )
     extra["params"] = extra.params.map(lambda p: f"{p:,.0f}" if pd.notna(p) else "")
-    extra["steps"] = extra.steps.map(lambda s: f"{s:.0f}" if pd.notna(s) else "")
+    extra["steps"] = [
+        "" if pd.isna(most) else f"{most:.0f}" if fewest == most else f"{fewest:.0f}-{most:.0f}"
+        for most, fewest in zip(extra.steps, extra.fewest, strict=True)
+    ]
+    extra = extra.drop(columns="fewest")
     extra["lr"] = extra.lr.map(lambda r: f"{r:g}" if pd.notna(r) else "")
     return by_variant(extra.join(table))
 

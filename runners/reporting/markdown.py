@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,17 +88,34 @@ def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
     return lines + [f"![{path.stem}]({path.name})\n" for path in speed_plots(speed, out, tag)]
 
 
+def side_by_side_note(accuracy: pd.DataFrame) -> str:
+    """What the seconds of training runs mean when runs shared the machine (``sweep.accuracy_jobs``)."""
+    shared = accuracy.concurrent_runs.max() if "concurrent_runs" in accuracy else math.nan
+    if not shared > 1:
+        return ""
+    return (
+        f" Runs went {shared:.0f} side by side, each with its share of the threads: their seconds compare "
+        "with each other, not with a run that had the machine alone (the speed section has those)."
+    )
+
+
 def accuracy_section(accuracy: pd.DataFrame, out: Path, tag: str) -> list[str]:
     """Accuracy over seeds, ties, time to accuracy and learning curves: properties of the config and seeds."""
     runs = acc_tables.at_chosen_lr(accuracy)
     stats = acc_tables.accuracy_stats(runs)
     lr_note = " Each variant at its best learning rate by validation accuracy." if accuracy.lr.nunique() > 1 else ""
+    targets = sorted(accuracy.target_acc.dropna().unique()) if "target_acc" in accuracy else []
+    budget = (
+        f"Every run trains for at most `max_steps` steps and stops at the first validation that reaches "
+        f"{', '.join(f'{t:g}' for t in targets)} (`optim.target_acc`; `steps` shows where the seeds stopped)"
+        if targets
+        else "Test accuracy after the same number of training steps for every variant"
+    )
     lines = [
         "### Accuracy",
         "",
-        "Test accuracy after the same number of training steps for every variant (a property of the config "
-        "and the seeds, not of this machine's load): mean over seeds with the min-max spread. Variants whose "
-        f"spread reaches the best one's are a tie.{lr_note}",
+        f"{budget}: a property of the config and the seeds, not of this machine's load. Mean over seeds with "
+        f"the min-max spread; variants whose spread reaches the best one's are a tie.{lr_note}",
         "",
         md_table(acc_tables.summary(stats)),
         "",
@@ -110,7 +128,8 @@ def accuracy_section(accuracy: pd.DataFrame, out: Path, tag: str) -> list[str]:
         "#### Time to accuracy",
         "",
         "Optimizer steps and seconds spent in training steps (this hardware) until validation accuracy first "
-        "reached 50% and 90% of the best mean final validation accuracy of the setting (`targets`).",
+        "reached 50% and 90% of the best mean final validation accuracy of the setting (`targets`)."
+        + side_by_side_note(accuracy),
         "",
         md_table(acc_tables.time_to_accuracy(runs), empty="no run recorded a learning curve"),
         "#### Training runs: tokens/s in total (per device x devices), optimizer steps",

@@ -11,8 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 import variants
 from runners.approximation.probe import maps_probe
 from runners.measure.failures import PointFailed, classify_failure, failure_message
-from runners.measure.memory import timing_env
-from runners.measure.worker import measure_isolated, run_isolated
+from runners.measure.worker import Job, measure_isolated, run_isolated
 from runners.training.run import run_training
 from variants._registry import cannot_decode
 
@@ -64,18 +63,35 @@ def measure_decode(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
         "repeats": point["repeats"],
     }
     threads, timeout = cfg.hardware.threads, cfg.sweep.point_timeout_s
-    return run_isolated(DECODE_PROBE, kwargs, threads=threads, timeout_s=timeout, env=timing_env())  # timing only
+    return run_isolated(DECODE_PROBE, kwargs, threads=threads, timeout_s=timeout, malloc="timing")  # timing only
 
 
-def measure_accuracy(cfg: DictConfig, point: dict[str, Any], progress: str | None = None) -> dict[str, Any]:
-    """A training run of the point's variant on the point's task, direction, seed and learning rate."""
-    device_for(cfg.hardware)
-    run_cfg = OmegaConf.create(
-        {key: point[key] for key in ("attention", "model", "task", "optim", "seed")} | {"hardware": cfg.hardware}
-    )
+def train_point(point: dict[str, Any], progress: str | None = None) -> dict[str, Any]:
+    """A training run of the point's variant on the point's task, direction, seed, rate and hardware (its threads)."""
+    device_for(OmegaConf.create(point["hardware"]))
+    run_cfg = OmegaConf.create({key: point[key] for key in ("attention", "model", "task", "optim", "seed", "hardware")})
     result = run_training(run_cfg, progress=progress)
     result.pop("loss_trace", None)
     return result
+
+
+def measure_accuracy(cfg: DictConfig, point: dict[str, Any], progress: str | None = None) -> dict[str, Any]:
+    """:func:`train_point` in this process (``sweep.accuracy_jobs`` = 1: one run at a time, with its progress line)."""
+    return train_point(point, progress)
+
+
+def accuracy_job(point: dict[str, Any]) -> Job:
+    """The point's training run as a worker job, for running several side by side (``sweep.accuracy_jobs``)."""
+    return Job("runners.sweeping.execute:train_point", {"point": point}, threads=point["hardware"]["threads"])
+
+
+def failed_record(error: BaseException) -> dict[str, Any]:
+    """The result of a point that failed: its status, message and where it failed."""
+    return {
+        "status": classify_failure(error),
+        "message": failure_message(error),
+        "traceback": getattr(error, "traceback", None) or "".join(traceback.format_exception(error, limit=3))[-2000:],
+    }
 
 
 def measure_maps(point: dict[str, Any]) -> dict[str, Any]:
@@ -99,8 +115,4 @@ def measure_point(cfg: DictConfig, point: dict[str, Any], progress: str | None =
             return {"status": "ok"} | measure_decode(cfg, point)
         return measure_accuracy(cfg, point, progress)
     except Exception as error:  # a failed point is a result, never the end of the sweep
-        return {
-            "status": classify_failure(error),
-            "message": failure_message(error),
-            "traceback": traceback.format_exc(limit=3)[-2000:],
-        }
+        return failed_record(error)

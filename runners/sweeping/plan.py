@@ -12,6 +12,12 @@ the task offers (a variant that cannot be causal gets an ``unsupported`` record
 for the causal direction and is scored bidirectionally), for every seed of
 ``sweep.seeds`` and every learning rate of ``sweep.lrs`` (null: ``optim.lr``).
 
+Points are ordered by what they measure: speed and decode points first (timed,
+one at a time with every thread), then maps, then the accuracy runs, which
+``sweep.accuracy_jobs`` may run side by side (each with its share of the
+threads, recorded in the point's ``hardware.threads``): their accuracy is a
+property of the config, the load of the machine does not change it.
+
 Each point is a plain dict of everything that defines it (not the
 measurements); its hash is its identity in the store, so an interrupted sweep
 resumes where it stopped and changed settings are measured anew.
@@ -40,6 +46,7 @@ class AccuracyEntry(NamedTuple):
     directions: list[str]
     settings: dict[str, Any]  # task arguments
     optim: dict[str, Any]  # overrides of the optim config for this entry
+    model: dict[str, Any]  # overrides of the model config for this entry
 
 
 def attention_list(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -74,17 +81,20 @@ def accuracy_tasks(cfg: DictConfig) -> list[AccuracyEntry]:
     """The entries of ``sweep.accuracy``, checked."""
     entries = []
     for label, entry in (cfg.sweep.get("accuracy") or {}).items():
+        if entry is None:  # an inheriting preset removed its parent's entry
+            continue
         settings = OmegaConf.to_container(entry, resolve=True)
         name = settings.pop("task", label)
         if name not in TASKS:
             raise ConfigError(f"sweep.accuracy.{label}: unknown task {name!r}; tasks: {', '.join(TASKS)}")
         seq_lens = list(settings.pop("seq_lens", []))
-        optim = settings.pop("optim", {})
-        unknown_optim = sorted(set(optim) - set(cfg.optim))
-        if unknown_optim:
-            raise ConfigError(
-                f"sweep.accuracy.{label}.optim: unknown key(s) {unknown_optim}; optim has {list(cfg.optim)}"
-            )
+        optim, model = settings.pop("optim", {}), settings.pop("model", {})
+        for group, overrides, known in (("optim", optim, cfg.optim), ("model", model, cfg.model)):
+            unknown_keys = sorted(set(overrides) - set(known))
+            if unknown_keys:
+                raise ConfigError(
+                    f"sweep.accuracy.{label}.{group}: unknown key(s) {unknown_keys}; {group} has {list(known)}"
+                )
         possible = task_directions(name)
         directions = list(settings.pop("directions", possible))
         wrong = [d for d in directions if d not in possible]
@@ -103,9 +113,9 @@ def accuracy_tasks(cfg: DictConfig) -> list[AccuracyEntry]:
         if unknown:
             raise ConfigError(
                 f"sweep.accuracy.{label}: unknown task argument(s) {unknown}; "
-                f"it takes task, seq_lens, directions, optim and {sorted(arguments)}"
+                f"it takes task, seq_lens, directions, optim, model and {sorted(arguments)}"
             )
-        entries.append(AccuracyEntry(label, name, seq_lens, directions, settings, optim))
+        entries.append(AccuracyEntry(label, name, seq_lens, directions, settings, optim, model))
     return entries
 
 
@@ -146,6 +156,8 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
                 task = point_task(entry.task, entry.settings, n, direction, seed=0)
                 instantiate_task(task, where=f"sweep.accuracy.{entry.label} at seq_len={n}")
     maps_lens = list(cfg.sweep.maps_lens) if cfg.sweep.get("maps") else []
+    if maps_lens:
+        maps_settings(cfg)
     if any(not isinstance(n, int) or n < 1 for n in maps_lens):
         raise ConfigError(f"sweep.maps_lens must be positive integers; got {maps_lens}")
     if maps_lens and max(maps_lens) > cfg.approximation.trained.max_seq_len:
@@ -180,13 +192,40 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
         raise ConfigError(f"logger={cfg.logger!r} is unknown; choose wandb or none")
 
 
+def accuracy_jobs(cfg: DictConfig) -> int:
+    """How many accuracy runs go side by side: ``sweep.accuracy_jobs``, at most one per thread; 1 under DDP.
+
+    A DDP run already uses one process per device, and a job of a parallel launcher has only its share of the CPUs.
+    """
+    wanted = OmegaConf.select(cfg, "sweep.accuracy_jobs", default=1)
+    check_range("sweep.accuracy_jobs", wanted, integer=True, low=1)
+    if cfg.hardware.devices != 1 or str(cfg.hardware.strategy).startswith("ddp"):
+        return 1
+    return max(1, min(wanted, int(cfg.hardware.threads or 1)))
+
+
+def maps_settings(cfg: DictConfig) -> dict[str, Any]:
+    """Settings of the sweep's maps points: conf/approximation updated with ``sweep.maps_settings``."""
+    settings = OmegaConf.to_container(cfg.approximation, resolve=True)
+    overrides = OmegaConf.to_container(cfg.sweep.get("maps_settings") or OmegaConf.create({}), resolve=True)
+    unknown = sorted(set(overrides) - set(settings))
+    if unknown:
+        raise ConfigError(f"sweep.maps_settings: unknown key(s) {unknown}; conf/approximation has {sorted(settings)}")
+    return settings | overrides
+
+
+PROBE_ORDER = ("speed", "decode", "maps", "accuracy")
+
+
 def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every point of the sweep with the config that identifies it."""
+    """Every point of the sweep with the config that identifies it: timed probes first, accuracy last."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     hardware = OmegaConf.to_container(cfg.hardware, resolve=True)
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
     rates = list(cfg.sweep.lrs) if cfg.sweep.get("lrs") else [optim["lr"]]
     tasks = accuracy_tasks(cfg)
+    jobs = accuracy_jobs(cfg)
+    training_hardware = hardware | {"threads": max(1, int(hardware["threads"] or 1) // jobs)} if jobs > 1 else hardware
     points = []
     for attention in attentions:
         shared = {"attention": attention, "model": model, "hardware": hardware}
@@ -214,7 +253,7 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
                 }
             )
         if cfg.sweep.get("maps"):
-            settings = OmegaConf.to_container(cfg.approximation, resolve=True)
+            settings = maps_settings(cfg)
             for seq_len in cfg.sweep.maps_lens:
                 points.append(shared | {"probe": "maps", "seq_len": seq_len, "approximation": settings})
         for entry in tasks:
@@ -225,13 +264,15 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
                             points.append(
                                 shared
                                 | {
+                                    "hardware": training_hardware,
                                     "probe": "accuracy",
                                     "seq_len": seq_len,
                                     "task_name": entry.task,
                                     "direction": direction,
                                     "task": point_task(entry.task, entry.settings, seq_len, direction, seed),
                                     "optim": optim | entry.optim | {"lr": lr},
+                                    "model": model | entry.model,
                                     "seed": seed,
                                 }
                             )
-    return points
+    return sorted(points, key=lambda point: PROBE_ORDER.index(point["probe"]))  # stable: variant order kept

@@ -11,6 +11,7 @@ import datetime as dt
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,14 @@ from omegaconf import DictConfig, open_dict
 
 from runners.hydra_glue import launch
 from runners.measure.failures import PointFailed
+from runners.measure.worker import Job, run_concurrently
 from runners.reporting.markdown import build_report
 from runners.reporting.tables import flat_results
 from runners.results import context, store
 from runners.results.table import results_table
 from runners.sweeping.estimate import estimate_seconds
-from runners.sweeping.execute import device_for, measure_point
-from runners.sweeping.plan import attention_list, plan_points, validate
+from runners.sweeping.execute import accuracy_job, device_for, failed_record, measure_point
+from runners.sweeping.plan import accuracy_jobs, attention_list, plan_points, validate
 from runners.sweeping.wandb_log import log_to_wandb
 
 
@@ -58,13 +60,21 @@ def describe(record: dict[str, Any]) -> str:
     return f"test acc {record['test_acc']:.3f} ({record['steps']} steps)"
 
 
-def eta_seconds(remaining: list[str], seconds_by_probe: dict[str, list[float]]) -> float | None:
-    """Time left: each remaining point at the median time of its probe kind so far (None before any)."""
+def eta_seconds(
+    remaining: list[str], seconds_by_probe: dict[str, list[float]], *, accuracy_jobs: int = 1
+) -> float | None:
+    """Time left: each remaining point at the median time of its probe kind so far (None before any).
+
+    Accuracy runs going ``accuracy_jobs`` at a time take that share of their summed time.
+    """
     every = [s for times in seconds_by_probe.values() for s in times]
     if not every:
         return None
     fallback = statistics.median(every)
-    return sum(statistics.median(seconds_by_probe.get(probe) or [fallback]) for probe in remaining)
+    return sum(
+        statistics.median(seconds_by_probe.get(probe) or [fallback]) / (accuracy_jobs if probe == "accuracy" else 1)
+        for probe in remaining
+    )
 
 
 def print_estimate(points: list[dict[str, Any]], cfg: DictConfig) -> None:
@@ -88,6 +98,81 @@ def print_estimate(points: list[dict[str, Any]], cfg: DictConfig) -> None:
     )
 
 
+class RecordWriter:
+    """Builds a point's record (its identity, config, context and result) and writes it to the store at once."""
+
+    def __init__(self, cfg: DictConfig, results_dir: Path, sweep_id: str, fixed_context: dict[str, Any]) -> None:
+        self.cfg, self.results_dir, self.sweep_id, self.fixed_context = cfg, results_dir, sweep_id, fixed_context
+
+    def __call__(
+        self, point: dict[str, Any], key: str, result: dict[str, Any], elapsed: float, *, concurrent_runs: int = 1
+    ) -> dict[str, Any]:
+        record = (
+            {
+                "key": key,
+                "sweep_id": self.sweep_id,
+                "variant": point["attention"]["name"],
+                "hparams": {k: v for k, v in point["attention"].items() if k != "name"},
+                "hardware": self.cfg.hardware.name,
+                "probe": point["probe"],
+                "seq_len": point["seq_len"],
+                "task": point.get("task_name"),
+                "direction": point.get("direction"),
+                "seed": point.get("seed"),
+                "lr": point["optim"]["lr"] if "optim" in point else None,
+                "point_wall_s": elapsed,
+                "concurrent_runs": concurrent_runs,  # >1: its wall-clock times were taken beside other runs
+                "config": point,
+                "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+            }
+            | self.fixed_context
+            | result
+        )
+        store.write_point(self.results_dir, record)
+        if self.cfg.logger == "wandb":
+            log_to_wandb(self.cfg, record, self.sweep_id)
+        return record
+
+
+class Progress:
+    """The end of a point's console line: its result, its time and the time left."""
+
+    def __init__(self, probes: list[str], jobs: int) -> None:
+        self.remaining = list(probes)
+        self.jobs = jobs
+        self.seconds_by_probe: dict[str, list[float]] = {}
+
+    def done(self, record: dict[str, Any]) -> str:
+        self.seconds_by_probe.setdefault(record["probe"], []).append(record["point_wall_s"])
+        self.remaining.remove(record["probe"])
+        left = eta_seconds(self.remaining, self.seconds_by_probe, accuracy_jobs=self.jobs)
+        eta = f"; ETA {left / 60:.1f} min" if left else ""
+        return f"{describe(record)} ({record['point_wall_s']:.0f} s{eta})"
+
+
+def train_side_by_side(
+    todo: list[tuple[str, dict[str, Any], str]], jobs: int, record: RecordWriter, progress: Progress
+) -> None:
+    """The accuracy points, ``jobs`` training runs at a time, each in a worker process; each recorded as it ends."""
+    if not todo:
+        return
+    threads = todo[0][1]["hardware"]["threads"]
+    print(f"{len(todo)} training runs, {jobs} at a time ({threads} threads each) ...", file=sys.stderr, flush=True)
+    start_times: dict[str, float] = {}
+    by_key = {key: (label, point) for label, point, key in todo}
+
+    def started_in_order() -> Iterator[tuple[str, Job]]:
+        for _, point, key in todo:
+            start_times[key] = time.perf_counter()
+            yield key, accuracy_job(point)
+
+    for key, outcome in run_concurrently(started_in_order(), max_jobs=jobs):
+        label, point = by_key[key]
+        result = failed_record(outcome) if isinstance(outcome, Exception) else outcome
+        written = record(point, key, result, time.perf_counter() - start_times[key], concurrent_runs=jobs)
+        print(f"{label}: {progress.done(written)}", file=sys.stderr, flush=True)
+
+
 def run_sweep(cfg: DictConfig) -> pd.DataFrame:
     """Run every point not yet in the store; returns the store's results table."""
     attentions = attention_list(cfg)
@@ -105,44 +190,26 @@ def run_sweep(cfg: DictConfig) -> pd.DataFrame:
     keys = [store.point_key(point) for point in points]
     if cfg.sweep.estimate:
         print_estimate([p for p, k in zip(points, keys, strict=True) if k not in done], cfg)
-    seconds_by_probe: dict[str, list[float]] = {}
+    jobs = accuracy_jobs(cfg)
+    todo = []
     for index, (point, key) in enumerate(zip(points, keys, strict=True), start=1):
-        label = f"[{index}/{len(points)}] {point_label(point)}"
         if key in done:
-            print(f"{label}: in the store, skipped", file=sys.stderr, flush=True)
+            print(f"[{index}/{len(points)}] {point_label(point)}: in the store, skipped", file=sys.stderr, flush=True)
+        else:
+            todo.append((f"[{index}/{len(points)}] {point_label(point)}", point, key))
+    progress = Progress([point["probe"] for _, point, _ in todo], jobs)
+    record = RecordWriter(cfg, results_dir, sweep_id, fixed_context)
+    side_by_side = jobs > 1 and sum(point["probe"] == "accuracy" for _, point, _ in todo) > 1
+    for label, point, key in todo:
+        if side_by_side and point["probe"] == "accuracy":
             continue
         print(f"{label} ...", end="", file=sys.stderr, flush=True)
         started = time.perf_counter()
         result = measure_point(cfg, point, progress=f"{label} ...")
-        elapsed = time.perf_counter() - started
-        seconds_by_probe.setdefault(point["probe"], []).append(elapsed)
-        record = (
-            {
-                "key": key,
-                "sweep_id": sweep_id,
-                "variant": point["attention"]["name"],
-                "hparams": {k: v for k, v in point["attention"].items() if k != "name"},
-                "hardware": cfg.hardware.name,
-                "probe": point["probe"],
-                "seq_len": point["seq_len"],
-                "task": point.get("task_name"),
-                "direction": point.get("direction"),
-                "seed": point.get("seed"),
-                "lr": point["optim"]["lr"] if "optim" in point else None,
-                "point_wall_s": elapsed,
-                "config": point,
-                "finished_at": dt.datetime.now(dt.UTC).isoformat(),
-            }
-            | fixed_context
-            | result
-        )
-        store.write_point(results_dir, record)
-        if cfg.logger == "wandb":
-            log_to_wandb(cfg, record, sweep_id)
-        to_do = [p["probe"] for p, k in zip(points[index:], keys[index:], strict=True) if k not in done]
-        left = eta_seconds(to_do, seconds_by_probe)
-        eta = f"; ETA {left / 60:.1f} min" if left else ""
-        print(f" {describe(record)} ({elapsed:.0f} s{eta})", file=sys.stderr, flush=True)
+        written = record(point, key, result, time.perf_counter() - started)
+        print(f" {progress.done(written)}", file=sys.stderr, flush=True)
+    if side_by_side:
+        train_side_by_side([item for item in todo if item[1]["probe"] == "accuracy"], jobs, record, progress)
     if launch.in_multirun():
         return results_table(results_dir)  # the launching process builds one report once every job is done
     return finish(results_dir, cfg.report_dir, baselines=cfg.sweep.get("baselines") or [])
