@@ -3,7 +3,7 @@
 For each distinct training configuration (variant, length, direction, batch)
 one optimizer step is timed after a warm-up; an accuracy point costs its
 ``optim.max_steps`` such steps plus its validations, a speed point its warm-up
-and timed steps in two fresh processes. It is an estimate (data generation,
+and timed steps in two worker processes. It is an estimate (data generation,
 evaluation and process start-up are approximated), printed so that a long
 preset such as ``sweep=lra`` says up front whether it is an hour or a day.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import variants
 from runners.measure.speed_probe import speed_probe
 
-PROCESS_START_S = 3.0  # starting a fresh interpreter with torch, per measuring process
+PROCESS_START_S = 0.2  # forking a measuring process from the worker server (runners.measure.worker)
 
 
 def step_seconds(point: dict[str, Any], *, seq_len: int, batch_size: int, causal: bool, device: str) -> float:
@@ -34,8 +34,12 @@ def step_seconds(point: dict[str, Any], *, seq_len: int, batch_size: int, causal
     return batch_size * seq_len / result["train_tokens_per_s"]
 
 
-def estimate_seconds(points: list[dict[str, Any]], *, device: str) -> tuple[float, int]:
-    """Estimated seconds for ``points`` and how many step times were measured to get it."""
+def estimate_seconds(points: list[dict[str, Any]], *, device: str, accuracy_jobs: int = 1) -> tuple[float, int]:
+    """Estimated seconds for ``points`` and how many step times were measured to get it.
+
+    Accuracy runs going ``accuracy_jobs`` at a time count for that share of their summed time (an
+    optimistic bound: a run with fewer threads is slower, by less than the share on small models).
+    """
     cache: dict[tuple, float] = {}
     total = 0.0
     trained = False  # the maps probe trains its full-attention model once per process
@@ -60,7 +64,8 @@ def estimate_seconds(points: list[dict[str, Any]], *, device: str) -> tuple[floa
         shape = (point["seq_len"], task["batch_size"], point["direction"] == "causal")
         validations = optim["max_steps"] // optim["val_every"] + 1
         val_steps = validations * -(-task["num_val"] // task["batch_size"]) + -(-task["num_test"] // task["batch_size"])
-        total += (optim["max_steps"] + val_steps / 3) * _cached(cache, point, shape, device)  # eval: forward only
+        seconds = (optim["max_steps"] + val_steps / 3) * _cached(cache, point, shape, device)  # eval: forward only
+        total += seconds / accuracy_jobs
     return total, len(cache)
 
 

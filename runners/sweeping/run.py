@@ -86,7 +86,7 @@ def print_estimate(points: list[dict[str, Any]], cfg: DictConfig) -> None:
         return
     print(f"estimating the duration of {len(points)} points ...", end="", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    seconds, measured = estimate_seconds(points, device=device)
+    seconds, measured = estimate_seconds(points, device=device, accuracy_jobs=accuracy_jobs(cfg))
     accuracy = [p for p in points if p["probe"] == "accuracy"]
     steps = sum(p["optim"]["max_steps"] for p in accuracy)
     print(
