@@ -8,7 +8,7 @@
 Only the mixing core is measured (no projections): q, k, v of shape
 ``(batch, heads, n, dim_head)``, by :func:`runners.measure.core_probe.core_probe`.
 Each point runs through the sweep's worker protocol
-(:mod:`runners.measure.worker`): timing and memory each in a fresh process, so
+(:mod:`runners.measure.worker`): timing and memory each in a process of its own, so
 one point's memory cannot hide in another's, and an out-of-memory kill or a
 timeout is recorded as that point's status while the benchmark goes on. Per
 point: forward time (no graph), forward+backward time (median of repeats after

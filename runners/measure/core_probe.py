@@ -2,7 +2,7 @@
 
 ``runners.bench`` calls :func:`core_probe` through
 :func:`runners.measure.worker.measure_isolated`: timing and memory each in a
-fresh process, as the sweep's skeleton probe does.
+process of its own, as the sweep's skeleton probe does.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def speed_probe(
     ``budget_s`` caps the timed steps of a slow point, training and inference each (at least 3 are
     taken; ``timed_repeats`` says how many were).
 
-    The sweep calls it through :func:`runners.measure.worker.measure_isolated`, one fresh process per part.
+    The sweep calls it through :func:`runners.measure.worker.measure_isolated`, one worker process per part.
     """
     device = torch.device(device)
     torch.manual_seed(seed)
