@@ -1,15 +1,17 @@
 """Entry point, the main job: compare attention variants on speed, memory and accuracy, keeping every result.
 
-    python -m runners.sweep                               # every registered variant, default sweep, CPU
-    python -m runners.sweep attention=linformer           # one variant
+    python -m runners.sweep                               # every registered variant, quick default sweep, CPU
+    python -m runners.sweep attention=linformer           # one variant, beside the baseline (full)
+    python -m runners.sweep sweep=full                    # the longer comparison of the example report
     python -m runners.sweep -m attention=local,performer hardware=cpu,cuda
     python -m runners.sweep sweep=lra attention=linformer attention.k=128 model.layers=4
     python -m runners.sweep attention=local sweep.seeds=[0,1,2] sweep.lrs=[1e-3,3e-3,1e-2]
 
 A sweep is a list of points (variant x hardware x sequence length x probe),
-planned in :mod:`runners.sweeping.plan`, measured one by one
-(:mod:`runners.sweeping.execute`) and written to the results store the
-moment each completes; points already there with the same config are skipped
+planned in :mod:`runners.sweeping.plan`, measured one by one (timed
+probes) or side by side (accuracy runs, ``sweep.accuracy_jobs``) in worker
+processes (:mod:`runners.sweeping.execute`) and written to the results store
+the moment each completes; points already there with the same config are skipped
 unless ``force=true``. A failing point (out of memory, time budget, NaN,
 unsupported combination) is recorded with its status and the sweep goes on.
 """

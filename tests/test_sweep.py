@@ -360,6 +360,31 @@ def test_bad_accuracy_settings_are_refused_before_any_work(sweep_config):
         run_sweep(sweep_config("+sweep.accuracy.far={task:mqar,seq_lens:[32],num_queries:9}"))
     with pytest.raises(ConfigError, match=r"sweep\.seeds is empty"):
         run_sweep(sweep_config("sweep.seeds=[]"))
+    with pytest.raises(ConfigError, match=r"sweep\.accuracy\.mqar\.model: unknown key\(s\) \['layer'\]"):
+        run_sweep(sweep_config("+sweep.accuracy.mqar.model.layer=1"))
+    with pytest.raises(ConfigError, match=r"sweep\.maps_settings: unknown key\(s\) \['budget_seed'\]"):
+        run_sweep(sweep_config("sweep.maps=true", "+sweep.maps_settings.budget_seed=[0]"))
+    with pytest.raises(ConfigError, match=r"sweep\.accuracy_jobs=0 is out of range"):
+        run_sweep(sweep_config("sweep.accuracy_jobs=0"))
+
+
+def test_plan_times_first_and_applies_each_entrys_model_and_the_maps_settings(sweep_config):
+    """Speed and decode points come before maps and accuracy; an entry's model and the maps overrides apply."""
+    from runners.sweeping.plan import PROBE_ORDER, attention_list, plan_points
+
+    cfg = sweep_config(
+        "sweep.decode_lens=[32]",
+        "sweep.maps=true",
+        "sweep.maps_lens=[32]",
+        "sweep.maps_settings={budget_seeds:[5]}",
+        "+sweep.accuracy.mqar.model={layers:3}",
+    )
+    points = plan_points(cfg, attention_list(cfg))
+    order = [PROBE_ORDER.index(p["probe"]) for p in points]
+    assert order == sorted(order) and set(order) == {0, 1, 2, 3}
+    assert {p["model"]["layers"] for p in points if p["probe"] == "accuracy"} == {3}
+    assert {p["model"]["layers"] for p in points if p["probe"] != "accuracy"} == {cfg.model.layers}
+    assert {tuple(p["approximation"]["budget_seeds"]) for p in points if p["probe"] == "maps"} == {(5,)}
 
 
 def test_the_duration_estimate_counts_planned_steps_at_a_measured_step_time(sweep_config, capsys):
