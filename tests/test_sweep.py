@@ -365,7 +365,7 @@ def test_bad_accuracy_settings_are_refused_before_any_work(sweep_config):
     with pytest.raises(ConfigError, match=r"sweep\.maps_settings: unknown key\(s\) \['budget_seed'\]"):
         run_sweep(sweep_config("sweep.maps=true", "+sweep.maps_settings.budget_seed=[0]"))
     with pytest.raises(ConfigError, match=r"sweep\.accuracy_jobs=0 is out of range"):
-        run_sweep(sweep_config("sweep.accuracy_jobs=0"))
+        run_sweep(sweep_config("attention=full", "sweep.accuracy_jobs=0"))
 
 
 def test_plan_times_first_and_applies_each_entrys_model_and_the_maps_settings(sweep_config):

@@ -187,6 +187,7 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
             "sweep; inside a sweep use hardware.strategy=ddp_spawn (or train one config with "
             "python -m runners.train hardware.strategy=ddp)"
         )
+    accuracy_jobs(cfg)  # its range
     check_precision(cfg.hardware)
     if cfg.logger not in ("wandb", "none"):
         raise ConfigError(f"logger={cfg.logger!r} is unknown; choose wandb or none")
