@@ -88,6 +88,16 @@ def sleep_then_echo(*, seconds: float, value: object) -> dict:
     return {"value": value, "started": started, "ended": time.time()}
 
 
+def write_pid_then_sleep(*, path: str) -> dict:
+    """A worker function that says who it is and then runs far longer than any test."""
+    import time
+    from pathlib import Path
+
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(600)
+    return {}
+
+
 def torch_threads() -> dict:
     """A worker function that reports the torch threads it was given."""
     return {"threads": torch.get_num_threads()}

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from runners.measure.failures import PointFailed
 from runners.measure.worker import Job, run_concurrently, run_isolated
 
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_side_by_side_jobs_end_only_themselves_and_each_gets_its_own_status():
@@ -60,3 +63,28 @@ def test_a_launching_script_without_a_main_guard_is_not_run_again_by_its_workers
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["script ran", "ValueError: x"]
+
+
+def test_workers_end_when_the_sweep_that_started_them_is_killed(tmp_path):
+    """A killed parent leaves no worker running on (Linux: the kernel kills it with the server)."""
+    pid_file = tmp_path / "pid"
+    code = (
+        "import sys\n"
+        "from runners.measure.worker import run_isolated\n"
+        f"run_isolated('helpers:write_pid_then_sleep', {{'path': {str(pid_file)!r}}}, threads=1)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env)
+    for _ in range(600):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.1)
+    worker = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    for _ in range(100):
+        if not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"worker {worker} still running after its sweep was killed")

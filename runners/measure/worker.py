@@ -33,11 +33,12 @@ import multiprocessing
 import os
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -107,11 +108,13 @@ class _Running:
         self.job = job
         self.stderr = Path(tempfile.mkstemp(prefix="attnbench-worker-", suffix=".err")[1])
         receive, send = worker_context().Pipe(duplex=False)
+        watched, self.lifeline = worker_context().Pipe(duplex=False)
         spec = {"function": job.function, "kwargs": job.kwargs, "threads": job.threads, "malloc": job.malloc}
-        self.process = worker_context().Process(target=_child, args=(spec, send, str(self.stderr)))
+        self.process = worker_context().Process(target=_child, args=(spec, send, watched, str(self.stderr)))
         with _launching_script_hidden():
             self.process.start()
         send.close()  # the child holds the only write end: end of file once it exits
+        watched.close()  # this process keeps the write end: closed by its exit, the child then ends
         self.connection: Connection = receive
         self.deadline = None if job.timeout_s is None else time.monotonic() + job.timeout_s
         self.reply: dict[str, Any] | None = None
@@ -127,6 +130,7 @@ class _Running:
         """The result dict, or the failure with its status, after the child has answered or died."""
         self.process.join()
         self.connection.close()
+        self.lifeline.close()
         stderr = self.stderr.read_text(errors="replace") if self.stderr.exists() else ""
         self.stderr.unlink(missing_ok=True)
         if self.reply is None:
@@ -144,6 +148,7 @@ class _Running:
         self.process.kill()
         self.process.join()
         self.connection.close()
+        self.lifeline.close()
         self.stderr.unlink(missing_ok=True)
         return PointFailed("timeout", f"exceeded {self.job.timeout_s}s")
 
@@ -231,8 +236,25 @@ def fix_malloc_for_timing() -> bool:
     return all(libc.mallopt(option, _TIMING_THRESHOLD) == 1 for option in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD))
 
 
-def _child(spec: dict[str, Any], connection: Connection, stderr_path: str) -> None:
+def _end_with_the_launcher(lifeline: Connection) -> None:
+    """End this child when the process that launched it dies (Ctrl-C, a kill, an OOM kill of the sweep).
+
+    The launcher holds the only write end of ``lifeline`` until it has the reply; its death closes it,
+    and the blocked read here returns end of file. (The worker server cannot do this: it stays alive
+    as long as any child does.) So no measurement or training run goes on as an orphan.
+    """
+
+    def watch() -> None:
+        with suppress(EOFError, OSError):
+            lifeline.recv()
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="lifeline").start()
+
+
+def _child(spec: dict[str, Any], connection: Connection, lifeline: Connection, stderr_path: str) -> None:
     """The child's side: stderr to its file, the allocator and threads set, the call, one reply."""
+    _end_with_the_launcher(lifeline)
     with open(stderr_path, "w") as stderr:
         os.dup2(stderr.fileno(), 2)  # C++ aborts (std::bad_alloc) write here, not only Python
     if spec["malloc"] == "timing":
