@@ -31,15 +31,14 @@ import ctypes
 import importlib
 import multiprocessing
 import os
-import sys
 import tempfile
 import threading
 import time
 import traceback
-import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from multiprocessing import spawn
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -84,21 +83,30 @@ def worker_context() -> Any:
     return _context
 
 
-@contextmanager
-def _launching_script_hidden() -> Iterator[None]:
-    """Start a child without it re-running the launching script.
+# What multiprocessing copies from the launcher into a child that our children must not inherit.
+_LAUNCHER_ONLY = ("init_main_from_name", "init_main_from_path", "start_method")
 
-    multiprocessing prepares a forkserver child like a spawned one: it imports the parent's ``__main__``
-    again (``runners.sweep``'s Hydra setup, or a user's script that starts a sweep without an
-    ``if __name__ == "__main__"`` guard, which would start it again). The child only needs
-    :func:`_child`, found by its module, so the parent shows it a bare ``__main__`` while starting one.
+
+@contextmanager
+def _launcher_left_out() -> Iterator[None]:
+    """Start a child without it re-running the launching script or adopting its start method.
+
+    multiprocessing prepares a forkserver child like a spawned one: it imports the launcher's
+    ``__main__`` again (``runners.sweep``'s Hydra setup, or a user's script that starts a sweep without
+    an ``if __name__ == "__main__"`` guard, which would start it again) and sets the launcher's default
+    start method (``loky`` inside a joblib job, unknown to a plain child). The child only needs
+    :func:`_child`, found by its module, so those entries are dropped while one is started.
     """
-    script = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
+    original = spawn.get_preparation_data
+
+    def prepared(name: str) -> dict[str, Any]:
+        return {key: value for key, value in original(name).items() if key not in _LAUNCHER_ONLY}
+
+    spawn.get_preparation_data = prepared
     try:
         yield
     finally:
-        sys.modules["__main__"] = script
+        spawn.get_preparation_data = original
 
 
 class _Running:
@@ -111,7 +119,7 @@ class _Running:
         watched, self.lifeline = worker_context().Pipe(duplex=False)
         spec = {"function": job.function, "kwargs": job.kwargs, "threads": job.threads, "malloc": job.malloc}
         self.process = worker_context().Process(target=_child, args=(spec, send, watched, str(self.stderr)))
-        with _launching_script_hidden():
+        with _launcher_left_out():
             self.process.start()
         send.close()  # the child holds the only write end: end of file once it exits
         watched.close()  # this process keeps the write end: closed by its exit, the child then ends
