@@ -75,11 +75,6 @@ def train_point(point: dict[str, Any], progress: str | None = None) -> dict[str,
     return result
 
 
-def measure_accuracy(cfg: DictConfig, point: dict[str, Any], progress: str | None = None) -> dict[str, Any]:
-    """:func:`train_point` in this process (``sweep.accuracy_jobs`` = 1: one run at a time, with its progress line)."""
-    return train_point(point, progress)
-
-
 def accuracy_job(point: dict[str, Any]) -> Job:
     """The point's training run as a worker job, for running several side by side (``sweep.accuracy_jobs``)."""
     return Job("runners.sweeping.execute:train_point", {"point": point}, threads=point["hardware"]["threads"])
@@ -113,6 +108,6 @@ def measure_point(cfg: DictConfig, point: dict[str, Any], progress: str | None =
             return {"status": "ok"} | measure_maps(point)
         if point["probe"] == "decode":
             return {"status": "ok"} | measure_decode(cfg, point)
-        return measure_accuracy(cfg, point, progress)
+        return train_point(point, progress)  # in this process: one run at a time, with its progress line
     except Exception as error:  # a failed point is a result, never the end of the sweep
         return failed_record(error)
