@@ -168,6 +168,29 @@ def test_variants_inside_the_best_ones_spread_are_a_tie_never_a_winner(built):
     assert acc_tables.tied_best(acc_tables.accuracy_stats(apart)) == ["full"]
 
 
+def test_a_setting_where_the_reference_did_not_learn_is_flagged(built):
+    _, text = built  # full: 0.95 and 0.93, a mean of 0.94 below the bar of 0.95
+    assert (
+        "**The reference did not learn this setting; its ranking is not informative** (bar: mean >= 0.95 with a "
+        "seed spread <= 0.05; raise `optim.max_steps` or shrink the task): mqar causal n=128: `full` 0.940 "
+        "(0.930-0.950, 2 seeds)." in text
+    )
+
+    def flagged(*runs):
+        records = [accuracy("full", acc, seed=seed) for seed, acc in enumerate(runs)]
+        return acc_tables.unlearned_settings(acc_tables.accuracy_stats(accuracy_frame(records)), "full")
+
+    assert flagged(0.99, 0.97).empty and flagged(0.95, 1.0).empty
+    assert len(flagged(1.0, 0.94)) == 1  # a mean of 0.97, but a spread of 0.06 over seeds
+    assert len(flagged(0.9, 0.92)) == 1
+    failed = [accuracy("full", None, "diverged", "NaN loss"), accuracy("local", 0.99)]
+    bad = acc_tables.unlearned_settings(acc_tables.accuracy_stats(accuracy_frame(failed)), "full")
+    assert list(bad.status) == ["diverged"]
+    assert "`full` diverged" in acc_tables.unlearned_line(acc_tables.accuracy_stats(accuracy_frame(failed)), "full")
+    no_reference = accuracy_frame([accuracy("local", 0.5)])  # a sweep with sweep.baselines=[]: nothing to judge
+    assert acc_tables.unlearned_line(acc_tables.accuracy_stats(no_reference), "full") == ""
+
+
 def test_a_learning_rate_grid_reports_test_accuracy_at_the_rate_best_on_validation():
     records = [
         accuracy("full", 0.99, lr=1e-3, val=0.70),  # best test accuracy, but chosen by validation it loses

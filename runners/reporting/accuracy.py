@@ -19,6 +19,8 @@ from runners.reporting.tables import by_variant, status_label
 SETTING = ["task", "direction", "seq_len"]
 RUN = ["variant", *SETTING]
 TARGETS = (0.5, 0.9)  # time-to-accuracy targets, as fractions of the best mean accuracy of the setting
+LEARNED_MEAN = 0.95  # the reference must reach this mean test accuracy in a setting ...
+LEARNED_SPREAD = 0.05  # ... with at most this min-max spread over seeds, or the setting's ranking says nothing
 
 
 def at_chosen_lr(acc: pd.DataFrame) -> pd.DataFrame:
@@ -111,6 +113,42 @@ def summary(stats: pd.DataFrame) -> pd.DataFrame:
             row["fastest training among them (tok/s)"] = f"{fastest.variant} ({fastest.train_tokens_per_s:,.0f})"
         rows.append(row)
     return pd.DataFrame(rows).set_index(SETTING) if rows else pd.DataFrame()
+
+
+def unlearned_settings(stats: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """The settings where ``reference`` (exact attention) did not learn the task: mean below
+    ``LEARNED_MEAN``, a seed spread above ``LEARNED_SPREAD``, or no successful run.
+
+    There a gap below the reference mixes "cannot" with "has not yet": its ranking is not informative.
+    Settings without the reference are not judged (a one-variant sweep with ``sweep.baselines=[]``).
+    """
+    mine = stats[stats.variant == reference]
+    spread = mine["max"] - mine["min"]
+    bad = mine[~((mine["mean"] >= LEARNED_MEAN) & (spread <= LEARNED_SPREAD + 1e-12))]
+    return bad[[*SETTING, "mean", "min", "max", "seeds", "status"]].reset_index(drop=True)
+
+
+def unlearned_line(stats: pd.DataFrame, reference: str) -> str:
+    """One line naming each setting the reference did not learn, or '' when it learned every one."""
+    bad = unlearned_settings(stats, reference)
+    if bad.empty:
+        return ""
+    items = [
+        f"{row.task} {row.direction} n={row.seq_len}: "
+        + (
+            f"`{reference}` {row['mean']:.3f} ({row['min']:.3f}-{row['max']:.3f}, {row.seeds} seeds)"
+            if row.status == "ok"
+            else f"`{reference}` {row.status}"
+        )
+        for _, row in bad.iterrows()
+    ]
+    return (
+        f"**The reference did not learn {'these settings' if len(items) > 1 else 'this setting'}; "
+        f"{'their rankings are' if len(items) > 1 else 'its ranking is'} not informative** (bar: mean >= "
+        f"{LEARNED_MEAN:g} with a seed spread <= {LEARNED_SPREAD:g}; raise `optim.max_steps` or shrink the task): "
+        + "; ".join(items)
+        + "."
+    )
 
 
 def first_reaching(curve: list[dict], target: float) -> dict | None:

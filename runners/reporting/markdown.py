@@ -120,6 +120,8 @@ def accuracy_section(accuracy: pd.DataFrame, out: Path, tag: str) -> list[str]:
         md_table(acc_tables.summary(stats)),
         "",
     ]
+    unlearned = acc_tables.unlearned_line(stats, REFERENCE)
+    lines += [unlearned, ""] if unlearned else []
     for (task, direction), group in stats.groupby(["task", "direction"], sort=True):
         baseline = accuracy[(accuracy.task == task) & (accuracy.direction == direction)].majority_baseline.dropna()
         note = f"; majority-class baseline {baseline.iloc[0]:.3f}" if not baseline.empty else ""

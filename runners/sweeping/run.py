@@ -22,7 +22,9 @@ from omegaconf import DictConfig, open_dict
 from runners.hydra_glue import launch
 from runners.measure.failures import PointFailed
 from runners.measure.worker import Job, run_concurrently
+from runners.reporting import accuracy as acc_tables
 from runners.reporting.markdown import build_report
+from runners.reporting.styles import REFERENCE
 from runners.reporting.tables import flat_results
 from runners.results import context, store
 from runners.results.table import results_table
@@ -220,6 +222,21 @@ def finish(results_dir: Path, report_dir: str | None, *, baselines: list[str]) -
     table = results_table(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(results_dir / "results_table.csv", index=False)
-    if report_dir and not table.empty:
-        build_report(flat_results(store.read_records(results_dir)), Path(report_dir), baselines=baselines)
+    if table.empty:
+        return table
+    frame = flat_results(store.read_records(results_dir))
+    warn_unlearned(frame)
+    if report_dir:
+        build_report(frame, Path(report_dir), baselines=baselines)
     return table
+
+
+def warn_unlearned(frame: pd.DataFrame) -> None:
+    """Say at the end of a sweep where exact attention did not learn an accuracy setting (the report says it too)."""
+    accuracy = frame[(frame.probe == "accuracy") & (frame.status != "unsupported")]
+    if accuracy.empty:
+        return
+    stats = acc_tables.accuracy_stats(acc_tables.at_chosen_lr(accuracy))
+    line = acc_tables.unlearned_line(stats, REFERENCE)
+    if line:
+        print("warning: " + line.replace("**", ""), file=sys.stderr, flush=True)
