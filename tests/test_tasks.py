@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from tasks import IGNORE, MQAR, PAD, ListOps, SelectiveCopy, listops, mqar, selective_copy
+from tasks import IGNORE, MQAR, PAD, ListOps, SelectiveCopy, listops, lookup, mqar, selective_copy
 
 
 @pytest.mark.parametrize(
@@ -56,6 +56,41 @@ def test_mqar_labels_are_the_values_bound_to_queried_keys():
     assert all(bound[t] == y for t, y in scored)
     keys, values = mqar.vocab_layout(64)
     assert set(bound) <= set(keys) and set(bound.values()) <= set(values)
+
+
+def test_lookup_labels_are_the_values_of_the_queried_keys_and_min_distance_keeps_queries_far():
+    num_keys, num_values = 8, 4
+    for min_distance in (0, 40):
+        rng = random.Random(min_distance)
+        for _ in range(20):
+            tokens, labels = lookup.generate_example(
+                rng,
+                seq_len=64,
+                num_keys=num_keys,
+                num_values=num_values,
+                num_pairs=6,
+                num_queries=5,
+                min_distance=min_distance,
+            )
+            first_entry = lookup.FIRST_QUERY + num_keys
+            entries = {
+                (t - first_entry) // num_values: (i, (t - first_entry) % num_values)
+                for i, t in enumerate(tokens)
+                if t >= first_entry
+            }
+            queries = [
+                (i, t - lookup.FIRST_QUERY) for i, t in enumerate(tokens) if lookup.FIRST_QUERY <= t < first_entry
+            ]
+            assert len(entries) == 6 and len(queries) == 5
+            for position, key in queries:
+                entry_position, value = entries[key]
+                assert labels[position] == value
+                assert position - entry_position > min_distance
+            assert sum(label != IGNORE for label in labels) == 5
+    with pytest.raises(ValueError, match="entry slots=12"):  # (64 - 40) / 2 slots for 13 entries
+        lookup.generate_example(
+            random.Random(0), seq_len=64, num_keys=16, num_values=4, num_pairs=13, num_queries=1, min_distance=40
+        )
 
 
 def test_selective_copy_labels_are_the_data_tokens_in_order():
