@@ -298,3 +298,57 @@ def test_filters_ignore_case(tmp_path):
     assert "**mqar, causal**" in text
     with pytest.raises(SystemExit, match="values in the results: mqar"):  # a typo is not an empty report
         report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "o"), "task=mqra"])
+
+
+def recall_record(variant, knob, state_bytes, pairs, acc, *, seed=0, lr=3e-3, val=None):
+    record = accuracy(variant, acc, seed=seed, lr=lr, val=val, n=64)
+    return record | {
+        "key": f"{variant}-{knob}-{pairs}-{seed}-{lr}",
+        "task": "lookup",
+        "state_bytes": state_bytes,
+        "config": {"state_knob": knob, "task": {"num_pairs": pairs}},
+    }
+
+
+def test_recall_section_puts_accuracy_beside_state_bytes_per_number_of_pairs_with_the_front(tmp_path):
+    records = [
+        *(
+            recall_record("full", f"dim={d}", 2048 * d, p, 1.0, seed=s)
+            for d in (16, 32)
+            for p in (4, 8)
+            for s in (0, 1)
+        ),
+        *(recall_record("linear", "dim=16", 256, 4, a, seed=s) for s, a in ((0, 0.9), (1, 0.92))),
+        *(recall_record("linear", "dim=32", 1024, 4, a, seed=s) for s, a in ((0, 0.96), (1, 0.98))),
+        *(recall_record("linear", "dim=16", 256, 8, a, seed=s) for s, a in ((0, 0.4), (1, 0.5))),
+        # two rates at dim=32, 8 pairs: 1e-2 is better on validation, so its test accuracy is reported
+        *(recall_record("linear", "dim=32", 1024, 8, 0.6, seed=s, lr=3e-3, val=0.6) for s in (0, 1)),
+        *(recall_record("linear", "dim=32", 1024, 8, 0.7, seed=s, lr=1e-2, val=0.75) for s in (0, 1)),
+        accuracy("full", 0.99, n=128),  # a plain accuracy run: its own section, untouched by the recall runs
+        accuracy("full", 0.98, seed=1, n=128),
+    ]
+    for i, record in enumerate(records):
+        store.write_point(tmp_path / "store", record | {"key": record.get("key", f"plain{i}")})
+    text = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "out")]).read_text()
+    section = text.split("### Recall against state size")[1]
+    assert "**lookup, causal, n=64**" in section
+    rows = {
+        line.split("|")[1].strip() + " " + line.split("|")[2].strip(): line
+        for line in section.splitlines()
+        if line.startswith("| full") or line.startswith("| linear")
+    }
+    assert (
+        rows["linear dim=16"]
+        == "| linear | dim=16 | 0.2 | 0.910 (0.900-0.920), lr 0.003 * | 0.450 (0.400-0.500), lr 0.003 * |"
+    )
+    assert (
+        rows["linear dim=32"]
+        == "| linear | dim=32 | 1.0 | 0.970 (0.960-0.980), lr 0.003 * | 0.700 (0.700-0.700), lr 0.01 * |"
+    )
+    assert rows["full dim=16"].endswith("| 32.0 | 1.000 (1.000-1.000), lr 0.003 * | 1.000 (1.000-1.000), lr 0.003 * |")
+    assert rows["full dim=32"].endswith("| 64.0 | 1.000 (1.000-1.000), lr 0.003 | 1.000 (1.000-1.000), lr 0.003 |")
+    plots = sorted(path.name for path in (tmp_path / "out").glob("recall_*.png"))
+    assert plots == ["recall_lookup_causal_64_4pairs_hw0.png", "recall_lookup_causal_64_8pairs_hw0.png"]
+    plain = text.split("### Accuracy")[1].split("### Recall")[0]
+    assert "| full | 4,000 | 100 | 0.003 | 0.985 (0.980-0.990, 2 seeds) |" in plain
+    assert "n=64" not in plain  # the recall runs stay out of the plain accuracy tables

@@ -345,6 +345,44 @@ def test_plan_repeats_accuracy_points_per_seed_and_rate_and_scores_every_variant
     assert {p["task"]["causal"] for p in points if p["direction"] == "causal"} == {True}
 
 
+def test_state_sizes_plan_each_accuracy_point_once_per_knob_value_for_the_decoding_variants(sweep_config):
+    from runners.sweeping.plan import attention_list, plan_points
+
+    cfg = sweep_config(
+        "sweep.seq_lens=[]",
+        "sweep.variants=decoding",
+        "sweep.state_sizes={full:{model.dim:[16,32]},local:{window:[4,8,16]}}",
+    )
+    points = plan_points(cfg, attention_list(cfg))
+    assert {p["attention"]["name"] for p in points} == set(variants.decoding_names())
+    full = [p for p in points if p["attention"]["name"] == "full"]
+    assert sorted((p["model"]["dim"], p["state_knob"]) for p in full) == [(16, "dim=16"), (32, "dim=32")]
+    local = [p for p in points if p["attention"]["name"] == "local"]
+    assert sorted(p["attention"]["window"] for p in local) == [4, 8, 16]
+    assert {p["state_knob"] for p in local} == {"window=4", "window=8", "window=16"}
+    linear = [p for p in points if p["attention"]["name"] == "linear"]
+    assert len(linear) == 1 and "state_knob" not in linear[0]  # no knob: planned as before, same key
+    chosen = sweep_config("sweep.seq_lens=[]", "sweep.variants=[full,linear]")
+    assert [a["name"] for a in attention_list(chosen)] == ["full", "linear"]
+
+
+def test_bad_state_sizes_and_variant_lists_are_refused_naming_what_is_allowed(sweep_config):
+    with pytest.raises(ConfigError, match=r"sweep\.variants: unknown \['ful'\]; registered: based, "):
+        run_sweep(sweep_config("sweep.variants=[ful]"))
+    with pytest.raises(ConfigError, match=r"use all, decoding or a list of names"):
+        run_sweep(sweep_config("sweep.variants=decode"))
+    with pytest.raises(
+        ConfigError, match=r"sweep\.state_sizes\.local: unknown knob 'windows'; local has \['model\.dim', 'window'\]"
+    ):
+        run_sweep(sweep_config("sweep.variants=decoding", "sweep.state_sizes={local:{windows:[4]}}"))
+    with pytest.raises(ConfigError, match=r"sweep\.state_sizes\.local\.window must be a list of positive integers"):
+        run_sweep(sweep_config("sweep.variants=decoding", "sweep.state_sizes={local:{window:[0]}}"))
+    with pytest.raises(ConfigError, match=r"model\.dim=31 is not a multiple of model\.heads=2"):
+        run_sweep(sweep_config("sweep.variants=decoding", "sweep.state_sizes={full:{model.dim:[31]}}"))
+    with pytest.raises(ConfigError, match=r"sweep\.state_sizes: unknown variant 'nope'"):
+        run_sweep(sweep_config("sweep.variants=decoding", "sweep.state_sizes={nope:{window:[4]}}"))
+
+
 def test_bad_accuracy_settings_are_refused_before_any_work(sweep_config):
     with pytest.raises(ConfigError, match="unknown task 'mqra'; tasks: listops, lookup, mqar"):
         run_sweep(sweep_config("+sweep.accuracy.typo={task:mqra,seq_lens:[32]}"))

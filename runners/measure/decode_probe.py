@@ -73,3 +73,16 @@ def decode_probe(
         "decode_repeats": timing.repeats,
         "threads": torch.get_num_threads(),
     }
+
+
+def decoding_state_bytes(*, model_cfg: dict[str, Any], attention: dict[str, Any], seq_len: int) -> int:
+    """Bytes one sequence's decoding state holds after ``seq_len`` tokens (fp32): a property of the config.
+
+    Beside a training run's accuracy it is the x axis of recall against state size (Zoology, Based): the
+    shapes of the state do not depend on the weights, so a fresh model of the same config gives it.
+    """
+    torch.manual_seed(0)
+    model = build_model(model_cfg=model_cfg, attention=attention, vocab_size=8, seq_len=seq_len, causal=True).eval()
+    with torch.no_grad():
+        _, state = model.prefill(torch.zeros(1, seq_len, dtype=torch.long))
+    return int(state.nbytes())

@@ -14,6 +14,7 @@ from runners.reporting.approximation import approximation_section
 from runners.reporting.generation import generation_section
 from runners.reporting.md import md_table
 from runners.reporting.plots import accuracy_plots, speed_plots
+from runners.reporting.recall import recall_runs, recall_section
 from runners.reporting.styles import CAUSAL, REFERENCE, variant_order
 from runners.reporting.tables import (
     achieved_gflops,
@@ -209,8 +210,11 @@ def build_report(frame: pd.DataFrame, out: Path, *, baselines: Sequence[str] = (
         accuracy = part[part.probe == "accuracy"]
         if not speed.empty:
             lines += speed_section(speed, out, f"hw{index}")
+        at_state_sizes = recall_runs(accuracy)
+        accuracy = accuracy.drop(index=at_state_sizes.index)  # a (variant, setting) there has several models
         if not accuracy.empty:
             lines += accuracy_section(accuracy, out, f"hw{index}")
+        lines += recall_section(at_state_sizes, out, f"hw{index}")
         decode = part[part.probe == "decode"]
         if not decode.empty:
             lines += generation_section(decode, out, f"hw{index}")

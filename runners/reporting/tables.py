@@ -39,7 +39,9 @@ COLUMNS = {
     "params": "params",
     "decode_tokens_per_s": "decode_tokens_per_s",
     "decode_ms": "decode_ms",
-    "state_bytes": "state_bytes",
+    "state_bytes": "state_bytes",  # decode points, and accuracy runs of decoding variants: the state after n tokens
+    "config.state_knob": "state_knob",  # accuracy runs of sweep.state_sizes: the knob that set the state
+    "config.task.num_pairs": "num_pairs",
     "prefill_ms": "prefill_ms",
     "test_acc": "test_acc",
     "val_acc": "val_acc",

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import variants
 from runners.approximation.probe import maps_probe
+from runners.measure.decode_probe import decoding_state_bytes
 from runners.measure.failures import PointFailed, classify_failure, failure_message
 from runners.measure.worker import Job, measure_isolated, run_isolated
 from runners.training.run import run_training
@@ -72,6 +73,10 @@ def train_point(point: dict[str, Any], progress: str | None = None) -> dict[str,
     run_cfg = OmegaConf.create({key: point[key] for key in ("attention", "model", "task", "optim", "seed", "hardware")})
     result = run_training(run_cfg, progress=progress)
     result.pop("loss_trace", None)
+    if variants.get(point["attention"]["name"]).supports_decoding and result.get("status") == "ok":
+        result["state_bytes"] = decoding_state_bytes(
+            model_cfg=point["model"], attention=point["attention"], seq_len=point["seq_len"]
+        )
     return result
 
 

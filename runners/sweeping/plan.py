@@ -25,6 +25,7 @@ resumes where it stopped and changed settings are measured anew.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
@@ -56,7 +57,7 @@ def attention_list(cfg: DictConfig) -> list[dict[str, Any]]:
     same points as the selection, so a one-variant report compares it with exact attention.
     """
     if cfg.get("attention") is None:
-        return [attention_config(name) for name in variants.names()]
+        return [attention_config(name) for name in sweep_variants(cfg)]
     selected = OmegaConf.to_container(cfg.attention, resolve=True)
     chosen = [selected]
     for name in OmegaConf.select(cfg, "sweep.baselines", default=None) or []:  # runners.maps has no sweep
@@ -67,6 +68,62 @@ def attention_list(cfg: DictConfig) -> list[dict[str, Any]]:
         if baseline not in chosen:
             chosen.append(baseline)
     return chosen
+
+
+def sweep_variants(cfg: DictConfig) -> list[str]:
+    """The variants of a sweep without ``attention=``: ``sweep.variants`` is ``all`` (every registered one),
+    ``decoding`` (every one that can decode token by token: a state to put beside accuracy) or a list of names."""
+    chosen = OmegaConf.select(cfg, "sweep.variants", default="all")
+    if chosen in (None, "all"):
+        return variants.names()
+    if chosen == "decoding":
+        return variants.decoding_names()
+    if isinstance(chosen, str) or not all(isinstance(name, str) for name in chosen):
+        raise ConfigError(
+            f"sweep.variants={chosen!r}: use all, decoding or a list of names; registered: "
+            f"{', '.join(variants.names())}"
+        )
+    unknown = [name for name in chosen if name not in variants.names()]
+    if unknown:
+        raise ConfigError(f"sweep.variants: unknown {unknown}; registered: {', '.join(variants.names())}")
+    return list(chosen)
+
+
+MODEL_KNOBS = ("model.dim",)  # state knobs of the skeleton; any other knob is a hyperparameter of the variant
+
+
+def state_sizes(cfg: DictConfig) -> dict[str, tuple[str, list[int]]]:
+    """``sweep.state_sizes``: per variant, the knob that sets its decoding state and the values to train at.
+
+    A knob is ``model.dim`` (the width: attention's KV cache and linear attention's summary grow with it)
+    or one of the variant's hyperparameters (``window``, ``feature_dim``, ``nb_features``). Each accuracy
+    point of the variant is planned once per value (Zoology's and Based's recall-against-state sweep).
+    """
+    raw = OmegaConf.select(cfg, "sweep.state_sizes", default=None)
+    sizes = OmegaConf.to_container(raw, resolve=True) if raw is not None else {}
+    checked = {}
+    for name, spec in sizes.items():
+        if name not in variants.names():
+            raise ConfigError(f"sweep.state_sizes: unknown variant {name!r}; registered: {', '.join(variants.names())}")
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise ConfigError(f"sweep.state_sizes.{name}: one knob with its values, e.g. {{window: [16, 32, 64]}}")
+        ((knob, values),) = spec.items()
+        allowed = [*MODEL_KNOBS, *variants.hyperparameters(name)]
+        if knob not in allowed:
+            raise ConfigError(f"sweep.state_sizes.{name}: unknown knob {knob!r}; {name} has {allowed}")
+        if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
+            raise ConfigError(f"sweep.state_sizes.{name}.{knob} must be a list of positive integers; got {values}")
+        checked[name] = (knob, list(values))
+    return checked
+
+
+def with_state_size(point: dict[str, Any], knob: str, value: int) -> dict[str, Any]:
+    """The point with its state knob set, labelled ``state_knob`` (e.g. ``window=32``) for the report."""
+    if knob in MODEL_KNOBS:
+        changed = {"model": point["model"] | {knob.removeprefix("model."): value}}
+    else:
+        changed = {"attention": point["attention"] | {knob: value}}
+    return point | changed | {"state_knob": f"{knob.removeprefix('model.')}={value}"}
 
 
 def task_directions(name: str) -> tuple[str, ...]:
@@ -188,6 +245,17 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
             "python -m runners.train hardware.strategy=ddp)"
         )
     accuracy_jobs(cfg)  # its range
+    for name, (knob, values) in state_sizes(cfg).items():  # every value must build
+        for value in values:
+            if knob == "model.dim" and cfg.model.dim_head is None and value % cfg.model.heads:
+                raise ConfigError(
+                    f"sweep.state_sizes.{name}.model.dim={value} is not a multiple of model.heads={cfg.model.heads}"
+                )
+            hparams = {} if knob in MODEL_KNOBS else {knob: value}
+            try:
+                variants.build(name, heads=1, dim_head=8, max_seq_len=longest, **hparams)
+            except variants.AttentionError as error:
+                raise ConfigError(f"sweep.state_sizes.{name}.{knob}={value}: {error}") from None
     check_precision(cfg.hardware)
     if cfg.logger not in ("wandb", "none"):
         raise ConfigError(f"logger={cfg.logger!r} is unknown; choose wandb or none")
@@ -225,6 +293,7 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
     rates = list(cfg.sweep.lrs) if cfg.sweep.get("lrs") else [optim["lr"]]
     tasks = accuracy_tasks(cfg)
+    sizes = state_sizes(cfg)
     jobs = accuracy_jobs(cfg)
     training_hardware = hardware | {"threads": max(1, int(hardware["threads"] or 1) // jobs)} if jobs > 1 else hardware
     points = []
@@ -257,23 +326,21 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
             settings = maps_settings(cfg)
             for seq_len in cfg.sweep.maps_lens:
                 points.append(shared | {"probe": "maps", "seq_len": seq_len, "approximation": settings})
+        knob, values = sizes.get(attention["name"], (None, [None]))
         for entry in tasks:
             for seq_len in entry.seq_lens:
                 for direction in entry.directions:
-                    for seed in cfg.sweep.seeds:
-                        for lr in rates:
-                            points.append(
-                                shared
-                                | {
-                                    "hardware": training_hardware,
-                                    "probe": "accuracy",
-                                    "seq_len": seq_len,
-                                    "task_name": entry.task,
-                                    "direction": direction,
-                                    "task": point_task(entry.task, entry.settings, seq_len, direction, seed),
-                                    "optim": optim | entry.optim | {"lr": lr},
-                                    "model": model | entry.model,
-                                    "seed": seed,
-                                }
-                            )
+                    for seed, lr, value in itertools.product(cfg.sweep.seeds, rates, values):
+                        point = shared | {
+                            "hardware": training_hardware,
+                            "probe": "accuracy",
+                            "seq_len": seq_len,
+                            "task_name": entry.task,
+                            "direction": direction,
+                            "task": point_task(entry.task, entry.settings, seq_len, direction, seed),
+                            "optim": optim | entry.optim | {"lr": lr},
+                            "model": model | entry.model,
+                            "seed": seed,
+                        }
+                        points.append(point if knob is None else with_state_size(point, knob, value))
     return sorted(points, key=lambda point: PROBE_ORDER.index(point["probe"]))  # stable: variant order kept

@@ -24,6 +24,7 @@ from runners.measure.failures import PointFailed
 from runners.measure.worker import Job, run_concurrently
 from runners.reporting import accuracy as acc_tables
 from runners.reporting.markdown import build_report
+from runners.reporting.recall import recall_runs
 from runners.reporting.styles import REFERENCE
 from runners.reporting.tables import flat_results
 from runners.results import context, store
@@ -39,6 +40,7 @@ def point_label(point: dict[str, Any]) -> str:
     label = f"{point['attention']['name']} {point['probe']} n={point['seq_len']}"
     if point["probe"] == "accuracy":
         label += f" {point['task_name']} {point['direction']} seed={point['seed']} lr={point['optim']['lr']:g}"
+        label += f" {point['state_knob']}" if "state_knob" in point else ""
     return label
 
 
@@ -234,6 +236,7 @@ def finish(results_dir: Path, report_dir: str | None, *, baselines: list[str]) -
 def warn_unlearned(frame: pd.DataFrame) -> None:
     """Say at the end of a sweep where exact attention did not learn an accuracy setting (the report says it too)."""
     accuracy = frame[(frame.probe == "accuracy") & (frame.status != "unsupported")]
+    accuracy = accuracy.drop(index=recall_runs(accuracy).index)  # judged per state size in the report's section
     if accuracy.empty:
         return
     stats = acc_tables.accuracy_stats(acc_tables.at_chosen_lr(accuracy))
