@@ -351,7 +351,7 @@ def test_state_sizes_plan_each_accuracy_point_once_per_knob_value_for_the_decodi
     cfg = sweep_config(
         "sweep.seq_lens=[]",
         "sweep.variants=decoding",
-        "sweep.state_sizes={full:{model.dim:[16,32]},local:{window:[4,8,16]}}",
+        "sweep.state_sizes={full:{model.dim:[16,32]},local:{window:[4,8,16]},based:{feature_dim:[4,8],window:16}}",
     )
     points = plan_points(cfg, attention_list(cfg))
     assert {p["attention"]["name"] for p in points} == set(variants.decoding_names())
@@ -360,6 +360,8 @@ def test_state_sizes_plan_each_accuracy_point_once_per_knob_value_for_the_decodi
     local = [p for p in points if p["attention"]["name"] == "local"]
     assert sorted(p["attention"]["window"] for p in local) == [4, 8, 16]
     assert {p["state_knob"] for p in local} == {"window=4", "window=8", "window=16"}
+    based = [p["attention"] for p in points if p["attention"]["name"] == "based"]  # window held fixed
+    assert sorted((a["feature_dim"], a["window"]) for a in based) == [(4, 16), (8, 16)]
     linear = [p for p in points if p["attention"]["name"] == "linear"]
     assert len(linear) == 1 and "state_knob" not in linear[0]  # no knob: planned as before, same key
     chosen = sweep_config("sweep.seq_lens=[]", "sweep.variants=[full,linear]")

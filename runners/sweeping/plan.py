@@ -92,12 +92,21 @@ def sweep_variants(cfg: DictConfig) -> list[str]:
 MODEL_KNOBS = ("model.dim",)  # state knobs of the skeleton; any other knob is a hyperparameter of the variant
 
 
-def state_sizes(cfg: DictConfig) -> dict[str, tuple[str, list[int]]]:
+class StateSize(NamedTuple):
+    """One variant's entry of ``sweep.state_sizes``: the knob, its values, and hyperparameters held fixed."""
+
+    knob: str
+    values: list[int]
+    fixed: dict[str, Any]
+
+
+def state_sizes(cfg: DictConfig) -> dict[str, StateSize]:
     """``sweep.state_sizes``: per variant, the knob that sets its decoding state and the values to train at.
 
     A knob is ``model.dim`` (the width: attention's KV cache and linear attention's summary grow with it)
-    or one of the variant's hyperparameters (``window``, ``feature_dim``, ``nb_features``). Each accuracy
-    point of the variant is planned once per value (Zoology's and Based's recall-against-state sweep).
+    or one of the variant's hyperparameters (``window``, ``feature_dim``, ``nb_features``), given as a list;
+    other hyperparameters given as single values are held fixed (Based's window while its feature dimension
+    moves). Each accuracy point of the variant is planned once per value (Zoology's and Based's sweep).
     """
     raw = OmegaConf.select(cfg, "sweep.state_sizes", default=None)
     sizes = OmegaConf.to_container(raw, resolve=True) if raw is not None else {}
@@ -105,25 +114,32 @@ def state_sizes(cfg: DictConfig) -> dict[str, tuple[str, list[int]]]:
     for name, spec in sizes.items():
         if name not in variants.names():
             raise ConfigError(f"sweep.state_sizes: unknown variant {name!r}; registered: {', '.join(variants.names())}")
-        if not isinstance(spec, dict) or len(spec) != 1:
-            raise ConfigError(f"sweep.state_sizes.{name}: one knob with its values, e.g. {{window: [16, 32, 64]}}")
-        ((knob, values),) = spec.items()
+        example = "e.g. {window: [16, 32, 64]}; other hyperparameters as single values"
+        spec = spec if isinstance(spec, dict) else {}
+        knobs = [key for key, value in spec.items() if isinstance(value, list)]
+        if len(knobs) != 1:
+            raise ConfigError(f"sweep.state_sizes.{name}: one knob with a list of values, {example}")
+        knob, values = knobs[0], spec[knobs[0]]
+        fixed = {key: value for key, value in spec.items() if key != knob}
         allowed = [*MODEL_KNOBS, *variants.hyperparameters(name)]
-        if knob not in allowed:
-            raise ConfigError(f"sweep.state_sizes.{name}: unknown knob {knob!r}; {name} has {allowed}")
+        for key in (knob, *fixed):
+            if key not in allowed or (key in MODEL_KNOBS and key != knob):
+                raise ConfigError(f"sweep.state_sizes.{name}: unknown knob {key!r}; {name} has {allowed}")
         if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
             raise ConfigError(f"sweep.state_sizes.{name}.{knob} must be a list of positive integers; got {values}")
-        checked[name] = (knob, list(values))
+        checked[name] = StateSize(knob, list(values), fixed)
     return checked
 
 
-def with_state_size(point: dict[str, Any], knob: str, value: int) -> dict[str, Any]:
+def with_state_size(point: dict[str, Any], size: StateSize, value: int) -> dict[str, Any]:
     """The point with its state knob set, labelled ``state_knob`` (e.g. ``window=32``) for the report."""
-    if knob in MODEL_KNOBS:
-        changed = {"model": point["model"] | {knob.removeprefix("model."): value}}
+    attention = point["attention"] | size.fixed
+    model = point["model"]
+    if size.knob in MODEL_KNOBS:
+        model = model | {size.knob.removeprefix("model."): value}
     else:
-        changed = {"attention": point["attention"] | {knob: value}}
-    return point | changed | {"state_knob": f"{knob.removeprefix('model.')}={value}"}
+        attention = attention | {size.knob: value}
+    return point | {"attention": attention, "model": model, "state_knob": f"{size.knob.removeprefix('model.')}={value}"}
 
 
 def task_directions(name: str) -> tuple[str, ...]:
@@ -245,13 +261,13 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
             "python -m runners.train hardware.strategy=ddp)"
         )
     accuracy_jobs(cfg)  # its range
-    for name, (knob, values) in state_sizes(cfg).items():  # every value must build
+    for name, (knob, values, fixed) in state_sizes(cfg).items():  # every value must build
         for value in values:
             if knob == "model.dim" and cfg.model.dim_head is None and value % cfg.model.heads:
                 raise ConfigError(
                     f"sweep.state_sizes.{name}.model.dim={value} is not a multiple of model.heads={cfg.model.heads}"
                 )
-            hparams = {} if knob in MODEL_KNOBS else {knob: value}
+            hparams = fixed if knob in MODEL_KNOBS else fixed | {knob: value}
             try:
                 variants.build(name, heads=1, dim_head=8, max_seq_len=longest, **hparams)
             except variants.AttentionError as error:
@@ -326,7 +342,8 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
             settings = maps_settings(cfg)
             for seq_len in cfg.sweep.maps_lens:
                 points.append(shared | {"probe": "maps", "seq_len": seq_len, "approximation": settings})
-        knob, values = sizes.get(attention["name"], (None, [None]))
+        size = sizes.get(attention["name"])
+        values = size.values if size else [None]
         for entry in tasks:
             for seq_len in entry.seq_lens:
                 for direction in entry.directions:
@@ -342,5 +359,5 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
                             "model": model | entry.model,
                             "seed": seed,
                         }
-                        points.append(point if knob is None else with_state_size(point, knob, value))
+                        points.append(point if size is None else with_state_size(point, size, value))
     return sorted(points, key=lambda point: PROBE_ORDER.index(point["probe"]))  # stable: variant order kept
