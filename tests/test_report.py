@@ -352,3 +352,9 @@ def test_recall_section_puts_accuracy_beside_state_bytes_per_number_of_pairs_wit
     plain = text.split("### Accuracy")[1].split("### Recall")[0]
     assert "| full | 4,000 | 100 | 0.003 | 0.985 (0.980-0.990, 2 seeds) |" in plain
     assert "n=64" not in plain  # the recall runs stay out of the plain accuracy tables
+    assert "did not learn the task at every size" not in section  # full: 1.000 at every size
+    records[0] = recall_record("full", "dim=16", 2048 * 16, 4, 0.5)  # now one seed of full fails to learn there
+    store.write_point(tmp_path / "store", records[0])
+    text = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "out")]).read_text()
+    assert "**`full` did not learn the task at every size** (bar: mean >= 0.95, seed spread <= 0.05)" in text
+    assert "dim=16, 4 pairs: 0.750 (0.500-1.000)." in text

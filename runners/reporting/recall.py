@@ -15,9 +15,10 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.axes import Axes
 
+from runners.reporting.accuracy import LEARNED_MEAN, LEARNED_SPREAD
 from runners.reporting.md import md_table
 from runners.reporting.plots import by_family, save_plot
-from runners.reporting.styles import variant_order, variant_style
+from runners.reporting.styles import REFERENCE, variant_order, variant_style
 from runners.reporting.tables import pareto_front
 
 SETTING = ["task", "direction", "seq_len", "num_pairs"]
@@ -103,6 +104,22 @@ def draw_recall(ax: Axes, stats: pd.DataFrame) -> None:
     ax.set_ylim(-0.02, 1.02)
 
 
+def reference_below_bar(stats: pd.DataFrame) -> str:
+    """The state sizes and pair counts where exact attention did not learn the task (the accuracy bar)."""
+    mine = stats[stats.variant == REFERENCE]
+    bad = mine[~((mine["mean"] >= LEARNED_MEAN) & (mine["max"] - mine["min"] <= LEARNED_SPREAD + 1e-12))]
+    if bad.empty:
+        return ""
+    items = [
+        f"{row.state_knob}, {row.num_pairs:.0f} pairs: {row['mean']:.3f} ({row['min']:.3f}-{row['max']:.3f})"
+        for _, row in bad.iterrows()
+    ]
+    return (
+        f"**`{REFERENCE}` did not learn the task at every size** (bar: mean >= {LEARNED_MEAN:g}, seed spread <= "
+        f"{LEARNED_SPREAD:g}), so a gap below it there mixes 'cannot' with 'has not yet': " + "; ".join(items) + "."
+    )
+
+
 def recall_section(accuracy: pd.DataFrame, out: Path, tag: str) -> list[str]:
     """The report's section: per setting, a plot per number of pairs and one table; [] without such runs."""
     runs = recall_runs(accuracy)
@@ -122,6 +139,9 @@ def recall_section(accuracy: pd.DataFrame, out: Path, tag: str) -> list[str]:
     if stats.empty:
         failed = runs.status.value_counts().to_dict()
         return [*lines, f"No run of this section succeeded ({failed}).", ""]
+    unlearned = reference_below_bar(stats)
+    if unlearned:
+        lines += [unlearned, ""]
     for (task, direction, seq_len), group in stats.groupby(["task", "direction", "seq_len"], sort=True):
         baseline = runs[(runs.task == task) & (runs.seq_len == seq_len)].majority_baseline.dropna()
         note = f"; majority-class baseline {baseline.min():.3f}" if not baseline.empty else ""
