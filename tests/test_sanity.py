@@ -45,3 +45,40 @@ def test_a_window_that_cannot_reach_the_keys_stays_near_the_baseline_where_full_
     baseline = full["majority_baseline"]
     assert full["test_acc"] > baseline + 0.5, full["test_acc"]
     assert local["test_acc"] < baseline + 0.1, (local["test_acc"], baseline)
+
+
+# Recall against state size (Zoology's shape), on lookup at n = 64: P entries in the first 32 positions, P
+# queries in the last 32, one layer, trained causally until validation reaches 0.99.
+def recall(pairs: int, values: int) -> list[str]:
+    return [
+        "task=lookup",
+        "task.seq_len=64",
+        f"task.num_keys={pairs}",
+        f"task.num_pairs={pairs}",
+        f"task.num_queries={pairs}",
+        f"task.num_values={values}",
+        "task.batch_size=32",
+        "task.num_train=4000",
+        "task.num_val=128",
+        "task.num_test=256",
+        "model.layers=1",
+        "optim.val_every=25",
+        "optim.warmup_steps=20",
+        "optim.target_acc=0.99",
+    ]
+
+
+def test_attention_keeps_near_perfect_recall_at_every_width_tried(train):
+    """Its KV cache holds every pair, whatever the width: 16 pairs are recalled at width 32 and 64."""
+    scores = {
+        dim: train("attention=full", f"model.dim={dim}", *recall(16, 4), "optim.max_steps=600") for dim in (32, 64)
+    }
+    assert all(run["test_acc"] >= 0.95 for run in scores.values()), {d: r["test_acc"] for d, r in scores.items()}
+
+
+def test_a_constant_state_loses_recall_as_the_number_of_pairs_grows(train):
+    """Linear attention at width 32 keeps a (8 x 8) summary per head: 8 pairs fit, 32 do not."""
+    few = train("attention=linear", "model.dim=32", *recall(8, 8), "optim.max_steps=600")
+    many = train("attention=linear", "model.dim=32", *recall(32, 8), "optim.max_steps=600")
+    assert few["test_acc"] >= 0.95, few["test_acc"]
+    assert many["test_acc"] < few["test_acc"] - 0.15, (few["test_acc"], many["test_acc"])
