@@ -310,7 +310,7 @@ def recall_record(variant, knob, state_bytes, pairs, acc, *, seed=0, lr=3e-3, va
     }
 
 
-def test_recall_section_puts_accuracy_beside_state_bytes_per_number_of_pairs_with_the_front(tmp_path):
+def test_recall_section_puts_accuracy_beside_state_bytes_per_number_of_pairs_with_the_front(tmp_path, capsys):
     records = [
         *(
             recall_record("full", f"dim={d}", 2048 * d, p, 1.0, seed=s)
@@ -358,3 +358,7 @@ def test_recall_section_puts_accuracy_beside_state_bytes_per_number_of_pairs_wit
     text = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "out")]).read_text()
     assert "**`full` did not learn the task at every size** (bar: mean >= 0.95, seed spread <= 0.05)" in text
     assert "dim=16, 4 pairs: 0.750 (0.500-1.000)." in text
+    from runners.sweeping.run import warn_unlearned
+
+    warn_unlearned(tables.flat_results(store.read_records(tmp_path / "store")))  # the sweep says it when it ends
+    assert "warning: `full` did not learn the task at every size" in capsys.readouterr().err

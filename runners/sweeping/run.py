@@ -24,7 +24,7 @@ from runners.measure.failures import PointFailed
 from runners.measure.worker import Job, run_concurrently
 from runners.reporting import accuracy as acc_tables
 from runners.reporting.markdown import build_report
-from runners.reporting.recall import recall_runs
+from runners.reporting.recall import recall_runs, recall_stats, reference_below_bar
 from runners.reporting.styles import REFERENCE
 from runners.reporting.tables import flat_results
 from runners.results import context, store
@@ -236,10 +236,12 @@ def finish(results_dir: Path, report_dir: str | None, *, baselines: list[str]) -
 def warn_unlearned(frame: pd.DataFrame) -> None:
     """Say at the end of a sweep where exact attention did not learn an accuracy setting (the report says it too)."""
     accuracy = frame[(frame.probe == "accuracy") & (frame.status != "unsupported")]
-    accuracy = accuracy.drop(index=recall_runs(accuracy).index)  # judged per state size in the report's section
-    if accuracy.empty:
-        return
-    stats = acc_tables.accuracy_stats(acc_tables.at_chosen_lr(accuracy))
-    line = acc_tables.unlearned_line(stats, REFERENCE)
-    if line:
+    at_state_sizes = recall_runs(accuracy)  # judged per state size and number of pairs
+    accuracy = accuracy.drop(index=at_state_sizes.index)
+    lines = []
+    if not accuracy.empty:
+        lines.append(acc_tables.unlearned_line(acc_tables.accuracy_stats(acc_tables.at_chosen_lr(accuracy)), REFERENCE))
+    if not at_state_sizes.empty:
+        lines.append(reference_below_bar(recall_stats(at_state_sizes)))
+    for line in filter(None, lines):
         print("warning: " + line.replace("**", ""), file=sys.stderr, flush=True)
