@@ -77,6 +77,7 @@ def recall_table(stats: pd.DataFrame) -> pd.DataFrame:
             )
     frame = pd.DataFrame(cells)
     table = frame.pivot_table(index=["variant", "state", "state KiB"], columns="pairs", values="cell", aggfunc="last")
+    table = table[sorted(table.columns, key=lambda c: int(c.removeprefix("pairs=")))]  # 8 before 16
     table = table.reset_index()
     order = {name: i for i, name in enumerate(variant_order(table.variant))}
     table = table.sort_values(["variant", "state KiB"], key=lambda c: c.map(order) if c.name == "variant" else c)
