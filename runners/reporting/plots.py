@@ -85,16 +85,13 @@ def draw_tradeoff(ax: Axes, stats: pd.DataFrame) -> None:
         ax.errorbar(row.train_tokens_per_s, row["mean"], yerr=spread, capsize=3, label=variant, **style)
     if not points.empty:
         front = pareto_front(points, "train_tokens_per_s", "mean").sort_values("train_tokens_per_s")
-        ax.plot(
-            front.train_tokens_per_s,
-            front["mean"],
-            "k--",
-            marker="o",
-            markersize=14,
-            markerfacecolor="none",
-            label="Pareto front (ringed)",
-        )
+        draw_front(ax, front.train_tokens_per_s, front["mean"], "Pareto front (ringed)")
     ax.set_xscale("log")
+
+
+def draw_front(ax: Axes, x: pd.Series, y: pd.Series, label: str) -> None:
+    """A front as a dashed black line through its points, each ringed, so it reads over any variant's style."""
+    ax.plot(x, y, "k--", marker="o", markersize=14, markerfacecolor="none", label=label)
 
 
 def speed_plots(speed: pd.DataFrame, out: Path, tag: str) -> list[Path]:

@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 
 from runners.reporting.accuracy import LEARNED_MEAN, LEARNED_SPREAD
 from runners.reporting.md import md_table
-from runners.reporting.plots import by_family, save_plot
+from runners.reporting.plots import by_family, draw_front, save_plot
 from runners.reporting.styles import REFERENCE, variant_order, variant_style
 from runners.reporting.tables import pareto_front
 
@@ -92,15 +92,7 @@ def draw_recall(ax: Axes, stats: pd.DataFrame) -> None:
         spread = [group["mean"] - group["min"], group["max"] - group["mean"]]
         ax.errorbar(group.state_bytes, group["mean"], yerr=spread, capsize=3, label=variant, **variant_style(variant))
     front = stats[on_front(stats)].sort_values("state_bytes")
-    ax.plot(
-        front.state_bytes,
-        front["mean"],
-        "k--",
-        marker="o",
-        markersize=14,
-        markerfacecolor="none",
-        label="front (ringed): no smaller state does better",
-    )
+    draw_front(ax, front.state_bytes, front["mean"], "front (ringed): no smaller state does better")
     ax.set_xscale("log")
     ax.set_ylim(-0.02, 1.02)
 
