@@ -348,6 +348,18 @@ def test_plan_repeats_accuracy_points_per_seed_and_rate_and_scores_every_variant
     assert {p["task"]["causal"] for p in points if p["direction"] == "causal"} == {True}
 
 
+def test_speed_points_go_in_each_direction_of_sweep_causal_and_a_bad_flag_is_refused(sweep_config):
+    from runners.sweeping.plan import attention_list, plan_points
+
+    cfg = sweep_config("attention=linear", "sweep.causal=[false,true]", "sweep.accuracy=null")
+    points = plan_points(cfg, attention_list(cfg))
+    assert sorted((p["causal"], p["seq_len"]) for p in points) == [(False, 32), (False, 64), (True, 32), (True, 64)]
+    one = sweep_config("attention=linear", "sweep.causal=true", "sweep.accuracy=null")
+    assert {p["causal"] for p in plan_points(one, attention_list(one))} == {True}
+    with pytest.raises(ConfigError, match=r"sweep\.causal must be true, false or a list of distinct ones"):
+        run_sweep(sweep_config("attention=linear", "sweep.causal=[true,true]"))
+
+
 def test_state_sizes_plan_each_accuracy_point_once_per_knob_value_for_the_decoding_variants(sweep_config):
     from runners.sweeping.plan import attention_list, plan_points
 

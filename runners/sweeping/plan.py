@@ -2,8 +2,8 @@
 
 Variants: the one ``attention=`` selects and the baselines ``sweep.baselines``
 (default ``[full]``), or every registered one. Speed points: every variant at
-every ``sweep.seq_lens``. Decode points: every variant at every
-``sweep.decode_lens`` (prompt lengths; variants that cannot decode get an
+every ``sweep.seq_lens``, in each direction of ``sweep.causal`` (a flag or a
+list). Decode points: every variant at every ``sweep.decode_lens`` (prompt lengths; variants that cannot decode get an
 ``unsupported`` record). Maps points (``sweep.maps``):
 every variant at every ``sweep.maps_lens``, against exact attention. Accuracy points: every
 variant on every entry of ``sweep.accuracy`` (a label -> ``task`` (default: the
@@ -200,6 +200,20 @@ def point_task(name: str, settings: dict[str, Any], seq_len: int, direction: str
     return task
 
 
+def speed_directions(cfg: DictConfig) -> list[bool]:
+    """The causal flags of the speed points: ``sweep.causal`` is one flag or a list of them ([false, true]: both).
+
+    Both directions let the report pair a causal accuracy setting with causal speed at the same length.
+    """
+    value = cfg.sweep.causal
+    flags = list(value) if OmegaConf.is_list(value) or isinstance(value, list | tuple) else [value]
+    if not flags or any(not isinstance(flag, bool) for flag in flags) or len(set(flags)) < len(flags):
+        raise ConfigError(
+            f"sweep.causal must be true, false or a list of distinct ones like [false, true]; got {value}"
+        )
+    return flags
+
+
 def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
     """Fail fast on bad values: unknown variants, hyperparameters or tasks, empty or bad lengths."""
     tasks = accuracy_tasks(cfg)
@@ -252,6 +266,7 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
             )
         except variants.AttentionError as error:
             raise ConfigError(f"attention config {attention}: {error}") from None
+    speed_directions(cfg)
     if cfg.sweep.repeats < 1 or cfg.sweep.batch_size < 1:
         raise ConfigError("sweep.repeats and sweep.batch_size must be >= 1")
     if cfg.hardware.strategy == "ddp" and cfg.hardware.devices != 1 and accuracy_lens:
@@ -315,13 +330,13 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
     points = []
     for attention in attentions:
         shared = {"attention": attention, "model": model, "hardware": hardware}
-        for seq_len in cfg.sweep.seq_lens:
+        for causal, seq_len in itertools.product(speed_directions(cfg), cfg.sweep.seq_lens):
             points.append(
                 shared
                 | {
                     "probe": "speed",
                     "seq_len": seq_len,
-                    "causal": cfg.sweep.causal,
+                    "causal": causal,
                     "batch_size": cfg.sweep.batch_size,
                     "warmup": cfg.sweep.warmup,
                     "repeats": cfg.sweep.repeats,

@@ -41,6 +41,8 @@ def point_label(point: dict[str, Any]) -> str:
     if point["probe"] == "accuracy":
         label += f" {point['task_name']} {point['direction']} seed={point['seed']} lr={point['optim']['lr']:g}"
         label += f" {point['state_knob']}" if "state_knob" in point else ""
+    if point["probe"] == "speed" and point["causal"]:
+        label += " causal"
     return label
 
 
