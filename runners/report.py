@@ -3,6 +3,7 @@
     python -m runners.report                                   # results/store -> results/report
     python -m runners.report task=MQAR hardware=cpu            # filters (column=value)
     python -m runners.report sweep_id=sweep-20261122-2300 --results results/store --out reports/x
+    python -m runners.report --results reports/<machine>/results.csv --out /tmp/again   # from a committed table
 
 Writes ``report.md`` (readable on GitHub), PNG plots and ``results.csv`` (the
 flat table the report was built from). Failed points appear in the tables as
@@ -20,8 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from runners.reporting.markdown import build_report
-from runners.reporting.tables import flat_results
-from runners.results import store
+from runners.reporting.tables import load_results
 
 
 def apply_filters(frame: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
@@ -40,11 +40,16 @@ def apply_filters(frame: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("filters", nargs="*", help="column=value, e.g. task=MQAR hardware=cpu sweep_id=...")
-    parser.add_argument("--results", type=Path, default=Path("results/store"))
+    parser.add_argument(
+        "--results", type=Path, default=Path("results/store"), help="a store, a report folder or a results.csv"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/report"))
     parser.add_argument("--baselines", nargs="*", default=["full"], help="variants the report marks as baselines")
     args = parser.parse_args(argv)
-    frame = apply_filters(flat_results(store.read_records(args.results)), args.filters)
+    try:
+        frame = apply_filters(load_results(args.results), args.filters)
+    except FileNotFoundError as missing:
+        raise SystemExit(f"runners.report: {missing}") from None
     if frame.empty:
         raise SystemExit(f"no results in {args.results} match {args.filters or 'anything'}")
     report = build_report(frame, args.out, baselines=args.baselines)

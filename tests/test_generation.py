@@ -7,7 +7,8 @@ import pytest
 from helpers import TINY_SWEEP
 
 from runners.measure.decode_probe import decode_probe
-from runners.reporting.generation import crossover, growth_table
+from runners.reporting.crossover import cost_series, crossover
+from runners.reporting.generation import growth_table
 from runners.reporting.tables import flat_results
 from runners.results import store
 from runners.sweeping.run import run_sweep
@@ -48,7 +49,19 @@ def test_sweep_records_decode_points_and_the_report_shows_generation(tmp_path, c
     assert (tmp_path / "report" / "decode_state_hw0.png").exists()
 
 
-def test_crossover_is_where_a_variant_stays_faster():
-    full = pd.Series({256: 100.0, 1024: 90.0, 4096: 50.0, 16384: 20.0})
-    assert crossover(pd.Series({256: 120.0, 1024: 80.0, 4096: 60.0, 16384: 60.0}), full) == "4,096"
-    assert crossover(pd.Series({256: 80.0, 1024: 80.0, 4096: 60.0, 16384: 10.0}), full) == "not up to 16,384"
+def test_decoding_crossover_is_where_a_variant_stays_faster():
+    def cost(tokens_per_s):
+        return cost_series(
+            pd.DataFrame(
+                {"seq_len": list(tokens_per_s), "status": "ok", "decode_tokens_per_s": list(tokens_per_s.values())}
+            ),
+            "decode_tokens_per_s",
+            False,
+        )
+
+    full = cost({256: 100.0, 1024: 90.0, 4096: 50.0, 16384: 20.0})
+    stays = crossover(cost({256: 120.0, 1024: 80.0, 4096: 60.0, 16384: 60.0}), full)
+    assert stays.cell().startswith("~") and stays.lengths == (1024, 4096)  # faster at 256 alone does not count
+    assert 1024 < stays.length < 4096
+    falls_back = crossover(cost({256: 80.0, 1024: 80.0, 4096: 60.0, 16384: 10.0}), full)
+    assert falls_back.cell().startswith("never (not up to 16,384")

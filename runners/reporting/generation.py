@@ -3,8 +3,9 @@
 Decoding is where the variants differ most in kind: softmax attention keeps a
 KV cache that grows with the context, a sliding window keeps a window, the
 linear family a constant summary. The fitted exponent of n^p says which; the
-crossover column says from which measured context a variant decodes faster
-than ``full``. Speeds are measurements of this hardware; state bytes are a
+crossover column says from which context a variant decodes faster than
+``full`` (:mod:`runners.reporting.crossover`: interpolated between measured
+contexts, or extrapolated and marked so). Speeds are measurements of this hardware; state bytes are a
 property of the config.
 """
 
@@ -14,29 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from runners.reporting.crossover import cost_series, crossover
 from runners.reporting.md import md_table
 from runners.reporting.plots import draw_lines, save_plot
 from runners.reporting.tables import REFERENCE, by_variant, cell_table, scaling_exponent
 
 
-def crossover(speed: pd.Series, reference: pd.Series) -> str:
-    """The shortest measured n from which ``speed`` beats ``reference`` at every longer measured n too."""
-    shared = speed.reindex(reference.index).dropna().sort_index()
-    if shared.empty:
-        return ""
-    faster = (shared > reference.reindex(shared.index)).to_numpy()
-    if not faster[-1]:
-        return f"not up to {shared.index.max():,}"
-    first = len(faster)
-    while first > 0 and faster[first - 1]:  # walk back while it stays faster
-        first -= 1
-    return f"{shared.index[first]:,}"
-
-
 def growth_table(decode: pd.DataFrame) -> pd.DataFrame:
     """Per variant: fitted exponents of state bytes and step time over n, and where it overtakes ``full``."""
     ok = decode[decode.status == "ok"]
-    reference = ok[ok.variant == REFERENCE].set_index("seq_len").decode_tokens_per_s
+    reference = cost_series(ok[ok.variant == REFERENCE], "decode_tokens_per_s", False)
     rows = {}
     for variant, group in ok.groupby("variant"):
         group = group.sort_values("seq_len")
@@ -46,9 +34,8 @@ def growth_table(decode: pd.DataFrame) -> pd.DataFrame:
             "step time ~ n^p": scaling_exponent(group.seq_len, group.decode_ms),
         }
         if variant != REFERENCE and not reference.empty:
-            row[f"faster than {REFERENCE} from n ="] = crossover(
-                group.set_index("seq_len").decode_tokens_per_s, reference
-            )
+            answer = crossover(cost_series(group, "decode_tokens_per_s", False), reference)
+            row[f"faster than {REFERENCE} from n ="] = answer.cell() if answer else ""
         rows[variant] = row
     return by_variant(pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant"))
 
@@ -74,8 +61,9 @@ def generation_section(decode: pd.DataFrame, out: Path, tag: str) -> list[str]:
         md_table(cell_table(decode, "state_kib", ",.1f")),
         "",
         "**Growth with context length**: fitted exponent p of n^p (state: KV cache ~1, window and linear "
-        "family ~0), and the shortest measured context from which the variant decodes faster than `full` at "
-        "every longer measured context too.",
+        "family ~0), and the context from which the variant decodes faster than `full` at every longer measured "
+        "context too (interpolated between two measured contexts, or extrapolated from the fitted growth and "
+        "marked so).",
         "",
         md_table(growth_table(decode), empty="no variant decoded at two or more context lengths"),
         "",

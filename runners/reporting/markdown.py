@@ -11,12 +11,15 @@ import pandas as pd
 from runners.measure.matmul_peak import describe_peak
 from runners.reporting import accuracy as acc_tables
 from runners.reporting.approximation import approximation_section
+from runners.reporting.choice import choice_section
+from runners.reporting.crossover import crossover_table
 from runners.reporting.generation import generation_section
 from runners.reporting.md import md_table
 from runners.reporting.plots import accuracy_plots, speed_plots
 from runners.reporting.recall import recall_runs, recall_section
 from runners.reporting.styles import CAUSAL, REFERENCE, variant_order
 from runners.reporting.tables import (
+    NESTED,
     achieved_gflops,
     cell_table,
     relative_table,
@@ -52,6 +55,15 @@ def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
         "at short lengths; `python -m runners.bench` measures the attention cores alone.",
         "",
         md_table(scaling_table(speed), empty="no variant was measured at two or more lengths"),
+        "#### Crossover lengths: from which n a variant beats full",
+        "",
+        f"The length from which the variant is faster (time per token of a training step, of an inference "
+        f"step) or leaner (peak memory of a training step) than `{REFERENCE}` at every longer measured length "
+        "too (CAB's efficiency length): interpolated in log-log between the two measured lengths around the "
+        "switch, or extrapolated from the fitted growth of the ratio and marked so with the lengths fitted; "
+        "`never` where the ratio does not fall with n. Cores alone: `python -m runners.bench` prints the same.",
+        "",
+        md_table(crossover_table(speed), empty=f"no variant shares two or more lengths with `{REFERENCE}`"),
         "#### Absolute numbers",
         "",
     ]
@@ -181,8 +193,7 @@ def not_scored_line(unsupported: pd.DataFrame) -> list[str]:
 def build_report(frame: pd.DataFrame, out: Path, *, baselines: Sequence[str] = (REFERENCE,)) -> Path:
     """Write report.md, plots and results.csv for ``frame`` into ``out``; ``baselines`` are marked as such."""
     out.mkdir(parents=True, exist_ok=True)
-    lists = ["learning_curve", "errors", "budget_curve", "heatmaps"]  # nested per point; the tables show them
-    frame.drop(columns=lists, errors="ignore").to_csv(out / "results.csv", index=False)
+    frame.drop(columns=list(NESTED), errors="ignore").to_csv(out / "results.csv", index=False)
     unsupported = frame.status == "unsupported"
     failed = int((frame.status != "ok").sum()) - int(unsupported.sum())
     measured = sorted(set(frame.variant.str.removesuffix(CAUSAL)))
@@ -202,6 +213,7 @@ def build_report(frame: pd.DataFrame, out: Path, *, baselines: Sequence[str] = (
             "exact softmax attention.",
             "",
         ]
+    lines += choice_section(frame)
     for index, (fingerprint, whole) in enumerate(frame.groupby("fingerprint", sort=True)):
         lines += [f"## {fingerprint}", ""]
         lines += not_scored_line(whole[whole.status == "unsupported"])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from runners.reporting.styles import CAUSAL, REFERENCE, variant_order
+from runners.results import store
 
 COLUMNS = {
     "variant": "variant",
@@ -61,6 +63,9 @@ COLUMNS = {
 }
 
 
+NESTED = ("learning_curve", "errors", "budget_curve", "heatmaps")  # lists per point, left out of results.csv
+
+
 def latest_per_point(records: list[dict]) -> list[dict]:
     """One record per point key, the last to finish: a point measured twice (``force=true``, or a baseline
     measured by two parallel jobs of a multirun) counts once, so a re-run never passes for another seed."""
@@ -86,6 +91,27 @@ def flat_results(records: list[dict]) -> pd.DataFrame:
     causal_speed = (frame.probe == "speed") & frame.causal.eq(True)
     frame.loc[causal_speed, "variant"] = frame.loc[causal_speed, "variant"] + CAUSAL  # its own row in every table
     return frame.sort_values(["fingerprint", "probe", "variant", "seq_len"]).reset_index(drop=True)
+
+
+def load_results(path: Path) -> pd.DataFrame:
+    """The flat table of a results store (a folder with ``points/``), of a report folder (its ``results.csv``)
+    or of a ``results.csv`` itself: so a committed example report can be read again without its store."""
+    path = Path(path)
+    if (path / "points").is_dir():
+        return flat_results(store.read_records(path))
+    csv = path / "results.csv" if path.is_dir() else path
+    if csv.suffix != ".csv" or not csv.is_file():
+        raise FileNotFoundError(
+            f"{path}: neither a results store (a folder with points/) nor a report folder with results.csv "
+            "nor a results.csv file"
+        )
+    frame = pd.read_csv(csv, low_memory=False)
+    for column in COLUMNS.values():
+        if column in NESTED:  # results.csv leaves the nested lists out: no learning curves, no maps details
+            frame[column] = [[] for _ in range(len(frame))]
+        elif column not in frame.columns:
+            frame[column] = np.nan
+    return frame
 
 
 def status_label(row: pd.Series) -> str:

@@ -1,0 +1,187 @@
+"""Which attention for you: the Pareto front of (accuracy, training speed, peak memory) and three picks.
+
+A *setting* here is one hardware fingerprint, sequence length and direction
+(and task, where accuracy was measured). Speed and memory come from the speed
+points of that fingerprint at that length and direction; accuracy from the
+accuracy runs at the same length and direction on the same fingerprint, never
+from another length. Accuracy is compared over seeds: two variants whose
+min-max spreads overlap are tied, so neither beats the other on accuracy.
+
+The picks answer "what comes first for you": speed (the fastest training
+step), memory (the leanest training step) or accuracy (the best mean, ties
+named, the fastest of them picked). The speed and memory picks are made among
+the variants within ``ACCURACY_SLACK`` of the best mean accuracy, so a fast
+variant that did not learn the task is not the answer; ``runners.advise``
+takes the reader's own bounds instead.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from runners.reporting.accuracy import LEARNED_SPREAD, accuracy_stats, at_chosen_lr, tied_best
+from runners.reporting.recall import recall_runs
+from runners.reporting.styles import CAUSAL, REFERENCE, variant_order
+
+ACCURACY_SLACK = LEARNED_SPREAD  # speed and memory picks: accuracy at most this far below the best mean
+SPEED = ["train_tokens_per_s", "infer_tokens_per_s", "peak_memory_mib"]
+
+
+def direction_of(variant: str) -> str:
+    """The direction of a speed row: causal rows carry the ``(causal)`` suffix."""
+    return "causal" if variant.endswith(CAUSAL) else "bidirectional"
+
+
+def speed_rows(part: pd.DataFrame) -> pd.DataFrame:
+    """The ok speed points of one fingerprint with ``variant`` as registered and their ``direction``."""
+    speed = part[(part.probe == "speed") & (part.status == "ok")]
+    return speed.assign(direction=speed.variant.map(direction_of), variant=speed.variant.str.removesuffix(CAUSAL))
+
+
+def accuracy_settings(part: pd.DataFrame) -> pd.DataFrame:
+    """Per variant and (task, direction, length): accuracy over seeds at its best rate (recall runs left out)."""
+    accuracy = part[(part.probe == "accuracy") & (part.status != "unsupported")]
+    accuracy = accuracy.drop(index=recall_runs(accuracy).index)
+    if accuracy.empty:
+        return pd.DataFrame(columns=["variant", "task", "direction", "seq_len", "mean", "min", "max", "seeds"])
+    stats = accuracy_stats(at_chosen_lr(accuracy))
+    return stats[stats.status == "ok"]
+
+
+def candidates(speed: pd.DataFrame, stats: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per variant with its speed and memory and, where given, its accuracy (mean, min, max, seeds)."""
+    rows = speed.drop_duplicates("variant", keep="last").set_index("variant")[SPEED]
+    if stats is not None and not stats.empty:
+        rows = rows.join(stats.set_index("variant")[["mean", "min", "max", "seeds"]], how="outer")
+    return rows.reindex(variant_order(rows.index))
+
+
+def dominates(a: pd.Series, b: pd.Series, *, with_accuracy: bool) -> bool:
+    """``a`` is at least as good as ``b`` on every axis and better on one (accuracy: the mean over seeds).
+
+    The front is Pareto on means, so it stays transitive; seed-spread ties are named where the picks are made.
+    """
+    speed_ok = a.train_tokens_per_s >= b.train_tokens_per_s and a.peak_memory_mib <= b.peak_memory_mib
+    speed_better = a.train_tokens_per_s > b.train_tokens_per_s or a.peak_memory_mib < b.peak_memory_mib
+    if not with_accuracy:
+        return bool(speed_ok and speed_better)
+    return bool(speed_ok and a["mean"] >= b["mean"] and (speed_better or a["mean"] > b["mean"]))
+
+
+def pareto(rows: pd.DataFrame, *, with_accuracy: bool) -> list[str]:
+    """The variants no other variant dominates, in report order (rows lacking a needed number are left out)."""
+    needed = ["train_tokens_per_s", "peak_memory_mib"] + (["mean", "min", "max"] if with_accuracy else [])
+    full = rows.dropna(subset=needed)
+    return [
+        name
+        for name, row in full.iterrows()
+        if not any(dominates(other, row, with_accuracy=with_accuracy) for key, other in full.iterrows() if key != name)
+    ]
+
+
+def picks(rows: pd.DataFrame) -> dict[str, object]:
+    """The speed-first, memory-first and accuracy-first picks of one setting, and the accuracy ties.
+
+    Returns ``speed`` and ``memory`` (a variant or None), ``accuracy`` (the fastest of the tied best, or
+    the best where no speed was measured) and ``ties`` (the variants tied for the best accuracy).
+    """
+    measured = rows.dropna(subset=["train_tokens_per_s", "peak_memory_mib"])
+    scored = rows.dropna(subset=["mean"]) if "mean" in rows else rows.iloc[0:0]
+    pool = measured
+    if not scored.empty:
+        pool = measured[measured.index.isin(scored.index[scored["mean"] >= scored["mean"].max() - ACCURACY_SLACK])]
+    ties = tied_best(scored.reset_index()) if not scored.empty else []
+    tied_measured = measured[measured.index.isin(ties)]
+    best_accuracy = tied_measured.train_tokens_per_s.idxmax() if not tied_measured.empty else (ties or [None])[0]
+    return {
+        "speed": pool.train_tokens_per_s.idxmax() if not pool.empty else None,
+        "memory": pool.peak_memory_mib.idxmin() if not pool.empty else None,
+        "accuracy": best_accuracy,
+        "ties": ties,
+    }
+
+
+def evidence(rows: pd.DataFrame, name: str) -> str:
+    """'45,000 train tok/s (2.60x full), 31.0 MiB peak (1.10x), accuracy 0.999 (0.998-1.000, 2 seeds)'."""
+    row = rows.loc[name]
+    reference = rows.loc[REFERENCE] if REFERENCE in rows.index and name != REFERENCE else None
+    parts = []
+    if pd.notna(row.train_tokens_per_s):
+        speedup = memory = ""
+        if reference is not None and pd.notna(reference.train_tokens_per_s):
+            speedup = f" ({row.train_tokens_per_s / reference.train_tokens_per_s:.2f}x `{REFERENCE}`)"
+            memory = f" ({row.peak_memory_mib / reference.peak_memory_mib:.2f}x)"
+        parts += [f"{row.train_tokens_per_s:,.0f} train tok/s{speedup}", f"{row.peak_memory_mib:,.1f} MiB peak{memory}"]
+    if "mean" in rows and pd.notna(row["mean"]):
+        parts.append(f"accuracy {row['mean']:.3f} ({row['min']:.3f}-{row['max']:.3f}, {row.seeds:.0f} seeds)")
+    return ", ".join(parts)
+
+
+def anchor(heading: str, index: int) -> str:
+    """GitHub's link target of the ``index``-th heading with this text (0: the first)."""
+    slug = "".join(c for c in heading.lower() if c.isalnum() or c in " -_").replace(" ", "-")
+    return f"#{slug}" + (f"-{index}" if index else "")
+
+
+def setting_lines(rows: pd.DataFrame, title: str, links: str, *, with_accuracy: bool) -> list[str]:
+    """The bullets of one setting: the front and the three picks, each with its numbers."""
+    chosen = picks(rows)
+    front = pareto(rows, with_accuracy=with_accuracy)
+    axes = "accuracy, training tok/s, peak memory" if with_accuracy else "training tok/s, peak memory"
+    lines = [f"**{title}** ({links})", ""]
+    if chosen["speed"] is None:
+        lines.append("- Speed and memory: no speed points at this length and direction on this hardware")
+    else:
+        lines.append(f"- Pareto front ({axes}): " + ", ".join(f"`{v}`" for v in front))
+        lines.append(f"- Speed first: `{chosen['speed']}`, {evidence(rows, chosen['speed'])}")
+        lines.append(f"- Memory first: `{chosen['memory']}`, {evidence(rows, chosen['memory'])}")
+    if with_accuracy:
+        ties = chosen["ties"]
+        tie = f"; tied within the seed spread: {', '.join(f'`{v}`' for v in ties)}" if len(ties) > 1 else ""
+        pick = chosen["accuracy"]
+        lines.append(f"- Accuracy first: `{pick}`, {evidence(rows, pick)}{tie}")
+    else:
+        lines.append("- Accuracy first: no accuracy was measured at this length and direction on this hardware")
+    return [*lines, ""]
+
+
+def choice_section(frame: pd.DataFrame) -> list[str]:
+    """The report's opening section: per fingerprint, length and direction, the front and the picks."""
+    lines = [
+        "## Which attention for you",
+        "",
+        "Per hardware, length and direction: the variants no other beats on every axis (Pareto front), and the "
+        "pick when training speed, memory or accuracy comes first. Speed and memory picks are made among the "
+        f"variants within {ACCURACY_SLACK:g} of the best mean accuracy where accuracy was measured at that "
+        "length; accuracy ties (overlapping seed spreads) are named. Accuracy and speed are paired only at the "
+        "same length, direction and hardware. Your own bounds: `python -m runners.advise --results <this "
+        "folder> --seq-len N --min-accuracy A --max-memory-mib M`.",
+        "",
+    ]
+    for index, (fingerprint, whole) in enumerate(frame.groupby("fingerprint", sort=True)):
+        part = whole[whole.status != "unsupported"]
+        speed, stats = speed_rows(part), accuracy_settings(part)
+        if speed.empty and stats.empty:
+            continue
+        lines += [f"### On {fingerprint}", ""]
+        links = (
+            f"[speed]({anchor('Speed and memory', index)}), "
+            f"[crossovers]({anchor('Crossover lengths: from which n a variant beats full', index)})"
+        )
+        settings = sorted(
+            set(zip(speed.seq_len, speed.direction, strict=True))
+            | set(zip(stats.seq_len, stats.direction, strict=True))
+        )
+        for seq_len, direction in settings:
+            here = speed[(speed.seq_len == seq_len) & (speed.direction == direction)]
+            scored = stats[(stats.seq_len == seq_len) & (stats.direction == direction)]
+            if scored.empty:
+                rows = candidates(here, None)
+                lines += setting_lines(rows, f"n = {seq_len:,}, {direction}", links, with_accuracy=False)
+                continue
+            for task, of_task in scored.groupby("task", sort=True):
+                rows = candidates(here, of_task)
+                title = f"n = {seq_len:,}, {direction}, {task}"
+                accuracy_link = f"[accuracy]({anchor('Accuracy', index)})"
+                lines += setting_lines(rows, title, f"{accuracy_link}, {links}", with_accuracy=True)
+    return lines

@@ -1,0 +1,109 @@
+"""The report's opening answer: the Pareto front of (accuracy, speed, memory) with ties, and the three picks."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from runners.reporting import choice
+from runners.reporting.tables import flat_results
+
+
+def speed(variant, n, tok, mib, fp="cpu-A", causal=False):
+    return {
+        "variant": variant,
+        "probe": "speed",
+        "seq_len": n,
+        "status": "ok",
+        "hardware": "cpu",
+        "hardware_info": {"fingerprint": fp},
+        "config": {"causal": causal},
+        "train_tokens_per_s": tok,
+        "infer_tokens_per_s": 3 * tok,
+        "peak_memory_mib": mib,
+    }
+
+
+def accuracy(variant, accs, n=384, direction="bidirectional", fp="cpu-A"):
+    return [
+        {
+            "variant": variant,
+            "probe": "accuracy",
+            "seq_len": n,
+            "status": "ok",
+            "task": "lookup",
+            "direction": direction,
+            "seed": seed,
+            "lr": 1e-3,
+            "hardware": "cpu",
+            "hardware_info": {"fingerprint": fp},
+            "test_acc": acc,
+            "val_acc": acc,
+            "steps": 100,
+            "params": 1000,
+        }
+        for seed, acc in enumerate(accs)
+    ]
+
+
+# (accuracy over two seeds, training tok/s, peak MiB) at n = 384
+SETTING = {
+    "full": ((0.98, 1.00), 100.0, 50.0),
+    "linear": ((0.97, 0.99), 200.0, 40.0),  # tied with full on accuracy, faster and leaner: dominates it
+    "local": ((0.45, 0.55), 300.0, 30.0),  # fastest and leanest, but did not learn the task
+    "performer": ((0.88, 0.92), 150.0, 60.0),  # worse than linear on every axis
+    "hedgehog": ((1.00, 1.00), 50.0, 100.0),  # clearly more accurate than linear; tied with full (max 1.00)
+}
+
+
+def frame_of(setting=SETTING, *, with_longer=True):
+    records = []
+    for variant, (accs, tok, mib) in setting.items():
+        records += [speed(variant, 384, tok, mib), *accuracy(variant, accs)]
+        if with_longer:
+            records.append(speed(variant, 1024, tok / 2, 2 * mib))
+    return flat_results(records)
+
+
+def rows_at_384(frame):
+    part = frame[frame.status != "unsupported"]
+    speed_rows, stats = choice.speed_rows(part), choice.accuracy_settings(part)
+    return choice.candidates(speed_rows[speed_rows.seq_len == 384], stats[stats.seq_len == 384])
+
+
+def test_pareto_front_keeps_every_variant_no_other_beats_on_mean_accuracy_speed_and_memory():
+    rows = rows_at_384(frame_of())
+    front = choice.pareto(rows, with_accuracy=True)
+    assert front == ["full", "local", "hedgehog", "linear"]  # report order; performer: linear beats it on all three
+    assert set(choice.pareto(rows, with_accuracy=False)) == {"local"}  # speed and memory alone: local wins both
+
+
+def test_picks_name_accuracy_ties_and_leave_out_variants_that_did_not_learn():
+    chosen = choice.picks(rows_at_384(frame_of()))
+    assert chosen["ties"] == ["hedgehog", "full"]  # full's best seed reaches hedgehog's worst
+    assert chosen["accuracy"] == "full"  # the fastest of the tied
+    assert chosen["speed"] == "linear" and chosen["memory"] == "linear"  # local is 0.5 below the best
+
+
+def test_section_pairs_accuracy_and_speed_only_at_the_same_length_and_says_where_accuracy_is_missing():
+    frame = frame_of()
+    frame = pd.concat([frame, flat_results(accuracy("full", (0.9, 0.95), direction="causal"))])
+    text = "\n".join(choice.choice_section(frame))
+    assert text.startswith("## Which attention for you")
+    at_384 = text.split("**n = 384, bidirectional, lookup**")[1].split("**n = ")[0]
+    assert "- Speed first: `linear`, 200 train tok/s (2.00x `full`), 40.0 MiB peak (0.80x), accuracy 0.980" in at_384
+    assert "tied within the seed spread: `hedgehog`, `full`" in at_384
+    at_1024 = text.split("**n = 1,024, bidirectional**")[1]
+    assert "no accuracy was measured at this length and direction" in at_1024
+    assert "Speed first: `local`" in at_1024  # nothing to hold it back without accuracy
+    causal = text.split("**n = 384, causal, lookup**")[1].split("**n = ")[0]
+    assert "no speed points at this length and direction" in causal and "Accuracy first: `full`" in causal
+
+
+def test_each_hardware_gets_its_own_answer_from_its_own_points():
+    a = frame_of(with_longer=False)
+    b = flat_results([speed("full", 384, 1000.0, 10.0, fp="gpu-B"), speed("linear", 384, 500.0, 20.0, fp="gpu-B")])
+    text = "\n".join(choice.choice_section(pd.concat([a, b])))
+    on_b = text.split("### On gpu-B")[1]
+    assert "**n = 384, bidirectional**" in on_b and "no accuracy was measured" in on_b  # cpu-A's is not borrowed
+    assert "Speed first: `full`, 1,000 train tok/s" in on_b
+    assert "(#speed-and-memory-1)" in on_b  # links to the second hardware's sections

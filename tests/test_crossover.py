@@ -1,0 +1,90 @@
+"""Crossover lengths on synthetic measurements that follow known power laws."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from runners.reporting import crossover as cx
+
+
+def costs(lengths, law):
+    return pd.Series({n: law(n) for n in lengths}, dtype=float)
+
+
+QUADRATIC = lambda n: n * n * 1e-6  # noqa: E731  exact attention's step time
+LINEAR = lambda n: 2e-3 * n  # noqa: E731  meets QUADRATIC at n = 2000
+
+
+def test_a_crossover_between_two_measured_lengths_is_interpolated_exactly_for_power_laws():
+    answer = cx.crossover(costs([512, 1024, 4096, 8192], LINEAR), costs([512, 1024, 4096, 8192], QUADRATIC))
+    assert answer.kind == cx.INTERPOLATED and answer.lengths == (1024, 4096)
+    assert answer.length == pytest.approx(2000, rel=1e-9)
+    assert answer.exponent == pytest.approx(-1.0)
+    assert answer.cell() == "~2,000 (between 1,024 and 4,096)"
+
+
+def test_a_crossover_beyond_the_measured_lengths_is_extrapolated_and_says_from_which():
+    answer = cx.crossover(costs([256, 512, 1024], LINEAR), costs([256, 512, 1024], QUADRATIC))
+    assert answer.kind == cx.EXTRAPOLATED and answer.lengths == (256, 512, 1024)
+    assert answer.length == pytest.approx(2000, rel=1e-9)
+    assert "extrapolated from 256-1,024" in answer.cell()
+
+
+def test_a_crossover_below_the_measured_lengths_is_extrapolated_downwards():
+    answer = cx.crossover(costs([4096, 8192], LINEAR), costs([4096, 8192], QUADRATIC))
+    assert answer.kind == cx.EXTRAPOLATED and answer.length == pytest.approx(2000, rel=1e-9)
+
+
+def test_a_variant_that_grows_as_fast_or_faster_never_crosses():
+    lengths = [256, 1024, 4096]
+    steeper = cx.crossover(costs(lengths, lambda n: 1e-7 * n**2.5), costs(lengths, QUADRATIC))
+    assert steeper.kind == cx.NEVER and steeper.length is None and steeper.exponent == pytest.approx(0.5)
+    same = cx.crossover(costs(lengths, lambda n: 2e-6 * n * n), costs(lengths, QUADRATIC))
+    assert same.kind == cx.NEVER and same.cell().startswith("never (not up to 4,096")
+
+
+def test_better_at_every_length_with_a_ratio_that_does_not_fall_is_better_everywhere():
+    lengths = [256, 1024]
+    answer = cx.crossover(costs(lengths, lambda n: 0.5e-6 * n * n), costs(lengths, QUADRATIC))
+    assert answer.kind == cx.BETTER_EVERYWHERE and answer.cell().startswith("<= 256")
+
+
+def test_a_noisy_dip_inside_the_range_does_not_count_as_a_crossover():
+    # better only at the middle length, worse at the longest, and rising there: never
+    answer = cx.crossover(pd.Series({256: 2.0, 512: 0.5, 1024: 1.2}), pd.Series({256: 1.0, 512: 1.0, 1024: 1.0}))
+    assert answer.kind == cx.NEVER
+    # better from the middle length on: bracketed by the two lengths around the switch
+    answer = cx.crossover(pd.Series({256: 2.0, 512: 0.5, 1024: 0.4}), pd.Series({256: 1.0, 512: 1.0, 1024: 1.0}))
+    assert answer.kind == cx.INTERPOLATED and answer.lengths == (256, 512)
+
+
+def test_fewer_than_two_shared_lengths_give_no_answer():
+    assert cx.crossover(pd.Series({512: 1.0, 1024: 2.0}), pd.Series({512: 2.0, 2048: 4.0})) is None
+
+
+def speed_rows(variant, tokens_per_s, memory):
+    return [
+        {"variant": variant, "seq_len": n, "status": "ok", "train_tokens_per_s": tok, "infer_tokens_per_s": 3 * tok}
+        | {"peak_memory_mib": memory[n]}
+        for n, tok in tokens_per_s.items()
+    ]
+
+
+def test_crossover_table_compares_each_row_with_full_in_the_same_direction():
+    lengths = [512, 1024, 4096]
+    full = {n: 1.0 / QUADRATIC(n) for n in lengths}  # tokens/s: the inverse of a cost per token
+    lean = {n: 1.0 / LINEAR(n) for n in lengths}
+    frame = pd.DataFrame(
+        speed_rows("full", full, {n: 1e-4 * n * n for n in lengths})
+        + speed_rows("linear", lean, {n: 0.1 * n for n in lengths})  # memory meets full's at n = 1000
+        + speed_rows("full (causal)", {n: 2 * v for n, v in full.items()}, {n: 1.0 for n in lengths})
+        + speed_rows("linear (causal)", lean, {n: 2.0 for n in lengths})
+    )
+    table = cx.crossover_table(frame)
+    assert list(table.index) == ["linear", "linear (causal)"]
+    assert table.loc["linear", "faster training from n ="] == "~2,000 (between 1,024 and 4,096)"
+    assert table.loc["linear", "leaner (peak memory) from n ="] == "~1,000 (between 512 and 1,024)"
+    # causal: full (causal) is twice as fast, so linear (causal) catches it at n = 4000; memory: never leaner
+    assert table.loc["linear (causal)", "faster training from n ="].startswith("~4,000 (between 1,024 and 4,096)")
+    assert table.loc["linear (causal)", "leaner (peak memory) from n ="].startswith("never")
