@@ -145,3 +145,26 @@ def crossover_table(speed: pd.DataFrame, metrics: dict[str, tuple[str, bool]] = 
     if not rows:
         return pd.DataFrame()
     return by_variant(pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant"))
+
+
+def value_at(values: pd.Series, seq_len: int) -> tuple[float, str] | None:
+    """A measurement at ``seq_len`` from the lengths it was taken at (index), and how it was obtained.
+
+    Measured there; else interpolated in log-log between the two measured lengths around it; else
+    extrapolated from the power law fitted over every measured length (named in the answer). None with
+    fewer than two lengths to go on.
+    """
+    values = values[values > 0].dropna().sort_index()
+    if seq_len in values.index:
+        return float(values.loc[seq_len]), "measured"
+    if len(values) < 2:
+        return None
+    lengths = values.index.to_numpy(dtype=float)
+    log_n, log_v = np.log(lengths), np.log(values.to_numpy(dtype=float))
+    if lengths[0] < seq_len < lengths[-1]:
+        hi = int(np.searchsorted(lengths, seq_len))
+        value = float(np.exp(np.interp(math.log(seq_len), log_n[hi - 1 : hi + 1], log_v[hi - 1 : hi + 1])))
+        return value, f"interpolated between {int(lengths[hi - 1]):,} and {int(lengths[hi]):,}"
+    intercept, slope = _fit(log_n, log_v)
+    value = math.exp(intercept + slope * math.log(seq_len))
+    return value, f"extrapolated from {int(lengths[0]):,}-{int(lengths[-1]):,} (~ n^{slope:.2f})"

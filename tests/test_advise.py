@@ -1,0 +1,138 @@
+"""runners.advise on synthetic stores: constraints, evidence, a missing length or hardware, bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+from runners import advise
+from runners.reporting.tables import flat_results
+from runners.results import store
+
+
+def speed(variant, n, tok, mib, fp="cpu-A", status="ok"):
+    record = {
+        "variant": variant,
+        "probe": "speed",
+        "seq_len": n,
+        "status": status,
+        "hardware": "cpu",
+        "hardware_info": {"fingerprint": fp},
+        "config": {"causal": False},
+    }
+    if status == "ok":
+        record |= {"train_tokens_per_s": tok, "infer_tokens_per_s": tok, "peak_memory_mib": mib}
+    return record
+
+
+def accuracy(variant, accs, n=512, fp="cpu-A"):
+    return [
+        {
+            "variant": variant,
+            "probe": "accuracy",
+            "seq_len": n,
+            "status": "ok",
+            "task": "lookup",
+            "direction": "bidirectional",
+            "seed": seed,
+            "lr": 1e-3,
+            "hardware": "cpu",
+            "hardware_info": {"fingerprint": fp},
+            "test_acc": acc,
+            "val_acc": acc,
+            "steps": 100,
+            "params": 1000,
+        }
+        for seed, acc in enumerate(accs)
+    ]
+
+
+LENGTHS = (512, 2048)
+RECORDS = (
+    [speed("full", n, 1e7 / n, 1e-3 * n * n) for n in LENGTHS]  # time per token ~ n, memory ~ n^2
+    + [speed("linear", n, 2e4, 0.5 * n) for n in LENGTHS]  # constant tok/s, memory ~ n
+    + [speed("local", n, 3e4, 0.4 * n) for n in LENGTHS]
+    + [speed("performer", 512, 0, 0, status="oom"), speed("performer", 2048, 0, 0, status="oom")]
+    + accuracy("full", (0.99, 1.0))
+    + accuracy("linear", (0.95, 0.97))
+    + accuracy("local", (0.40, 0.50))
+    + [speed("full", 512, 9e4, 5.0, fp="gpu-B"), speed("full", 2048, 8e4, 20.0, fp="gpu-B")]
+)
+
+
+@pytest.fixture
+def results(tmp_path):
+    for i, record in enumerate(RECORDS):
+        store.write_point(tmp_path / "store", record | {"key": f"k{i}"})
+    return tmp_path / "store"
+
+
+def run(capsys, *args):
+    answers = advise.main([str(a) for a in args])
+    return answers, capsys.readouterr().out
+
+
+def test_constraints_rank_and_rule_out_with_reasons(results, capsys):
+    answers, out = run(capsys, "--results", results, "--seq-len", 512, "--min-accuracy", 0.9, "--hardware", "cpu-A")
+    assert list(answers) == ["cpu-A"]
+    assert list(answers["cpu-A"].index) == ["linear", "full"]  # by speed: 20,000 tok/s before 19,531
+    assert "local: accuracy 0.450 < 0.9" in out
+    assert "performer: speed point oom at n=512" in out
+    assert "1. linear" in out and "0.960 (0.950-0.970, 2 seeds)" in out
+
+
+def test_speed_between_and_beyond_measured_lengths_is_interpolated_or_extrapolated_and_labelled(results, capsys):
+    answers, _ = run(capsys, "--results", results, "--seq-len", 1024, "--hardware", "cpu-A", "--first", "memory")
+    best = answers["cpu-A"]
+    assert best.loc["full", "peak_memory_mib"] == pytest.approx(1e-3 * 1024**2)  # exact for a power law
+    assert best.loc["full", "train_tokens_per_s"] == pytest.approx(1e7 / 1024)
+    assert best.loc["full", "speed_evidence"] == "interpolated between 512 and 2,048"
+    assert list(best.index) == ["local", "linear", "full"]  # leanest first
+    answers, _ = run(capsys, "--results", results, "--seq-len", 8192, "--hardware", "cpu-A")
+    assert answers["cpu-A"].loc["full", "peak_memory_mib"] == pytest.approx(1e-3 * 8192**2)
+    evidence = answers["cpu-A"].loc["full", "speed_evidence"]
+    assert evidence == "tok/s extrapolated from 512-2,048 (~ n^-1.00), MiB extrapolated from 512-2,048 (~ n^2.00)"
+
+
+def test_accuracy_is_not_borrowed_from_another_length_unless_asked(results, capsys):
+    answers, out = run(capsys, "--results", results, "--seq-len", 2048, "--min-accuracy", 0.9, "--hardware", "cpu-A")
+    assert answers["cpu-A"].empty
+    assert "No variant meets every constraint" in out and "no accuracy at n=2,048" in out and "n=512" in out
+    answers, out = run(
+        capsys, "--results", results, "--seq-len", 2048, "--min-accuracy", 0.9, "--accuracy-seq-len", 512,
+        "--hardware", "cpu-A", "--first", "accuracy",
+    )  # fmt: skip
+    assert list(answers["cpu-A"].index) == ["full", "linear"]  # local's 0.45 at n=512 rules it out
+    assert "measured at n=512, asked by --accuracy-seq-len" in out
+
+
+def test_accuracy_first_puts_seed_spread_ties_first_fastest_among_them(results, capsys):
+    answers, out = run(capsys, "--results", results, "--seq-len", 512, "--first", "accuracy", "--hardware", "cpu-A")
+    assert list(answers["cpu-A"].index) == ["full", "linear", "local"]  # no tie: full's 0.99 > linear's 0.97
+    assert "Tied on accuracy" not in out
+
+
+def test_every_hardware_answers_from_its_own_points_and_a_committed_csv_works(results, tmp_path, capsys):
+    flat_results(store.read_records(results)).to_csv(tmp_path / "results.csv", index=False)
+    answers, out = run(capsys, "--results", tmp_path / "results.csv", "--seq-len", 512)
+    assert set(answers) == {"cpu-A", "gpu-B"}
+    assert list(answers["gpu-B"].index) == ["full"] and "on gpu-B" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seq-len", "512", "--first", "fast"], "invalid choice: 'fast' (choose from 'accuracy', 'memory', 'speed')"),
+        (["--seq-len", "0"], "--seq-len and --accuracy-seq-len must be positive integers"),
+        (["--seq-len", "512", "--min-accuracy", "90"], "--min-accuracy is a fraction between 0 and 1"),
+        (
+            ["--seq-len", "512", "--hardware", "tpu"],
+            "no hardware matches --hardware 'tpu'; in the results: cpu-A; gpu-B",
+        ),
+        (["--seq-len", "512", "--task", "mqar"], "--task 'mqar' was not scored; in the results: lookup"),
+    ],
+)
+def test_bad_arguments_get_one_line_naming_the_valid_choices(results, capsys, args, message):
+    with pytest.raises(SystemExit) as stopped:
+        advise.main(["--results", str(results), *args])
+    text = str(stopped.value.code) if isinstance(stopped.value.code, str) else capsys.readouterr().err
+    assert message in text and len(text.strip().splitlines()) == 1
