@@ -40,6 +40,8 @@ from runners.measure.failures import PointFailed
 from runners.measure.matmul_peak import DTYPES, describe_peak
 from runners.measure.peers import PEERS
 from runners.measure.worker import measure_isolated, run_isolated
+from runners.reporting.crossover import crossover_table
+from runners.reporting.styles import CAUSAL
 
 CORE_PROBE = "runners.measure.core_probe:core_probe"
 FINGERPRINT = "runners.results.context:hardware_fingerprint"
@@ -105,6 +107,22 @@ def hardware(args: argparse.Namespace) -> dict[str, Any]:
     return run_isolated(FINGERPRINT, {"accelerator": "cpu"}, threads=args.threads, timeout_s=120)
 
 
+CORE_METRICS = {
+    "faster forward from n =": ("fwd_ms", True),
+    "faster forward+backward from n =": ("fwd_bwd_ms", True),
+    "leaner from n =": ("peak_mib", True),
+}
+
+
+def core_crossovers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Our cores' crossover lengths with ``full`` (:mod:`runners.reporting.crossover`), per direction."""
+    ours = frame[frame.impl == OURS]
+    if ours.empty:
+        return pd.DataFrame()
+    rows = ours.assign(variant=ours.variant + ours.causal.map({True: CAUSAL, False: ""}))
+    return crossover_table(rows, CORE_METRICS)
+
+
 def summarize(records: list[dict[str, Any]], seq_lens: list[int]) -> str:
     """Tables: time, memory, achieved GFLOP/s per case and n, growth per doubling, ratio to peer."""
     frame = pd.DataFrame(records)
@@ -157,6 +175,10 @@ def summarize(records: list[dict[str, Any]], seq_lens: list[int]) -> str:
     if growth:
         out.append(f"\ngrowth per doubling of n from {lo} to {hi} (1.0 = constant, 2.0 = linear, 4.0 = quadratic)")
         out.append(pd.DataFrame(growth).set_index("label").round(2).to_string())
+    crossovers = core_crossovers(frame)
+    if not crossovers.empty:
+        out.append("\ncrossover with full in the same direction: from which n the core is faster or leaner")
+        out.append(crossovers.to_string())
     peers = ok[ok.impl != OURS]
     if not peers.empty:
         ours = ok[ok.impl == OURS].set_index(["variant", "causal", "seq_len"])

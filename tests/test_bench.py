@@ -31,6 +31,25 @@ def test_bench_records_every_point_and_prints_tables(tmp_path, capsys):
     assert "working memory: peak minus the floor" in printed
 
 
+def test_bench_prints_each_cores_crossover_with_full_from_the_records():
+    def point(variant, causal, n, ms, mib):
+        return {"variant": variant, "impl": bench.OURS, "causal": causal, "seq_len": n, "status": "ok"} | {
+            "fwd_ms": ms,
+            "fwd_bwd_ms": 2 * ms,
+            "peak_mib": mib,
+        }
+
+    frame = bench.pd.DataFrame(
+        [point("full", False, n, 1e-3 * n * n, 1e-3 * n * n) for n in (256, 1024, 4096)]
+        + [point("linear", False, n, 0.5 * n, 0.5 * n) for n in (256, 1024, 4096)]  # meet full's at n = 500
+        + [point("full", True, n, 1e-3 * n * n, 1.0) for n in (256, 1024, 4096)]
+        + [point("linear", True, n, 0.5 * n, 2.0) for n in (256, 1024, 4096)]
+    )
+    table = bench.core_crossovers(frame)
+    assert table.loc["linear", "faster forward from n ="] == "~500 (between 256 and 1,024)"
+    assert table.loc["linear (causal)", "leaner from n ="].startswith("never")
+
+
 @pytest.mark.parametrize("name", variants.names())
 def test_every_core_runs_in_bf16(name):
     result = core_probe.core_probe(
