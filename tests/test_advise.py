@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+from pathlib import Path
+
 import pytest
 
 from runners import advise
@@ -136,3 +140,14 @@ def test_bad_arguments_get_one_line_naming_the_valid_choices(results, capsys, ar
         advise.main(["--results", str(results), *args])
     text = str(stopped.value.code) if isinstance(stopped.value.code, str) else capsys.readouterr().err
     assert message in text and len(text.strip().splitlines()) == 1
+
+
+def test_the_readme_command_answers_from_the_committed_example_report(capsys):
+    repo = Path(__file__).resolve().parents[1]
+    line = next(x for x in (repo / "README.md").read_text().splitlines() if x.startswith("python -m runners.advise"))
+    args = shlex.split(re.sub(r"^python -m runners\.advise", "", line).split("#")[0])
+    folder = repo / args[args.index("--results") + 1]
+    assert (folder / "results.csv").is_file(), f"the README's example folder {folder} is not committed"
+    answers = advise.main([a if a != str(folder.relative_to(repo)) else str(folder) for a in args])
+    out = capsys.readouterr().out
+    assert answers and "variants meet every constraint" in out  # the committed example satisfies it
