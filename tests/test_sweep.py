@@ -456,6 +456,17 @@ def test_the_duration_estimate_counts_planned_steps_at_a_measured_step_time(swee
     assert re.search(r"about [\d.]+ h \(\d+ min\): 1 training runs, 20 steps in all", capsys.readouterr().err)
 
 
+def test_the_estimate_times_a_side_by_side_run_with_its_share_of_the_threads(sweep_config, monkeypatch):
+    from runners.sweeping import estimate
+
+    seen = []
+    monkeypatch.setattr(estimate, "_timed_step", lambda *a, **k: seen.append(torch.get_num_threads()) or 0.01)
+    before = torch.get_num_threads()
+    point = {"attention": {"name": "full"}, "model": {}, "hardware": {"threads": 1}}
+    estimate.step_seconds(point, seq_len=32, batch_size=2, causal=True, device="cpu")
+    assert seen == [1] and torch.get_num_threads() == before
+
+
 def test_one_variant_sweep_is_compared_with_the_baseline_at_the_same_points(tmp_path, sweep_config):
     """`attention=X` plans `full` beside X, so the report's relative tables are filled at every length."""
     cfg = sweep_config("attention=linformer", "attention.k=16", "sweep.baselines=[full]", "sweep.seeds=[0]")

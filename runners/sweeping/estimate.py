@@ -10,7 +10,11 @@ preset such as ``sweep=lra`` says up front whether it is an hour or a day.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
+
+import torch
 
 import variants
 from runners.measure.speed_probe import speed_probe
@@ -18,8 +22,25 @@ from runners.measure.speed_probe import speed_probe
 PROCESS_START_S = 0.2  # forking a measuring process from the worker server (runners.measure.worker)
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the body with ``threads`` CPU threads (a side-by-side accuracy run gets its share), then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads or before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def step_seconds(point: dict[str, Any], *, seq_len: int, batch_size: int, causal: bool, device: str) -> float:
-    """Seconds of one training step of the point's model at this length and batch, timed here."""
+    """Seconds of one training step of the point's model at this length and batch, timed here with the
+    point's own threads (``hardware.threads``: an accuracy run beside others gets its share)."""
+    with torch_threads(point.get("hardware", {}).get("threads")):
+        return _timed_step(point, seq_len=seq_len, batch_size=batch_size, causal=causal, device=device)
+
+
+def _timed_step(point: dict[str, Any], *, seq_len: int, batch_size: int, causal: bool, device: str) -> float:
     result = speed_probe(
         model_cfg=point["model"],
         attention=point["attention"],
@@ -90,7 +111,7 @@ def _maps_seconds(cache: dict[tuple, float], point: dict[str, Any], device: str,
 
 
 def _cached(cache: dict[tuple, float], point: dict[str, Any], shape: tuple, device: str) -> float:
-    key = (repr(point["attention"]), repr(point["model"]), *shape)
+    key = (repr(point["attention"]), repr(point["model"]), point.get("hardware", {}).get("threads"), *shape)
     if key not in cache:
         seq_len, batch_size, causal = shape
         try:
