@@ -29,6 +29,7 @@ from variants._discovery import discover
 from variants._registry import (
     build,
     causal_names,
+    cross_names,
     decoding_names,
     get,
     hyperparameters,
@@ -48,6 +49,7 @@ __all__ = [
     "build",
     "causal_names",
     "check_range",
+    "cross_names",
     "decoding_names",
     "discover",
     "get",

@@ -82,6 +82,10 @@ class Attention(nn.Module):
     # Token-by-token causal decoding: the variant implements ``init_state`` and ``decode_step`` (and may
     # override ``prefill`` with a parallel form). The contract checks stepwise == causal parallel output.
     supports_decoding: ClassVar[bool] = False
+    # Cross-attention: queries of length N over keys and values of length M (an encoder's output), with
+    # the mask over the keys, (B, M). Only for variants whose mixing does not tie a query to a key position
+    # (a window, a block pattern, a decay by distance, positional reweighting all need the two aligned).
+    supports_cross: ClassVar[bool] = False
     # How reports group and colour it: one of FAMILIES (plots give a family one hue, tables sort by it).
     family: ClassVar[str] = "other"
 
@@ -93,6 +97,7 @@ class Attention(nn.Module):
         max_seq_len: int | None = None,
         causal: bool = False,
         dropout: float = 0.0,
+        cross: bool = False,
     ) -> None:
         super().__init__()
         check_range("heads", heads, low=1)
@@ -105,6 +110,7 @@ class Attention(nn.Module):
         self.max_seq_len = max_seq_len
         self.causal = causal
         self.dropout = dropout
+        self.cross = cross  # built for cross-attention (variants.build checks supports_cross)
 
     @property
     def dropout_p(self) -> float:
@@ -194,7 +200,8 @@ class Attention(nn.Module):
         """
 
     def extra_repr(self) -> str:
-        return f"heads={self.heads}, dim_head={self.dim_head}, causal={self.causal}"
+        cross = ", cross=True" if self.cross else ""
+        return f"heads={self.heads}, dim_head={self.dim_head}, causal={self.causal}{cross}"
 
     def _check_inputs(
         self,
@@ -203,12 +210,22 @@ class Attention(nn.Module):
         v: torch.Tensor,
         mask: torch.Tensor | None,
     ) -> None:
-        if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        if self.cross:
+            aligned = q.dim() == 4 and k.shape == v.shape and q.shape[:2] + q.shape[3:] == k.shape[:2] + k.shape[3:]
+            if not aligned:
+                raise ValueError(
+                    f"{self.name}: cross-attention takes q (batch, heads, N, dim_head) and k, v of one shape "
+                    f"(batch, heads, M, dim_head); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+                )
+        elif q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+            hint = "; for queries over another sequence build it with cross=True" if q.shape[2:] != k.shape[2:] else ""
             raise ValueError(
                 f"{self.name}: q, k, v must share one shape (batch, heads, seq, dim_head); "
-                f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+                f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}{hint}"
             )
-        batch, heads, seq, dim_head = q.shape
+        batch, heads, _, dim_head = q.shape
+        keys = k.shape[2]
+        seq = keys if self.cross else q.shape[2]  # what a fixed-length variant must hold: the source, crossing
         if heads != self.heads or dim_head != self.dim_head:
             raise ValueError(
                 f"{self.name}: built for heads={self.heads}, dim_head={self.dim_head}; "
@@ -226,8 +243,8 @@ class Attention(nn.Module):
             return
         if not self.supports_mask:
             raise UnsupportedError(f"{self.name} does not support a padding mask; pass mask=None")
-        if mask.dtype != torch.bool or mask.shape != (batch, seq):
+        if mask.dtype != torch.bool or mask.shape != (batch, keys):
             raise ValueError(
-                f"{self.name}: mask must be a bool tensor of shape (batch, seq)=({batch}, {seq}), "
+                f"{self.name}: mask must be a bool tensor over the keys of shape (batch, seq)=({batch}, {keys}), "
                 f"True for real tokens; got dtype={mask.dtype}, shape={tuple(mask.shape)}"
             )

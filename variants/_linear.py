@@ -88,11 +88,12 @@ def _rescale(state: torch.Tensor, norm: torch.Tensor, old: torch.Tensor, new: to
 class _Bidirectional(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, query_features: FeatureFn, key_logits: FeatureFn, num_features: int, signed: bool):
-        batch, heads, seq, _ = v.shape
+        batch, heads, keys, _ = v.shape
+        queries = q.shape[2]  # cross-attention: another length than the keys'
         rows = max(1, CHUNK_ELEMENTS // (batch * heads * num_features))
         with torch.no_grad():
             context, norm, running = _zero_state(v, num_features)
-            for start, end in _row_chunks(seq, rows):  # keys: the (m, Dh) summary, stabilized online
+            for start, end in _row_chunks(keys, rows):  # keys: the (m, Dh) summary, stabilized online
                 logits = key_logits(k[:, :, start:end], start, end)
                 new_running = torch.maximum(running, _stabilizer(logits, signed))
                 context, norm = _rescale(context, norm, running, new_running)
@@ -100,9 +101,9 @@ class _Bidirectional(torch.autograd.Function):
                 context += key_feat.transpose(-2, -1) @ v[:, :, start:end]
                 norm += key_feat.sum(dim=-2)
                 running = new_running
-            out = torch.empty_like(v)
-            den = v.new_empty(batch, heads, seq)
-            for start, end in _row_chunks(seq, rows):  # queries
+            out = v.new_empty(batch, heads, queries, v.shape[-1])
+            den = v.new_empty(batch, heads, queries)
+            for start, end in _row_chunks(queries, rows):  # queries
                 query_feat = query_features(q[:, :, start:end], start, end)
                 den[:, :, start:end] = (query_feat @ norm[..., None]).squeeze(-1)
                 out[:, :, start:end] = (query_feat @ context) / den[:, :, start:end].clamp_min(TINY)[..., None]
@@ -113,10 +114,9 @@ class _Bidirectional(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, den, context, norm, running = ctx.saved_tensors
-        seq = v.shape[2]
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         d_context, d_norm = torch.zeros_like(context), torch.zeros_like(norm)
-        for start, end in _row_chunks(seq, ctx.rows):  # queries: dq, and the gradient of the key summary
+        for start, end in _row_chunks(q.shape[2], ctx.rows):  # queries: dq, and the gradient of the key summary
             d_num, d_den = _normalizer_grads(grad_out[:, :, start:end], out[:, :, start:end], den[:, :, start:end])
             leaf, query_feat = _with_grad(ctx.query_features, q, start, end)
             d_feat = d_num @ context.transpose(-2, -1) + d_den[..., None] * norm[..., None, :]
@@ -124,7 +124,7 @@ class _Bidirectional(torch.autograd.Function):
             query_feat = query_feat.detach()
             d_context += query_feat.transpose(-2, -1) @ d_num
             d_norm += (query_feat * d_den[..., None]).sum(dim=-2)
-        for start, end in _row_chunks(seq, ctx.rows):  # keys: dk and dv
+        for start, end in _row_chunks(k.shape[2], ctx.rows):  # keys: dk and dv
             leaf, logits = _with_grad(ctx.key_logits, k, start, end)
             key_feat = _exp_(logits.detach().clone(), running, ctx.signed)
             grad_v[:, :, start:end] = key_feat @ d_context

@@ -15,7 +15,7 @@ from variants._base import (
 )
 
 _REGISTRY: dict[str, type[Attention]] = {}
-_COMMON_ARGS = frozenset({"self", "heads", "dim_head", "max_seq_len", "causal", "dropout"})
+_COMMON_ARGS = frozenset({"self", "heads", "dim_head", "max_seq_len", "causal", "dropout", "cross"})
 
 
 def register(name: str) -> Callable[[type[Attention]], type[Attention]]:
@@ -65,6 +65,11 @@ def decoding_names() -> list[str]:
     return [n for n in names() if _REGISTRY[n].supports_decoding]
 
 
+def cross_names() -> list[str]:
+    """Names of the variants that can attend from one sequence over another of a different length."""
+    return [n for n in names() if _REGISTRY[n].supports_cross]
+
+
 def cannot_decode(name: str) -> UnsupportedError:
     """The error for decoding with a variant that cannot, naming those that can."""
     return UnsupportedError(f"{name} cannot decode token by token; variants that can: {', '.join(decoding_names())}")
@@ -88,10 +93,25 @@ def build(
     max_seq_len: int | None,
     causal: bool = False,
     dropout: float = 0.0,
+    cross: bool = False,
     **hparams: Any,
 ) -> Attention:
-    """A ready module of variant ``name``; bad requests fail here with a clear message."""
+    """A ready module of variant ``name``; bad requests fail here with a clear message.
+
+    ``cross=True``: cross-attention, queries of one sequence over the keys and values of another (of
+    another length), never causal here: a decoder's query sees the whole source.
+    """
     cls = get(name)
+    if cross and not cls.supports_cross:
+        raise UnsupportedError(
+            f"{name!r} cannot attend across two sequences (cross-attention); variants that can: "
+            f"{', '.join(cross_names())}"
+        )
+    if cross and causal:
+        raise UnsupportedError(
+            f"{name!r}: cross-attention here is not causal (each query sees the whole source); build it with "
+            "causal=False"
+        )
     if causal and not cls.supports_causal:
         raise UnsupportedError(f"{name!r} cannot be causal; variants that can: {', '.join(causal_names())}")
     if dropout and not cls.supports_dropout:
@@ -107,4 +127,7 @@ def build(
     if unknown:
         allowed = ", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "none"
         raise HyperparameterError(f"unknown hyperparameter(s) {unknown} for {name!r}; it accepts: {allowed}")
-    return cls(heads=heads, dim_head=dim_head, max_seq_len=max_seq_len, causal=causal, dropout=dropout, **hparams)
+    common = {"cross": True} if cross else {}  # a variant's own __init__ may predate the keyword
+    return cls(
+        heads=heads, dim_head=dim_head, max_seq_len=max_seq_len, causal=causal, dropout=dropout, **common, **hparams
+    )

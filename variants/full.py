@@ -21,6 +21,7 @@ class FullAttention(variants.Attention):
     family = "exact"
     supports_causal = True
     supports_decoding = True  # a KV cache: every key and value so far
+    supports_cross = True  # queries over keys of another length: the same softmax, rectangular
 
     def attend(self, q, k, v, mask):
         if mask is None:

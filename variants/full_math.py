@@ -33,6 +33,7 @@ class FullMathAttention(variants.Attention):
     family = "exact"
     supports_causal = True
     supports_decoding = True  # a KV cache: every key and value so far
+    supports_cross = True  # queries over keys of another length: the same softmax, rectangular
 
     def __init__(self, *, keep_probs: bool = False, **common) -> None:
         super().__init__(**common)

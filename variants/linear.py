@@ -32,6 +32,7 @@ class LinearAttention(FeatureMapAttention):
     """Normalized ``phi(Q) (phi(K)^T V)`` with ``phi = elu + 1``: O(n d^2); no attention dropout."""
 
     family = "kernel"
+    supports_cross = True  # position-free features: queries over keys of another length
 
     def __init__(self, *, chunk_size: int = 128, **common) -> None:
         super().__init__(**common)

@@ -28,6 +28,7 @@ class LinformerAttention(variants.Attention):
     normalized_rows = False  # softmax over k mixtures of keys: the weights on the keys themselves are signed
     budget = ("k", (8, 16, 32, 64, 128, 256))
     needs_max_seq_len = True
+    supports_cross = True  # projects the keys and values alone: the queries may be of another length
 
     def __init__(self, *, k: int = 256, share_kv: bool = False, **common) -> None:
         super().__init__(**common)
@@ -44,9 +45,9 @@ class LinformerAttention(variants.Attention):
         return torch.empty(rows, cols).uniform_(-bound, bound)
 
     def attend(self, q, k, v, mask):
-        seq = q.shape[2]
+        seq = k.shape[2]  # the keys' length (cross-attention: the source's)
         if mask is not None:
-            keep = mask[:, None, :, None].to(k.dtype)  # (B, 1, N, 1)
+            keep = mask[:, None, :, None].to(k.dtype)  # (B, 1, M, 1)
             k, v = k * keep, v * keep
         proj_k = self.proj_k[:, :seq]
         proj_v = proj_k if self.proj_v is None else self.proj_v[:, :seq]

@@ -62,6 +62,7 @@ class PerformerAttention(FeatureMapAttention):
     """
 
     family = "kernel"
+    supports_cross = True  # position-free random features: queries over keys of another length
     budget = ("nb_features", (8, 16, 32, 64, 128, 256, 512))
 
     def __init__(
