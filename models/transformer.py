@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -16,6 +16,7 @@ from einops import rearrange
 from torch import nn
 
 import variants
+from models.encoder_decoder import CrossAttention, DecoderBlock, cross_config
 
 Positional = Literal["sinusoidal", "learned", "none"]
 Head = Literal["classify", "token"]
@@ -139,12 +140,19 @@ class DecodingState:
 
     layers: list[variants.State]
     position: int
+    cross: list[variants.State] = field(default_factory=list)  # encoder-decoder: each layer's source, built once
 
     def nbytes(self) -> int:
-        """Memory of every layer's state, in bytes."""
+        """Memory of every layer's self-attention state, in bytes."""
         from variants._decoding import state_bytes
 
         return sum(state_bytes(layer) for layer in self.layers)
+
+    def cross_nbytes(self) -> int:
+        """Memory of every layer's cross state (the source's keys and values, or a summary), in bytes."""
+        from variants._decoding import state_bytes
+
+        return sum(state_bytes(layer) for layer in self.cross)
 
 
 class Transformer(nn.Module):
@@ -153,6 +161,12 @@ class Transformer(nn.Module):
     ``head="classify"`` pools real tokens (padding excluded) into ``(B, num_outputs)``;
     ``head="token"`` predicts ``(B, N, num_outputs)`` per position.
     ``attention`` is ``{"name": <variant>, **hyperparameters}``.
+
+    ``encoder_layers > 0`` makes it an encoder-decoder (causal, per-token head): a bidirectional encoder
+    of that many blocks over the source, and ``layers`` decoder blocks, each with causal self-attention
+    (``attention``) and cross-attention over the encoder's output (``cross_attention``; default: the same
+    variant where it supports cross-attention, else ``full``; the choice is ``self.cross_attention``).
+    Source and target share the embedding and the positions.
     """
 
     def __init__(
@@ -172,10 +186,17 @@ class Transformer(nn.Module):
         positional: Positional = "sinusoidal",
         head: Head = "classify",
         causal: bool = False,
+        encoder_layers: int = 0,
+        cross_attention: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if head not in ("classify", "token"):
             raise ValueError(f"head={head!r} is unknown; choose classify or token")
+        variants.check_range("encoder_layers", encoder_layers, low=0)
+        if encoder_layers and (head != "token" or not causal):
+            raise ValueError("an encoder-decoder generates its target: build it with causal=True, head='token'")
+        if cross_attention is not None and not encoder_layers:
+            raise ValueError("cross_attention needs an encoder: set encoder_layers >= 1")
         for name, value in {"vocab_size": vocab_size, "num_outputs": num_outputs, "layers": layers}.items():
             variants.check_range(name, value, low=1)
         attention = dict(attention)
@@ -188,66 +209,129 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(vocab_size, dim)
         self.positions = PositionalEncoding(positional, dim=dim, max_seq_len=max_seq_len)
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            Block(
-                dim=dim,
-                heads=heads,
-                dim_head=dim_head,
-                ff_mult=ff_mult,
-                dropout=dropout,
-                core=variants.build(
-                    attn_name,
-                    heads=heads,
-                    dim_head=dim_head,
-                    max_seq_len=max_seq_len,
-                    causal=causal,
-                    dropout=attn_dropout,
-                    **attention,
-                ),
+        shape = {"heads": heads, "dim_head": dim_head, "max_seq_len": max_seq_len}
+
+        def block(core: variants.Attention) -> Block:
+            return Block(dim=dim, heads=heads, dim_head=dim_head, ff_mult=ff_mult, dropout=dropout, core=core)
+
+        def self_core(is_causal: bool) -> variants.Attention:
+            return variants.build(attn_name, **shape, causal=is_causal, dropout=attn_dropout, **attention)
+
+        self.blocks = nn.ModuleList(block(self_core(causal)) for _ in range(layers))
+        self.cross_attention: dict[str, Any] | None = None
+        if encoder_layers:
+            self.cross_attention = cross_config({"name": attn_name, **attention}, cross_attention)
+            cross = dict(self.cross_attention)
+            cross_name = cross.pop("name")
+            self.encoder = nn.ModuleList(block(self_core(False)) for _ in range(encoder_layers))
+            self.encoder_norm = nn.LayerNorm(dim)
+            self.blocks = nn.ModuleList(
+                DecoderBlock(
+                    self_block=self_block,
+                    cross=CrossAttention(
+                        dim=dim,
+                        heads=heads,
+                        dim_head=dim_head,
+                        core=variants.build(cross_name, **shape, cross=True, dropout=attn_dropout, **cross),
+                        dropout=dropout,
+                    ),
+                    dim=dim,
+                )
+                for self_block in self.blocks
             )
-            for _ in range(layers)
-        )
         self.norm = nn.LayerNorm(dim)
         self.to_logits = nn.Linear(dim, num_outputs)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``tokens`` ``(B, N)`` int, ``mask`` ``(B, N)`` bool (True = real) -> logits."""
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.cross_attention is not None
+
+    def encode(self, source: torch.Tensor, source_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's output ``(B, M, D)`` over ``source`` ``(B, M)`` (bidirectional, padding masked)."""
+        if not self.is_encoder_decoder:
+            raise ValueError("encode needs an encoder-decoder: build the model with encoder_layers >= 1")
+        x = self.dropout(self.positions(self.embed(source)))
+        for block in self.encoder:
+            x = block(x, source_mask)
+        return self.encoder_norm(x)
+
+    def _source(self, source: torch.Tensor | None) -> None:
+        if self.is_encoder_decoder and source is None:
+            raise ValueError("an encoder-decoder needs its source: pass source=(B, M) tokens (and source_mask)")
+        if not self.is_encoder_decoder and source is not None:
+            raise ValueError("source given to a model without an encoder: build it with encoder_layers >= 1")
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        source: torch.Tensor | None = None,
+        source_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``tokens`` ``(B, N)`` int, ``mask`` ``(B, N)`` bool (True = real) -> logits.
+
+        An encoder-decoder also takes its ``source`` ``(B, M)`` and ``source_mask`` (teacher forcing:
+        ``tokens`` is the target shifted right).
+        """
+        self._source(source)
+        memory = self.encode(source, source_mask) if source is not None else None
         x = self.dropout(self.positions(self.embed(tokens)))  # (B, N, D)
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask) if memory is None else block(x, mask, memory, source_mask)
         x = self.norm(x)
         if self.head_kind == "classify":
             x = masked_mean(x, mask)  # (B, D)
         return self.to_logits(x)
 
-    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, DecodingState]:
+    def prefill(
+        self, tokens: torch.Tensor, source: torch.Tensor | None = None, source_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, DecodingState]:
         """Logits ``(B, N, V)`` of a prompt (no padding) and the state to generate from.
 
         Each layer's core runs its parallel causal form and hands over its
-        decoding state (a KV cache, a window, a constant summary).
+        decoding state (a KV cache, a window, a constant summary). An
+        encoder-decoder encodes ``source`` once here and keeps each layer's
+        cross state (``DecodingState.cross``).
         """
         self._check_decoding()
+        self._source(source)
+        cross = []
+        if source is not None:
+            memory = self.encode(source, source_mask)
+            cross = [block.cross.state(memory, source_mask) for block in self.blocks]
         x = self.dropout(self.positions(self.embed(tokens)))
         layers = []
-        for block in self.blocks:
-            x, state = block.prefill(x)
+        for index, block in enumerate(self.blocks):
+            x, state = block.prefill(x) if not cross else block.prefill(x, cross[index])
             layers.append(state)
-        return self.to_logits(self.norm(x)), DecodingState(layers, tokens.shape[1])
+        return self.to_logits(self.norm(x)), DecodingState(layers, tokens.shape[1], cross)
 
     def step(self, tokens: torch.Tensor, state: DecodingState) -> tuple[torch.Tensor, DecodingState]:
         """Logits ``(B, V)`` of one new token per sequence ``(B,)``, and the state after it."""
         self._check_decoding()
         x = self.dropout(self.positions(self.embed(tokens[:, None]), offset=state.position))
         layers = []
-        for block, layer_state in zip(self.blocks, state.layers, strict=True):
-            x, layer_state = block.step(x, layer_state)
+        for index, (block, layer_state) in enumerate(zip(self.blocks, state.layers, strict=True)):
+            if state.cross:
+                x, layer_state = block.step(x, layer_state, state.cross[index])
+            else:
+                x, layer_state = block.step(x, layer_state)
             layers.append(layer_state)
-        return self.to_logits(self.norm(x))[:, 0], DecodingState(layers, state.position + 1)
+        return self.to_logits(self.norm(x))[:, 0], DecodingState(layers, state.position + 1, state.cross)
 
     @torch.no_grad()
-    def generate(self, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        """Greedy continuation ``(B, N + new_tokens)`` of ``prompt`` ``(B, N)``, one token per step."""
-        logits, state = self.prefill(prompt)
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        new_tokens: int,
+        source: torch.Tensor | None = None,
+        source_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Greedy continuation ``(B, N + new_tokens)`` of ``prompt`` ``(B, N)``, one token per step.
+
+        An encoder-decoder encodes ``source`` once; ``prompt`` is then the target's start (a BOS token).
+        """
+        logits, state = self.prefill(prompt, source, source_mask)
         tokens = [prompt]
         next_token = logits[:, -1].argmax(dim=-1)
         for _ in range(new_tokens):

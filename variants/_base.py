@@ -192,6 +192,25 @@ class Attention(nn.Module):
         if not self.causal:
             raise UnsupportedError(f"{self.name}: decoding is causal; build it with causal=True")
 
+    def cross_state(self, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> State:
+        """What generation keeps of the source for this cross-attention core, built once per source.
+
+        The default keeps the source's keys and values (and mask): a cache of ``2 x M x dim_head`` per head.
+        Variants with a constant summary of the keys and values override it (and :meth:`cross_step`).
+        """
+        self._check_cross()
+        state = {"k": k, "v": v}
+        return state | ({"mask": mask} if mask is not None else {})
+
+    def cross_step(self, q: torch.Tensor, state: State) -> torch.Tensor:
+        """Queries ``(B, H, T, Dh)`` (during generation, the new token's) over the source kept in ``state``."""
+        self._check_cross()
+        return self(q, state["k"], state["v"], state.get("mask"))
+
+    def _check_cross(self) -> None:
+        if not self.cross:
+            raise UnsupportedError(f"{self.name}: build it with cross=True to attend over another sequence")
+
     def on_train_step(self, step: int) -> None:
         """Called by the training loop once per optimizer step, never inside ``forward``.
 

@@ -110,5 +110,27 @@ class FeatureMapAttention(Attention):
             out = read_summary(query_features(q, end - q.shape[2], end), summary)  # the queries are the last rows
         return out.to(out_dtype), summary | {"position": state["position"] + k.shape[2]}
 
+    def cross_state(self, k, v, mask=None):
+        """The source folded once into the constant ``(m, Dh)`` summary: its size does not grow with M."""
+        self._check_cross()
+        with torch.autocast(k.device.type, enabled=False):
+            state = empty_summary(k.shape[0], self.heads, self.num_features, self.dim_head, k.device, k.dtype)
+            dtype = state["context"].dtype
+            _, keys = self.feature_inputs(k[:, :, :0].to(dtype), k.to(dtype))
+            logits = self.feature_functions(None)[1](keys, 0, k.shape[2])
+            if mask is not None:
+                keep = mask[:, None, :, None]
+                logits = logits * keep if self.signed_features else logits.masked_fill(~keep, float("-inf"))
+            return add_to_summary(state, logits, v, signed=self.signed_features)
+
+    def cross_step(self, q, state):
+        self._check_cross()
+        out_dtype = q.dtype
+        with torch.autocast(q.device.type, enabled=False):
+            dtype = state["context"].dtype
+            queries, _ = self.feature_inputs(q.to(dtype), q[:, :, :0].to(dtype))
+            out = read_summary(self.feature_functions(None)[0](queries, 0, q.shape[2]), state)
+        return out.to(out_dtype)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, chunk_size={self.chunk_size}"

@@ -45,15 +45,29 @@ class LinformerAttention(variants.Attention):
         return torch.empty(rows, cols).uniform_(-bound, bound)
 
     def attend(self, q, k, v, mask):
+        k_low, v_low = self.project(k, v, mask)
+        return F.scaled_dot_product_attention(q, k_low, v_low, dropout_p=self.dropout_p)
+
+    def project(self, k, v, mask):
+        """The ``k`` learned mixtures of the keys and of the values ``(B, H, k, Dh)``, padded rows zeroed first."""
         seq = k.shape[2]  # the keys' length (cross-attention: the source's)
         if mask is not None:
             keep = mask[:, None, :, None].to(k.dtype)  # (B, 1, M, 1)
             k, v = k * keep, v * keep
         proj_k = self.proj_k[:, :seq]
         proj_v = proj_k if self.proj_v is None else self.proj_v[:, :seq]
-        k_low = proj_k.to(k.dtype) @ k  # (k, N) @ (B, H, N, Dh) -> (B, H, k, Dh)
-        v_low = proj_v.to(v.dtype) @ v
-        return F.scaled_dot_product_attention(q, k_low, v_low, dropout_p=self.dropout_p)
+        return proj_k.to(k.dtype) @ k, proj_v.to(v.dtype) @ v  # (k, M) @ (B, H, M, Dh) -> (B, H, k, Dh)
+
+    def cross_state(self, k, v, mask=None):
+        """The source's keys and values projected once: ``2 x k x Dh`` per head whatever M is."""
+        self._check_cross()
+        self._check_inputs(k[:, :, :1], k, v, mask)
+        k_low, v_low = self.project(k, v, mask)
+        return {"k_low": k_low, "v_low": v_low}
+
+    def cross_step(self, q, state):
+        self._check_cross()
+        return F.scaled_dot_product_attention(q, state["k_low"].to(q.dtype), state["v_low"].to(q.dtype))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self.k}, share_kv={self.share_kv}"
