@@ -10,5 +10,6 @@ from tasks.listops import ListOps
 from tasks.lookup import Lookup
 from tasks.mqar import MQAR
 from tasks.selective_copy import SelectiveCopy
+from tasks.sort import Sort
 
-__all__ = ["IGNORE", "MQAR", "PAD", "GeneratedTask", "ListOps", "Lookup", "SelectiveCopy"]
+__all__ = ["IGNORE", "MQAR", "PAD", "GeneratedTask", "ListOps", "Lookup", "SelectiveCopy", "Sort"]

@@ -33,6 +33,7 @@ class GeneratedTask(pl.LightningDataModule):
     """
 
     head: ClassVar[Literal["classify", "token"]]
+    seq2seq: ClassVar[bool] = False  # batches (source, source mask, decoder input, labels): an encoder-decoder's
     causal: bool
     seq_len: int
     vocab_size: int
@@ -124,7 +125,7 @@ class GeneratedTask(pl.LightningDataModule):
 
     def majority_baseline(self, split: str = "test") -> float:
         """Accuracy of always predicting the most common label of the train split."""
-        train, other = self.dataset("train").tensors[2], self.dataset(split).tensors[2]
+        train, other = self.dataset("train").tensors[-1], self.dataset(split).tensors[-1]  # the labels
         train, other = train[train != IGNORE], other[other != IGNORE]
         majority = train.bincount().argmax()
         return (other == majority).float().mean().item()

@@ -35,6 +35,7 @@ TASKS: dict[str, type[tasks.GeneratedTask]] = {
     "lookup": tasks.Lookup,
     "mqar": tasks.MQAR,
     "selective_copy": tasks.SelectiveCopy,
+    "sort": tasks.Sort,
 }
 
 
@@ -74,5 +75,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     for name in variants.names():
         store.store(group="attention", name=name, node=attention_config(name))
+    for name in variants.cross_names():  # an encoder-decoder's cross-attention (null: the default rule)
+        store.store(group="cross_attention", name=name, node=attention_config(name))
     for name in TASKS:
         store.store(group="task", name=name, node=task_config(name))

@@ -8,11 +8,13 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 import models
 import variants
 from tasks import IGNORE
+from tasks.sort import BOS
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
@@ -40,9 +42,17 @@ class SequenceModel(pl.LightningModule):
         weight_decay: float,
         warmup_steps: int,
         max_steps: int,
+        seq2seq: bool = False,
+        cross_attention: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        model = dict(model)
+        encoder = {}
+        if seq2seq:  # an encoder-decoder: as many encoder blocks as decoder blocks unless the model says
+            encoder = {"encoder_layers": model.pop("encoder_layers", None) or model["layers"]}
+            encoder["cross_attention"] = cross_attention
+        self.seq2seq = seq2seq
         self.model = models.Transformer(
             vocab_size=vocab_size,
             num_outputs=num_classes,
@@ -51,7 +61,9 @@ class SequenceModel(pl.LightningModule):
             head=head,
             causal=causal,
             **model,
+            **encoder,
         )
+        self.test_exact_match = MeanMetric()  # seq2seq: whole target right, by greedy generation
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, ignore_index=IGNORE, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, ignore_index=IGNORE, average="micro")
         self.diverged_at: int | None = None
@@ -62,8 +74,12 @@ class SequenceModel(pl.LightningModule):
         return self.model(tokens, None if bool(mask.all()) else mask)
 
     def _loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        tokens, mask, labels = batch
-        logits = self(tokens, mask)
+        if self.seq2seq:  # teacher forcing: the decoder reads BOS and the target shifted right
+            source, source_mask, decoder_in, labels = batch
+            logits = self.model(decoder_in, None, source, None if bool(source_mask.all()) else source_mask)
+        else:
+            tokens, mask, labels = batch
+            logits = self(tokens, mask)
         loss = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE)
         return loss, logits, labels
 
@@ -94,7 +110,28 @@ class SequenceModel(pl.LightningModule):
         self._score(batch, self.val_acc, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._score(batch, self.test_acc, "test")
+        if not self.seq2seq:
+            self._score(batch, self.test_acc, "test")
+            return
+        source, source_mask, _, labels = batch  # scored by greedy generation, not teacher-forced
+        predicted = self.greedy(source, None if bool(source_mask.all()) else source_mask, labels.shape[1])
+        self.test_acc.update(predicted, labels)
+        scored = labels != IGNORE
+        self.test_exact_match.update(((predicted == labels) | ~scored).all(dim=1).float())
+        self.log("test_acc", self.test_acc)
+        self.log("test_exact_match", self.test_exact_match)
+        self.log("test_loss", self._loss(batch)[0], sync_dist=True)
+
+    @torch.no_grad()
+    def greedy(self, source: torch.Tensor, source_mask: torch.Tensor | None, length: int) -> torch.Tensor:
+        """The target generated token by token ``(B, length)``: the encoder once, then one decoder step each."""
+        start = torch.full((source.shape[0], 1), BOS, dtype=torch.long, device=source.device)
+        logits, state = self.model.prefill(start, source, source_mask)
+        tokens = [logits[:, -1].argmax(dim=-1)]
+        for _ in range(length - 1):
+            logits, state = self.model.step(tokens[-1], state)
+            tokens.append(logits.argmax(dim=-1))
+        return torch.stack(tokens, dim=1)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping
 
 import variants
-from runners.checks import check_optim, instantiate_task
+from runners.checks import ConfigError, check_optim, instantiate_task
 from runners.measure.bf16 import check_precision
 from runners.training.curve import LearningCurve, curve_rows
 from runners.training.module import SequenceModel
@@ -109,6 +109,15 @@ def run_training(cfg: DictConfig, *, logger: Any = False, progress: str | None =
     attention = OmegaConf.to_container(cfg.attention, resolve=True)
     task: GeneratedTask = instantiate_task(cfg.task)
     name = attention["name"]
+    cross = OmegaConf.to_container(cfg.cross_attention, resolve=True) if cfg.get("cross_attention") else None
+    if cross is not None and not task.seq2seq:
+        raise ConfigError(f"cross_attention is for sequence-to-sequence tasks (sort); {task.name} has no source")
+    if cross is not None and not variants.get(cross["name"]).supports_cross:
+        return {
+            "status": "unsupported",
+            "message": f"{cross['name']!r} cannot attend across two sequences; variants that can: "
+            f"{', '.join(variants.cross_names())}",
+        }
     if task.causal and not variants.get(name).supports_causal:
         return {
             "status": "unsupported",
@@ -130,6 +139,8 @@ def run_training(cfg: DictConfig, *, logger: Any = False, progress: str | None =
         weight_decay=cfg.optim.weight_decay,
         warmup_steps=cfg.optim.warmup_steps,
         max_steps=cfg.optim.max_steps,
+        seq2seq=task.seq2seq,
+        cross_attention=cross,
     )
     callbacks: list[pl.Callback] = [TrainThroughput(), LearningCurve()]
     target = cfg.optim.get("target_acc")
@@ -172,7 +183,10 @@ def run_training(cfg: DictConfig, *, logger: Any = False, progress: str | None =
             f"{cfg.optim.max_steps} steps; no final accuracy (raise the cap or lower optim.max_steps)",
         }
     tested = trainer.test(module, datamodule=task, verbose=False)[0]
-    return result | {"status": "ok", "test_acc": tested["test_acc"], "test_loss": tested["test_loss"]}
+    scores = {"test_acc": tested["test_acc"], "test_loss": tested["test_loss"]}
+    if task.seq2seq:  # greedy generation on the test split; the cross variant the model chose
+        scores |= {"test_exact_match": tested["test_exact_match"], "cross_attention": module.model.cross_attention}
+    return result | {"status": "ok"} | scores
 
 
 def _metric(trainer: pl.Trainer, key: str) -> float | None:
