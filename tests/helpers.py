@@ -116,3 +116,10 @@ def assert_same(ours, reference, mask, *, atol=1e-5, rtol=1e-5):
     torch.testing.assert_close(ours[0][real], reference[0][real], atol=atol, rtol=rtol, msg="out")
     for name, mine, theirs in zip("qkv", ours[1:], reference[1:], strict=True):
         torch.testing.assert_close(mine, theirs, atol=atol, rtol=rtol, msg=f"grad {name}")
+
+
+def loaded_modules(*, prefix: str) -> dict:
+    """The modules a worker has already imported whose names start with ``prefix``."""
+    import sys
+
+    return {"modules": sorted(name for name in sys.modules if name.startswith(prefix))}

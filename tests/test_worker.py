@@ -42,6 +42,13 @@ def test_jobs_run_side_by_side_up_to_the_limit():
     assert ran[2]["started"] >= min(ran[0]["ended"], ran[1]["ended"])
 
 
+def test_a_worker_starts_with_the_sweeps_code_already_imported():
+    """Editing the working tree during a sweep must not reach its workers: they import nothing fresh."""
+    loaded = run_isolated("helpers:loaded_modules", {"prefix": ""}, threads=1)["modules"]
+    for name in ("tasks", "tasks.sort", "runners.sweeping.execute", "runners.hydra_glue.configs", "runners.checks"):
+        assert name in loaded, name
+
+
 def test_a_worker_gets_the_thread_count_it_is_given():
     assert run_isolated("helpers:torch_threads", {}, threads=1) == {"threads": 1}
     assert run_isolated("helpers:torch_threads", {}, threads=2) == {"threads": 2}

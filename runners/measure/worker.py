@@ -46,15 +46,20 @@ from typing import Any
 from runners.measure.failures import PointFailed, classify_exit, classify_failure, failure_message
 
 PARTS = ("time", "memory")
-# Imported once by the server, so a child starts with them loaded (the training stack is ~2 s on its own).
+# Imported once by the server, so a child starts with them loaded (the training stack is ~2 s on its own),
+# and with the code as it was when the sweep started: a child that imported a module fresh from disk after
+# the working tree changed mixed two versions and every later accuracy run failed (AttributeError).
 PRELOAD = [
     "torch",
     "models",
     "variants",
+    "tasks",
     "runners.measure.speed_probe",
     "runners.measure.decode_probe",
     "runners.measure.core_probe",
+    "runners.results.context",
     "runners.training.run",
+    "runners.sweeping.execute",  # the accuracy runs' entry point and what it imports (configs, checks)
 ]
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _TIMING_THRESHOLD = 1 << 30  # what MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ would set in a fresh process
