@@ -134,3 +134,19 @@ def test_linformer_projects_the_source_and_refuses_one_longer_than_it_was_built_
     q, k, v = cross_inputs(1, 24, 80)  # ... but the source must fit its projection
     with pytest.raises(variants.UnsupportedError, match="exceeds max_seq_len=64"):
         attn(q, k, v)
+
+
+@pytest.mark.parametrize("name", CROSS)
+def test_the_maps_reader_gives_each_cross_variant_its_rectangular_matrix(name):
+    from runners.approximation.matrix import effective_matrix, exact_matrix, linearity_residual
+
+    attn = build_cross(name).eval()
+    q, k, v = cross_inputs(2, 24, 40)
+    mask = key_mask(2, 40)
+    matrix = effective_matrix(attn, q, k, mask)
+    assert matrix.shape == (2, HEADS, 24, 40)
+    with torch.no_grad():
+        assert linearity_residual(matrix, attn(q, k, v, mask), v) < 1e-5  # out == A v
+    assert matrix[0, :, :, ~mask[0]].abs().max() < 1e-6  # no weight on padded keys
+    if name in EXACT:
+        torch.testing.assert_close(matrix, exact_matrix(q, k, mask), atol=1e-5, rtol=1e-5)

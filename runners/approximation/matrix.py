@@ -17,14 +17,16 @@ import variants
 
 @torch.no_grad()
 def effective_matrix(core: variants.Attention, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None):
-    """The ``(B, H, N, N)`` matrix ``A`` with ``core(q, k, v, mask) == A @ v`` for every ``v``.
+    """The ``(B, H, N, M)`` matrix ``A`` with ``core(q, k, v, mask) == A @ v`` for every ``v``.
 
-    ``core`` must be in eval mode (attention dropout would make ``A`` random per call).
-    Costs ``ceil(N / dim_head)`` forward calls of the variant.
+    M = N for self-attention; a core built with ``cross=True`` gives the rectangular matrix of N queries
+    over M keys. ``core`` must be in eval mode (attention dropout would make ``A`` random per call).
+    Costs ``ceil(M / dim_head)`` forward calls of the variant.
     """
     if core.training and core.dropout > 0:
         raise ValueError(f"{core.name}: call .eval() first; attention dropout makes A differ from call to call")
-    batch, heads, seq, dim_head = q.shape
+    batch, heads, _, dim_head = q.shape
+    seq = k.shape[2]  # the keys: one column of A per key
     columns = []
     for start in range(0, seq, dim_head):
         width = min(dim_head, seq - start)
@@ -46,7 +48,10 @@ def linearity_residual(matrix: torch.Tensor, out: torch.Tensor, v: torch.Tensor,
 
 @torch.no_grad()
 def exact_matrix(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False):
-    """Exact softmax attention weights ``(B, H, N, N)`` on the same inputs (``full_math``'s fast path)."""
+    """Exact softmax attention weights ``(B, H, N, M)`` on the same inputs (``full_math``'s fast path)."""
     heads, dim_head = q.shape[1], q.shape[-1]
-    reference = variants.build("full_math", heads=heads, dim_head=dim_head, max_seq_len=None, causal=causal)
+    cross = q.shape[2] != k.shape[2]
+    reference = variants.build(
+        "full_math", heads=heads, dim_head=dim_head, max_seq_len=None, causal=causal, cross=cross
+    )
     return reference.attention_probs(q, k, mask)
