@@ -34,7 +34,9 @@ def direction_of(variant: str) -> str:
 
 def speed_rows(part: pd.DataFrame, *, only_ok: bool = True) -> pd.DataFrame:
     """The (ok) speed points of one fingerprint with ``variant`` as registered and their ``direction``."""
-    speed = part[(part.probe == "speed") & ((part.status == "ok") | (not only_ok))]
+    speed = part[part.probe == "speed"]
+    if only_ok:
+        speed = speed[speed.status == "ok"]
     return speed.assign(direction=speed.variant.map(direction_of), variant=speed.variant.str.removesuffix(CAUSAL))
 
 
