@@ -24,6 +24,7 @@ from typing import NoReturn
 
 import pandas as pd
 
+from runners.reporting.accuracy import tied_best
 from runners.reporting.choice import accuracy_settings, speed_rows
 from runners.reporting.crossover import value_at
 from runners.reporting.styles import variant_order
@@ -143,16 +144,18 @@ def ranked(table: pd.DataFrame, first: str) -> pd.DataFrame:
         return keep.sort_values("train_tokens_per_s", ascending=False)
     if first == "memory":
         return keep.sort_values(["peak_memory_mib", "train_tokens_per_s"], ascending=[True, False])
-    if keep.empty:
-        return keep
-    top = keep.loc[keep["mean"].idxmax()]
-    tied = keep["max"] >= top["min"]
+    tied = keep.index.isin(accuracy_ties(keep))
     return pd.concat(
         [
             keep[tied].sort_values("train_tokens_per_s", ascending=False),
             keep[~tied].sort_values(["mean", "train_tokens_per_s"], ascending=[False, False]),
         ]
     )
+
+
+def accuracy_ties(table: pd.DataFrame) -> list[str]:
+    """The variants tied with the most accurate one (the report's rule, :func:`tied_best`)."""
+    return tied_best(table.rename_axis("variant").reset_index()) if not table.empty else []
 
 
 def accuracy_cell(row: pd.Series) -> str:
@@ -198,10 +201,10 @@ def answer(frame: pd.DataFrame, fingerprint: str, wanted: Constraints) -> tuple[
 
 def tie_note(best: pd.DataFrame, first: str) -> str:
     """Where accuracy comes first: the variants whose seed spread reaches the top one's are a tie."""
-    if first != "accuracy" or best.empty:
+    if first != "accuracy":
         return ""
-    top = best.loc[best["mean"].idxmax()]
-    tied = [name for name, row in best.iterrows() if row["max"] >= top["min"]]
+    ties = set(accuracy_ties(best))
+    tied = [name for name in best.index if name in ties]  # in ranked order
     if len(tied) < 2:
         return ""
     return f"Tied on accuracy within the seed spread: {', '.join(tied)} (ranked by training speed)."
