@@ -123,3 +123,42 @@ def loaded_modules(*, prefix: str) -> dict:
     import sys
 
     return {"modules": sorted(name for name in sys.modules if name.startswith(prefix))}
+
+
+def speed_record(variant, n, tok, mib, *, fp="cpu-A", causal=False, status="ok") -> dict:
+    """A speed point as the sweep stores it (inference at 3x the training rate); failed: no numbers."""
+    record = {
+        "variant": variant,
+        "probe": "speed",
+        "seq_len": n,
+        "status": status,
+        "hardware": "cpu",
+        "hardware_info": {"fingerprint": fp},
+        "config": {"causal": causal},
+    }
+    if status == "ok":
+        record |= {"train_tokens_per_s": tok, "infer_tokens_per_s": 3 * tok, "peak_memory_mib": mib}
+    return record
+
+
+def accuracy_records(variant, accs, *, n=384, direction="bidirectional", fp="cpu-A") -> list[dict]:
+    """One lookup accuracy run per seed with the given test (and validation) accuracies."""
+    return [
+        {
+            "variant": variant,
+            "probe": "accuracy",
+            "seq_len": n,
+            "status": "ok",
+            "task": "lookup",
+            "direction": direction,
+            "seed": seed,
+            "lr": 1e-3,
+            "hardware": "cpu",
+            "hardware_info": {"fingerprint": fp},
+            "test_acc": acc,
+            "val_acc": acc,
+            "steps": 100,
+            "params": 1000,
+        }
+        for seed, acc in enumerate(accs)
+    ]

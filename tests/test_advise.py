@@ -2,52 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from pathlib import Path
 
 import pytest
+from helpers import accuracy_records, speed_record
 
 from runners import advise
 from runners.reporting.tables import flat_results
 from runners.results import store
 
-
-def speed(variant, n, tok, mib, fp="cpu-A", status="ok"):
-    record = {
-        "variant": variant,
-        "probe": "speed",
-        "seq_len": n,
-        "status": status,
-        "hardware": "cpu",
-        "hardware_info": {"fingerprint": fp},
-        "config": {"causal": False},
-    }
-    if status == "ok":
-        record |= {"train_tokens_per_s": tok, "infer_tokens_per_s": tok, "peak_memory_mib": mib}
-    return record
-
-
-def accuracy(variant, accs, n=512, fp="cpu-A"):
-    return [
-        {
-            "variant": variant,
-            "probe": "accuracy",
-            "seq_len": n,
-            "status": "ok",
-            "task": "lookup",
-            "direction": "bidirectional",
-            "seed": seed,
-            "lr": 1e-3,
-            "hardware": "cpu",
-            "hardware_info": {"fingerprint": fp},
-            "test_acc": acc,
-            "val_acc": acc,
-            "steps": 100,
-            "params": 1000,
-        }
-        for seed, acc in enumerate(accs)
-    ]
+speed = speed_record
+accuracy = functools.partial(accuracy_records, n=512)
 
 
 LENGTHS = (512, 2048)

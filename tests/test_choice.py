@@ -3,46 +3,12 @@
 from __future__ import annotations
 
 import pandas as pd
+from helpers import accuracy_records, speed_record
 
 from runners.reporting import choice
 from runners.reporting.tables import flat_results
 
-
-def speed(variant, n, tok, mib, fp="cpu-A", causal=False):
-    return {
-        "variant": variant,
-        "probe": "speed",
-        "seq_len": n,
-        "status": "ok",
-        "hardware": "cpu",
-        "hardware_info": {"fingerprint": fp},
-        "config": {"causal": causal},
-        "train_tokens_per_s": tok,
-        "infer_tokens_per_s": 3 * tok,
-        "peak_memory_mib": mib,
-    }
-
-
-def accuracy(variant, accs, n=384, direction="bidirectional", fp="cpu-A"):
-    return [
-        {
-            "variant": variant,
-            "probe": "accuracy",
-            "seq_len": n,
-            "status": "ok",
-            "task": "lookup",
-            "direction": direction,
-            "seed": seed,
-            "lr": 1e-3,
-            "hardware": "cpu",
-            "hardware_info": {"fingerprint": fp},
-            "test_acc": acc,
-            "val_acc": acc,
-            "steps": 100,
-            "params": 1000,
-        }
-        for seed, acc in enumerate(accs)
-    ]
+speed, accuracy = speed_record, accuracy_records
 
 
 # (accuracy over two seeds, training tok/s, peak MiB) at n = 384
