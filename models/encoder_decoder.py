@@ -33,6 +33,12 @@ def cross_config(attention: Mapping[str, Any], cross_attention: Mapping[str, Any
     return {"name": "full"}
 
 
+def encoder_layers(model_cfg: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """The skeleton's config without ``encoder_layers``, and the encoder's depth: the decoder's unless it says."""
+    model = dict(model_cfg)
+    return model, model.pop("encoder_layers", None) or model["layers"]
+
+
 class CrossAttention(nn.Module):
     """Queries from the decoder, keys and values from the encoder's output, around a cross-capable core."""
 

@@ -29,6 +29,7 @@ TINY_SWEEP = [
     "sweep.batch_size=2",
     "sweep.maps=false",
     "sweep.decode_lens=[]",
+    "sweep.cross=null",  # tests of the encoder-decoder points set their own
     "sweep.baselines=[]",  # each test says which variants it measures; test_sweep checks the baselines
 ]
 

@@ -14,7 +14,7 @@ high-water mark (CPU: resident set incl. interpreter; CUDA: allocator reserve).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -69,17 +69,49 @@ def speed_probe(
     model = build_model(
         model_cfg=model_cfg, attention=attention, vocab_size=vocab_size, seq_len=seq_len, causal=causal
     ).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = torch.randint(0, vocab_size, (batch_size, seq_len), device=device)
     targets = torch.randint(0, vocab_size, (batch_size, seq_len), device=device)
+    return measure_model(
+        model,
+        lambda: model(tokens),
+        inputs=[tokens],
+        targets=targets,
+        device=device,
+        precision=precision,
+        warmup=warmup,
+        repeats=repeats,
+        budget_s=budget_s,
+        parts=parts,
+    )
+
+
+def measure_model(
+    model: torch.nn.Module,
+    forward: Callable[[], torch.Tensor],
+    *,
+    inputs: Sequence[torch.Tensor],
+    targets: torch.Tensor,
+    device: torch.device,
+    precision: str,
+    warmup: int,
+    repeats: int,
+    budget_s: float,
+    parts: Sequence[str],
+) -> dict[str, Any]:
+    """Throughput, memory and FLOPs of training ``model`` on a fixed batch: ``forward()`` gives its logits.
+
+    Tokens per step are those of ``inputs`` (an encoder-decoder reads its source and its target), so tokens/s
+    counts every token the step processes. Shared by the self-attention and the cross-attention probes.
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
 
-    def forward() -> torch.Tensor:
+    def logits() -> torch.Tensor:
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            return model(tokens)
+            return forward()
 
     def train_step() -> None:
-        loss = F.cross_entropy(forward().flatten(0, 1).float(), targets.flatten())
+        loss = F.cross_entropy(logits().flatten(0, 1).float(), targets.flatten())
         if not torch.isfinite(loss):
             raise FloatingPointError("loss is NaN/inf")
         optimizer.zero_grad(set_to_none=True)
@@ -88,7 +120,7 @@ def speed_probe(
 
     def inference() -> None:
         with torch.inference_mode():
-            forward()
+            logits()
 
     result: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
     if "time" in parts:
@@ -98,7 +130,7 @@ def speed_probe(
         infer = time_calls(inference, device=device, warmup=warmup, repeats=repeats, budget_s=budget_s)
         model.train()
         flops = count_flops(train_step)  # with the fused CPU attention kernel counted (runners.measure.flops)
-        tokens_per_step = batch_size * seq_len
+        tokens_per_step = sum(tensor.numel() for tensor in inputs)
         result |= {
             "train_tokens_per_s": tokens_per_step / train.median_s,
             "train_tokens_per_s_min": tokens_per_step / train.max_s,
@@ -116,7 +148,7 @@ def speed_probe(
         started = time.perf_counter()
         train_step()  # creates the gradients and AdamW moments that the state counts
         repeats_memory = 3 if time.perf_counter() - started < 5 else 1  # the median of 3 where affordable
-        state = tensor_mib(model, optimizer, tokens, targets)  # parameters, gradients, AdamW moments, batch
+        state = tensor_mib(model, optimizer, *inputs, targets)  # parameters, gradients, AdamW moments, batch
         peak = measure_step_peak(train_step, device, repeats=repeats_memory)
         result |= {
             "peak_memory_mib": state + peak.added_mib,

@@ -56,6 +56,7 @@ PRELOAD = [
     "tasks",
     "runners.measure.speed_probe",
     "runners.measure.decode_probe",
+    "runners.measure.cross_probe",
     "runners.measure.core_probe",
     "runners.results.context",
     "runners.training.run",

@@ -12,6 +12,7 @@ from runners.measure.matmul_peak import describe_peak
 from runners.reporting import accuracy as acc_tables
 from runners.reporting.approximation import approximation_section
 from runners.reporting.choice import choice_section
+from runners.reporting.cross import CROSS_PROBES, cross_answer, cross_section
 from runners.reporting.crossover import crossover_table
 from runners.reporting.generation import generation_section
 from runners.reporting.md import md_table
@@ -214,9 +215,12 @@ def build_report(frame: pd.DataFrame, out: Path, *, baselines: Sequence[str] = (
             "",
         ]
     lines += choice_section(frame)
+    lines += cross_answer(frame)
     for index, (fingerprint, whole) in enumerate(frame.groupby("fingerprint", sort=True)):
+        if whole.probe.isin(CROSS_PROBES).all():
+            continue  # the cross section has its own tables per fingerprint
         lines += [f"## {fingerprint}", ""]
-        lines += not_scored_line(whole[whole.status == "unsupported"])
+        lines += not_scored_line(whole[(whole.status == "unsupported") & ~whole.probe.isin(CROSS_PROBES)])
         part = whole[whole.status != "unsupported"]
         speed = part[part.probe == "speed"]
         accuracy = part[part.probe == "accuracy"]
@@ -237,6 +241,7 @@ def build_report(frame: pd.DataFrame, out: Path, *, baselines: Sequence[str] = (
             index=["variant", "seq_len"], columns="fingerprint", values="train_tokens_per_s", aggfunc="last"
         )
         lines += ["## Across hardware: training tokens/s", "", md_table(cross, "{:,.0f}"), ""]
+    lines += cross_section(frame)  # its own list of the variants that cannot cross-attend
     lines += maps_lines(frame[~unsupported], out)
     report = out / "report.md"
     report.write_text("\n".join(lines))

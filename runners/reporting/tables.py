@@ -42,6 +42,10 @@ COLUMNS = {
     "decode_tokens_per_s": "decode_tokens_per_s",
     "decode_ms": "decode_ms",
     "state_bytes": "state_bytes",  # decode points, and accuracy runs of decoding variants: the state after n tokens
+    "cross_state_bytes": "cross_state_bytes",  # cross points and seq2seq runs: the source's state in every layer
+    "config.target_len": "target_len",  # cross speed points: the decoder's length (seq_len is the source's)
+    "config.self_attention.name": "self_attention",  # cross points: every self-attention of the encoder-decoder
+    "test_exact_match": "test_exact_match",  # seq2seq runs: whole target right by greedy generation
     "config.state_knob": "state_knob",  # accuracy runs of sweep.state_sizes: the knob that set the state
     "config.task.num_pairs": "num_pairs",
     "prefill_ms": "prefill_ms",
@@ -87,10 +91,16 @@ def flat_results(records: list[dict]) -> pd.DataFrame:
         if column not in frame.columns:
             frame[column] = np.nan
     frame = frame[list(COLUMNS)].rename(columns=COLUMNS)
+    frame["hparams"] = [hparams_label(record.get("hparams")) for record in records]
     frame["fingerprint"] = frame["fingerprint"].fillna(frame["hardware"])
     causal_speed = (frame.probe == "speed") & frame.causal.eq(True)
     frame.loc[causal_speed, "variant"] = frame.loc[causal_speed, "variant"] + CAUSAL  # its own row in every table
     return frame.sort_values(["fingerprint", "probe", "variant", "seq_len"]).reset_index(drop=True)
+
+
+def hparams_label(hparams: dict | None) -> str:
+    """A variant's hyperparameters in a table cell: 'k=16, share_kv=False' ('' for none)."""
+    return ", ".join(f"{key}={value}" for key, value in sorted((hparams or {}).items()))
 
 
 def load_results(path: Path) -> pd.DataFrame:
@@ -111,6 +121,7 @@ def load_results(path: Path) -> pd.DataFrame:
             frame[column] = [[] for _ in range(len(frame))]
         elif column not in frame.columns:
             frame[column] = np.nan
+    frame["hparams"] = frame["hparams"].fillna("") if "hparams" in frame else ""
     return frame
 
 

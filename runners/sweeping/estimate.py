@@ -65,6 +65,10 @@ def estimate_seconds(points: list[dict[str, Any]], *, device: str, accuracy_jobs
     total = 0.0
     trained = False  # the maps probe trains its full-attention model once per process
     for point in points:
+        if point["probe"].startswith("cross_"):  # as the encoder-decoder's self-attention over source and target
+            if not variants.get(point["attention"]["name"]).supports_cross:
+                continue  # recorded as unsupported without a process
+            point = as_self_attention(point)
         if point["probe"] == "speed":
             shape = (point["seq_len"], point["batch_size"], point["causal"])
             steps = point["warmup"] + point["repeats"]
@@ -88,6 +92,15 @@ def estimate_seconds(points: list[dict[str, Any]], *, device: str, accuracy_jobs
         seconds = (optim["max_steps"] + val_steps / 3) * _cached(cache, point, shape, device)  # eval: forward only
         total += seconds / accuracy_jobs
     return total, len(cache)
+
+
+def as_self_attention(point: dict[str, Any]) -> dict[str, Any]:
+    """A cross point priced as the self-attention skeleton over source and target together (a rough bound:
+    the encoder and the decoder each run ``layers`` blocks, one sequence of M + N tokens costs about as much)."""
+    probe = point["probe"].removeprefix("cross_")
+    length = point["seq_len"] + (point.get("target_len") or point["seq_len"])
+    priced = point | {"probe": probe, "attention": point["self_attention"], "causal": False}
+    return priced | {"seq_len": length} if probe != "decode" else priced
 
 
 def _maps_seconds(cache: dict[tuple, float], point: dict[str, Any], device: str, *, trained: bool) -> float:

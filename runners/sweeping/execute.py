@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import variants
 from runners.approximation.probe import maps_probe
+from runners.measure.cross_probe import cross_state_bytes
 from runners.measure.decode_probe import decoding_state_bytes
 from runners.measure.failures import PointFailed, classify_failure, failure_message
 from runners.measure.worker import Job, measure_isolated, run_isolated
@@ -18,6 +19,8 @@ from variants._registry import cannot_decode
 
 SPEED_PROBE = "runners.measure.speed_probe:speed_probe"
 DECODE_PROBE = "runners.measure.decode_probe:decode_probe"
+CROSS_SPEED_PROBE = "runners.measure.cross_probe:cross_speed_probe"
+CROSS_DECODE_PROBE = "runners.measure.cross_probe:cross_decode_probe"
 
 
 def device_for(hardware: DictConfig) -> str:
@@ -67,13 +70,72 @@ def measure_decode(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
     return run_isolated(DECODE_PROBE, kwargs, threads=threads, timeout_s=timeout, malloc="timing")  # timing only
 
 
+def check_cross(name: str) -> None:
+    """A cross point of a variant that cannot cross-attend is recorded as unsupported, naming those that can."""
+    if not variants.get(name).supports_cross:
+        raise variants.UnsupportedError(
+            f"{name!r} cannot attend across two sequences (cross-attention); variants that can: "
+            f"{', '.join(variants.cross_names())}"
+        )
+
+
+def measure_cross_speed(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
+    """The encoder-decoder's training step with the point's variant as cross-attention, timing and memory apart."""
+    check_cross(point["attention"]["name"])
+    kwargs = {
+        "model_cfg": point["model"],
+        "self_attention": point["self_attention"],
+        "attention": point["attention"],
+        "source_len": point["seq_len"],
+        "target_len": point["target_len"],
+        "batch_size": point["batch_size"],
+        "device": device_for(cfg.hardware),
+        "precision": cfg.hardware.precision,
+        "warmup": point["warmup"],
+        "repeats": point["repeats"],
+    }
+    threads, timeout = cfg.hardware.threads, cfg.sweep.point_timeout_s
+    return measure_isolated(CROSS_SPEED_PROBE, kwargs, threads=threads, timeout_s=timeout)
+
+
+def measure_cross_decode(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
+    """One target token over a source of ``seq_len`` tokens, and the bytes of the cross state, in a fresh process."""
+    check_cross(point["attention"]["name"])
+    kwargs = {
+        "model_cfg": point["model"],
+        "self_attention": point["self_attention"],
+        "attention": point["attention"],
+        "source_len": point["seq_len"],
+        "batch_size": point["batch_size"],
+        "device": device_for(cfg.hardware),
+        "warmup": point["warmup"],
+        "repeats": point["repeats"],
+    }
+    threads, timeout = cfg.hardware.threads, cfg.sweep.point_timeout_s
+    return run_isolated(CROSS_DECODE_PROBE, kwargs, threads=threads, timeout_s=timeout, malloc="timing")
+
+
 def train_point(point: dict[str, Any], progress: str | None = None) -> dict[str, Any]:
-    """A training run of the point's variant on the point's task, direction, seed, rate and hardware (its threads)."""
+    """A training run of the point's variant on the point's task, direction, seed, rate and hardware (its threads).
+
+    A ``cross_accuracy`` point trains the encoder-decoder with the variant as its cross-attention and
+    ``self_attention`` everywhere else; its record keeps the cross state's bytes for the source's length.
+    """
     device_for(OmegaConf.create(point["hardware"]))
-    run_cfg = OmegaConf.create({key: point[key] for key in ("attention", "model", "task", "optim", "seed", "hardware")})
-    result = run_training(run_cfg, progress=progress)
+    run = {key: point[key] for key in ("attention", "model", "task", "optim", "seed", "hardware")}
+    cross = point["probe"] == "cross_accuracy"
+    if cross:
+        check_cross(point["attention"]["name"])
+        run |= {"attention": point["self_attention"], "cross_attention": point["attention"]}
+    result = run_training(OmegaConf.create(run), progress=progress)
     result.pop("loss_trace", None)
-    if variants.get(point["attention"]["name"]).supports_decoding and result.get("status") == "ok":
+    if result.get("status") != "ok":
+        return result
+    if cross:
+        result["cross_state_bytes"] = cross_state_bytes(
+            model_cfg=point["model"], attention=point["attention"], source_len=point["seq_len"]
+        )
+    elif variants.get(point["attention"]["name"]).supports_decoding:
         result["state_bytes"] = decoding_state_bytes(
             model_cfg=point["model"], attention=point["attention"], seq_len=point["seq_len"]
         )
@@ -113,6 +175,10 @@ def measure_point(cfg: DictConfig, point: dict[str, Any], progress: str | None =
             return {"status": "ok"} | measure_maps(point)
         if point["probe"] == "decode":
             return {"status": "ok"} | measure_decode(cfg, point)
+        if point["probe"] == "cross_speed":
+            return {"status": "ok"} | measure_cross_speed(cfg, point)
+        if point["probe"] == "cross_decode":
+            return {"status": "ok"} | measure_cross_decode(cfg, point)
         return train_point(point, progress)  # in this process: one run at a time, with its progress line
     except Exception as error:  # a failed point is a result, never the end of the sweep
         return failed_record(error)

@@ -11,6 +11,15 @@ label), ``seq_lens``, ``directions`` and any task argument), at every length, in
 the task offers (a variant that cannot be causal gets an ``unsupported`` record
 for the causal direction and is scored bidirectionally), for every seed of
 ``sweep.seeds`` and every learning rate of ``sweep.lrs`` (null: ``optim.lr``).
+An entry's ``hparams`` (variant -> hyperparameters) apply to its runs only.
+
+Cross points (``sweep.cross``, the encoder-decoder): the variant is the
+decoder's cross-attention and ``sweep.cross.self_attention`` (default
+``full``) every self-attention, one pattern at a time as in CAB. Speed points
+at every ``source_lens`` (a target of ``target_len``), decode points at every
+``decode_lens``, and the runs of every sequence-to-sequence entry of
+``sweep.accuracy`` (``sort``). A variant that cannot cross-attend gets an
+``unsupported`` record there.
 
 Points are ordered by what they measure: speed and decode points first (timed,
 one at a time with every thread), then maps, then the accuracy runs, which
@@ -48,6 +57,7 @@ class AccuracyEntry(NamedTuple):
     settings: dict[str, Any]  # task arguments
     optim: dict[str, Any]  # overrides of the optim config for this entry
     model: dict[str, Any]  # overrides of the model config for this entry
+    hparams: dict[str, dict[str, Any]]  # variant -> hyperparameters it takes for this entry
 
 
 def attention_list(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -162,6 +172,7 @@ def accuracy_tasks(cfg: DictConfig) -> list[AccuracyEntry]:
             raise ConfigError(f"sweep.accuracy.{label}: unknown task {name!r}; tasks: {', '.join(TASKS)}")
         seq_lens = list(settings.pop("seq_lens", []))
         optim, model = settings.pop("optim", {}), settings.pop("model", {})
+        hparams = entry_hparams(label, settings.pop("hparams", None) or {})
         for group, overrides, known in (("optim", optim, cfg.optim), ("model", model, cfg.model)):
             unknown_keys = sorted(set(overrides) - set(known))
             if unknown_keys:
@@ -186,10 +197,68 @@ def accuracy_tasks(cfg: DictConfig) -> list[AccuracyEntry]:
         if unknown:
             raise ConfigError(
                 f"sweep.accuracy.{label}: unknown task argument(s) {unknown}; "
-                f"it takes task, seq_lens, directions, optim, model and {sorted(arguments)}"
+                f"it takes task, seq_lens, directions, optim, model, hparams and {sorted(arguments)}"
             )
-        entries.append(AccuracyEntry(label, name, seq_lens, directions, settings, optim, model))
+        entries.append(AccuracyEntry(label, name, seq_lens, directions, settings, optim, model, hparams))
     return entries
+
+
+def entry_hparams(label: str, hparams: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """An entry's ``hparams``: variant -> hyperparameters for its runs (Linformer's k below a short length)."""
+    for name, values in hparams.items():
+        if name not in variants.names():
+            raise ConfigError(
+                f"sweep.accuracy.{label}.hparams: unknown variant {name!r}; registered: {', '.join(variants.names())}"
+            )
+        own = variants.hyperparameters(name)
+        unknown = sorted(set(values or {}) - set(own))
+        if not isinstance(values, dict) or unknown:
+            raise ConfigError(f"sweep.accuracy.{label}.hparams.{name}: give a mapping of {sorted(own)}; got {values}")
+    return {name: dict(values) for name, values in hparams.items()}
+
+
+def is_seq2seq(entry: AccuracyEntry) -> bool:
+    """A sequence-to-sequence task: its runs compare the cross-attention (``sweep.cross``), not the self-attention."""
+    return bool(TASKS[entry.task].seq2seq)
+
+
+class CrossSettings(NamedTuple):
+    """``sweep.cross``: the encoder-decoder points, where only the cross-attention is the variant (CAB's fourth
+    pattern: non-causal cross)."""
+
+    self_attention: dict[str, Any]  # the encoder's and the decoder's self-attention of every cross point
+    source_lens: list[int]  # speed and memory: a training step over a source of M tokens ...
+    target_len: int  # ... and a target of N tokens
+    decode_lens: list[int]  # decoding: one target token over a source of M tokens
+
+
+def cross_settings(cfg: DictConfig) -> CrossSettings:
+    """``sweep.cross``, checked; null or missing: no cross speed or decode points, exact self-attention."""
+    raw = OmegaConf.select(cfg, "sweep.cross", default=None)
+    given = OmegaConf.to_container(raw, resolve=True) if raw is not None else {}
+    known = set(CrossSettings._fields)
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"sweep.cross: unknown key(s) {unknown}; it has {sorted(known)}")
+    name = given.get("self_attention") or "full"
+    try:
+        self_attention = attention_config(name) if isinstance(name, str) else attention_config(name["name"]) | name
+    except (variants.UnknownVariantError, KeyError, TypeError):
+        raise ConfigError(
+            f"sweep.cross.self_attention={name!r}: give a variant's name or a mapping with its name; "
+            f"variants that can be causal and decode: {', '.join(variants.decoding_names())}"
+        ) from None
+    if not variants.get(self_attention["name"]).supports_decoding:
+        raise ConfigError(
+            f"sweep.cross.self_attention={self_attention['name']!r} cannot decode, and the decoder generates token "
+            f"by token (greedy test, decode points); choose one of {', '.join(variants.decoding_names())}"
+        )
+    lens = {key: list(given.get(key) or []) for key in ("source_lens", "decode_lens")}
+    target_len = given.get("target_len", 128)
+    for key, values in {**lens, "target_len": [target_len]}.items():
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in values):
+            raise ConfigError(f"sweep.cross.{key} must be positive integers; got {given.get(key)}")
+    return CrossSettings(self_attention, lens["source_lens"], target_len, lens["decode_lens"])
 
 
 def point_task(name: str, settings: dict[str, Any], seq_len: int, direction: str, seed: int) -> dict[str, Any]:
@@ -222,10 +291,12 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
         if any(not isinstance(n, int) or n < 1 for n in lens):
             raise ConfigError(f"{key} must be positive integers; got {lens}")
     maps_on = cfg.sweep.get("maps") and cfg.sweep.maps_lens
-    if not cfg.sweep.seq_lens and not accuracy_lens and not maps_on and not cfg.sweep.get("decode_lens"):
+    cross = cross_settings(cfg)
+    lengths = [cfg.sweep.seq_lens, accuracy_lens, maps_on, cfg.sweep.get("decode_lens")]
+    if not any([*lengths, cross.source_lens, cross.decode_lens]):
         raise ConfigError(
-            "sweep.seq_lens, sweep.maps_lens, sweep.decode_lens and every sweep.accuracy.*.seq_lens are empty: "
-            "nothing to measure"
+            "sweep.seq_lens, sweep.maps_lens, sweep.decode_lens, sweep.cross's lengths and every "
+            "sweep.accuracy.*.seq_lens are empty: nothing to measure"
         )
     if accuracy_lens and not cfg.sweep.seeds:
         raise ConfigError("sweep.seeds is empty: accuracy points need at least one seed")
@@ -266,6 +337,7 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
             )
         except variants.AttentionError as error:
             raise ConfigError(f"attention config {attention}: {error}") from None
+    check_cross_builds(attentions, tasks, cross)
     speed_directions(cfg)
     if cfg.sweep.repeats < 1 or cfg.sweep.batch_size < 1:
         raise ConfigError("sweep.repeats and sweep.batch_size must be >= 1")
@@ -292,6 +364,27 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
         raise ConfigError(f"logger={cfg.logger!r} is unknown; choose wandb or none")
 
 
+def check_cross_builds(attentions: list[dict[str, Any]], tasks: list[AccuracyEntry], cross: CrossSettings) -> None:
+    """Every cross-capable variant builds as cross-attention at the sweep's sources (a variant that cannot
+    cross-attend is recorded as unsupported there, not refused), and every entry's hparams build."""
+    seq2seq_lens = [n for entry in tasks if is_seq2seq(entry) for n in entry.seq_lens]
+    longest = max([*cross.source_lens, *cross.decode_lens, *seq2seq_lens], default=1)
+    checks = []
+    if cross.source_lens or cross.decode_lens or seq2seq_lens:
+        checks += [(attention, True, "attention config") for attention in attentions]
+    for entry in tasks:
+        where = f"sweep.accuracy.{entry.label}.hparams"
+        checks += [({"name": name} | values, is_seq2seq(entry), where) for name, values in entry.hparams.items()]
+    for attention, as_cross, where in checks:
+        hparams = {k: v for k, v in attention.items() if k != "name"}
+        if as_cross and not variants.get(attention["name"]).supports_cross:
+            continue
+        try:
+            variants.build(attention["name"], heads=1, dim_head=8, max_seq_len=longest, cross=as_cross, **hparams)
+        except variants.AttentionError as error:
+            raise ConfigError(f"{where} {attention}: {error}") from None
+
+
 def accuracy_jobs(cfg: DictConfig) -> int:
     """How many accuracy runs go side by side: ``sweep.accuracy_jobs``, at most one per thread; 1 under DDP.
 
@@ -314,7 +407,26 @@ def maps_settings(cfg: DictConfig) -> dict[str, Any]:
     return settings | overrides
 
 
-PROBE_ORDER = ("speed", "decode", "maps", "accuracy")
+PROBE_ORDER = ("speed", "cross_speed", "decode", "cross_decode", "maps", "accuracy", "cross_accuracy")
+TRAINING_PROBES = ("accuracy", "cross_accuracy")  # training runs, which may go side by side
+
+
+def cross_points(cfg: DictConfig, cross: CrossSettings) -> list[dict[str, Any]]:
+    """The encoder-decoder's speed and decode points of one variant (as its cross-attention), without the variant."""
+    fixed = {"self_attention": cross.self_attention}
+    speed = {"batch_size": cfg.sweep.batch_size, "warmup": cfg.sweep.warmup, "repeats": cfg.sweep.repeats}
+    decode = {
+        "batch_size": cfg.sweep.decode_batch_size,
+        "warmup": cfg.sweep.decode_warmup,
+        "repeats": cfg.sweep.decode_repeats,
+    }
+    return [
+        *(
+            fixed | speed | {"probe": "cross_speed", "seq_len": n, "target_len": cross.target_len}
+            for n in cross.source_lens
+        ),
+        *(fixed | decode | {"probe": "cross_decode", "seq_len": n} for n in cross.decode_lens),
+    ]
 
 
 def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -325,6 +437,7 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
     rates = list(cfg.sweep.lrs) if cfg.sweep.get("lrs") else [optim["lr"]]
     tasks = accuracy_tasks(cfg)
     sizes = state_sizes(cfg)
+    cross = cross_settings(cfg)
     jobs = accuracy_jobs(cfg)
     training_hardware = hardware | {"threads": max(1, int(hardware["threads"] or 1) // jobs)} if jobs > 1 else hardware
     points = []
@@ -353,6 +466,7 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
                     "repeats": cfg.sweep.decode_repeats,
                 }
             )
+        points += [shared | point for point in cross_points(cfg, cross)]
         if cfg.sweep.get("maps"):
             settings = maps_settings(cfg)
             for seq_len in cfg.sweep.maps_lens:
@@ -360,19 +474,27 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
         size = sizes.get(attention["name"])
         values = size.values if size else [None]
         for entry in tasks:
+            with_hparams = attention | entry.hparams.get(attention["name"], {})
+            kind = {"probe": "accuracy"}
+            if is_seq2seq(entry):  # the variant is the cross-attention; the rest is sweep.cross.self_attention
+                kind = {"probe": "cross_accuracy", "self_attention": cross.self_attention}
             for seq_len in entry.seq_lens:
                 for direction in entry.directions:
                     for seed, lr, value in itertools.product(cfg.sweep.seeds, rates, values):
-                        point = shared | {
-                            "hardware": training_hardware,
-                            "probe": "accuracy",
-                            "seq_len": seq_len,
-                            "task_name": entry.task,
-                            "direction": direction,
-                            "task": point_task(entry.task, entry.settings, seq_len, direction, seed),
-                            "optim": optim | entry.optim | {"lr": lr},
-                            "model": model | entry.model,
-                            "seed": seed,
-                        }
+                        point = (
+                            shared
+                            | kind
+                            | {
+                                "attention": with_hparams,
+                                "hardware": training_hardware,
+                                "seq_len": seq_len,
+                                "task_name": entry.task,
+                                "direction": direction,
+                                "task": point_task(entry.task, entry.settings, seq_len, direction, seed),
+                                "optim": optim | entry.optim | {"lr": lr},
+                                "model": model | entry.model,
+                                "seed": seed,
+                            }
+                        )
                         points.append(point if size is None else with_state_size(point, size, value))
     return sorted(points, key=lambda point: PROBE_ORDER.index(point["probe"]))  # stable: variant order kept

@@ -31,14 +31,16 @@ from runners.results import context, store
 from runners.results.table import results_table
 from runners.sweeping.estimate import estimate_seconds
 from runners.sweeping.execute import accuracy_job, device_for, failed_record, measure_point
-from runners.sweeping.plan import accuracy_jobs, attention_list, plan_points, validate
+from runners.sweeping.plan import TRAINING_PROBES, accuracy_jobs, attention_list, plan_points, validate
 from runners.sweeping.wandb_log import log_to_wandb
 
 
 def point_label(point: dict[str, Any]) -> str:
     """What a point is, in a few words: variant, probe, length (and task, direction, seed, lr)."""
     label = f"{point['attention']['name']} {point['probe']} n={point['seq_len']}"
-    if point["probe"] == "accuracy":
+    if point["probe"] == "cross_speed":
+        label += f" target={point['target_len']}"
+    if point["probe"] in TRAINING_PROBES:
         label += f" {point['task_name']} {point['direction']} seed={point['seed']} lr={point['optim']['lr']:g}"
         label += f" {point['state_knob']}" if "state_knob" in point else ""
     if point["probe"] == "speed" and point["causal"]:
@@ -58,7 +60,16 @@ def describe(record: dict[str, Any]) -> str:
             f"decode {record['decode_tokens_per_s']:,.0f} tok/s, state {record['state_bytes'] / 2**20:,.2f} MiB "
             f"(prompt {record['prefill_ms']:,.0f} ms)"
         )
-    if record["probe"] == "speed":
+    if record["probe"] == "cross_decode":
+        return (
+            f"decode {record['decode_tokens_per_s']:,.0f} tok/s, cross state {record['cross_state_bytes'] / 2**20:,.2f}"
+            f" MiB (encoding the source {record['prefill_ms']:,.0f} ms)"
+        )
+    if record["probe"] == "cross_accuracy":
+        return (
+            f"test acc {record['test_acc']:.3f}, exact match {record['test_exact_match']:.3f} ({record['steps']} steps)"
+        )
+    if record["probe"] in ("speed", "cross_speed"):
         return (
             f"train {record['train_tokens_per_s']:,.0f} tok/s, infer {record['infer_tokens_per_s']:,.0f} tok/s, "
             f"peak {record['peak_memory_mib']:,.1f} MiB"
@@ -78,7 +89,8 @@ def eta_seconds(
         return None
     fallback = statistics.median(every)
     return sum(
-        statistics.median(seconds_by_probe.get(probe) or [fallback]) / (accuracy_jobs if probe == "accuracy" else 1)
+        statistics.median(seconds_by_probe.get(probe) or [fallback])
+        / (accuracy_jobs if probe in TRAINING_PROBES else 1)
         for probe in remaining
     )
 
@@ -93,7 +105,7 @@ def print_estimate(points: list[dict[str, Any]], cfg: DictConfig) -> None:
     print(f"estimating the duration of {len(points)} points ...", end="", file=sys.stderr, flush=True)
     started = time.perf_counter()
     seconds, measured = estimate_seconds(points, device=device, accuracy_jobs=accuracy_jobs(cfg))
-    accuracy = [p for p in points if p["probe"] == "accuracy"]
+    accuracy = [p for p in points if p["probe"] in TRAINING_PROBES]
     steps = sum(p["optim"]["max_steps"] for p in accuracy)
     print(
         f" about {seconds / 3600:.1f} h ({seconds / 60:.0f} min): {len(accuracy)} training runs, {steps:,} steps "
@@ -205,9 +217,9 @@ def run_sweep(cfg: DictConfig) -> pd.DataFrame:
             todo.append((f"[{index}/{len(points)}] {point_label(point)}", point, key))
     progress = Progress([point["probe"] for _, point, _ in todo], jobs)
     record = RecordWriter(cfg, results_dir, sweep_id, fixed_context)
-    side_by_side = jobs > 1 and sum(point["probe"] == "accuracy" for _, point, _ in todo) > 1
+    side_by_side = jobs > 1 and sum(point["probe"] in TRAINING_PROBES for _, point, _ in todo) > 1
     for label, point, key in todo:
-        if side_by_side and point["probe"] == "accuracy":
+        if side_by_side and point["probe"] in TRAINING_PROBES:
             continue
         print(f"{label} ...", end="", file=sys.stderr, flush=True)
         started = time.perf_counter()
@@ -215,7 +227,7 @@ def run_sweep(cfg: DictConfig) -> pd.DataFrame:
         written = record(point, key, result, time.perf_counter() - started)
         print(f" {progress.done(written)}", file=sys.stderr, flush=True)
     if side_by_side:
-        train_side_by_side([item for item in todo if item[1]["probe"] == "accuracy"], jobs, record, progress)
+        train_side_by_side([item for item in todo if item[1]["probe"] in TRAINING_PROBES], jobs, record, progress)
     if launch.in_multirun():
         return results_table(results_dir)  # the launching process builds one report once every job is done
     return finish(results_dir, cfg.report_dir, baselines=cfg.sweep.get("baselines") or [])

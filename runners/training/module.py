@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 import models
 import variants
+from models.encoder_decoder import encoder_layers
 from tasks import IGNORE
 from tasks.sort import BOS
 
@@ -47,11 +48,8 @@ class SequenceModel(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        model = dict(model)
-        encoder = {}
-        if seq2seq:  # an encoder-decoder: as many encoder blocks as decoder blocks unless the model says
-            encoder = {"encoder_layers": model.pop("encoder_layers", None) or model["layers"]}
-            encoder["cross_attention"] = cross_attention
+        model, depth = encoder_layers(model)
+        encoder = {"encoder_layers": depth, "cross_attention": cross_attention} if seq2seq else {}
         self.seq2seq = seq2seq
         self.model = models.Transformer(
             vocab_size=vocab_size,
