@@ -94,7 +94,7 @@ def test_a_cross_sweep_records_speed_state_bytes_and_seq2seq_accuracy_and_report
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## Cross-attention" in report and "**Cannot cross-attend** (not scored here): `local`" in report
     assert report.index("**Cross-attention** (encoder-decoder") < report.index("## Cross-attention")
-    assert "### Decoding over a source" in report and "| full | 4.0 | 16.0 |" in report  # KiB at M=32, 128
+    assert "### Decoding over a source" in report and "| full | 8.0 | 32.0 |" in report  # KiB at M=32, 128 (model=tiny)
     assert "cross_speed" not in report.split("## Cross-attention")[0]  # not in the self-attention Not scored line
 
 
