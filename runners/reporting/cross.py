@@ -115,8 +115,9 @@ def cannot_line(part: pd.DataFrame) -> list[str]:
         return []
     names = ", ".join(f"`{v}`" for v in variant_order(refused.variant.unique()))
     return [
-        f"**Cannot cross-attend** (not scored here): {names}. A sliding window, blocks or a decay tie a query to "
-        "key positions near its own, which mean nothing between two unaligned sequences.",
+        f"**Cannot cross-attend** (not scored here): {names}. Their mixing needs queries and keys of one "
+        "sequence (windows, blocks, shared hash buckets, decays or weights by distance, learned position-to-"
+        "position weights), which mean nothing between two unaligned sequences; the README's contract has why.",
         "",
     ]
 
