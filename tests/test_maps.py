@@ -130,6 +130,7 @@ def test_every_registered_variant_gets_errors_budget_and_maps_with_no_code_of_it
         statuses = {row["case"]: row["status"] for row in result["errors"]}
         assert list(statuses) == list(CASES)
         assert statuses["random causal"] == ("ok" if cls.supports_causal else "unsupported")
+        assert statuses["random cross"] == ("ok" if cls.supports_cross else "unsupported")
         assert len(result["heatmaps"]) == sum(s == "ok" for s in statuses.values())
         assert all(len(h["map"]) <= 16 for h in result["heatmaps"])
         assert bool(result["budget_curve"]) == (cls.budget is not None)
@@ -171,3 +172,17 @@ def test_maps_lengths_beyond_the_trained_model_are_refused_before_any_work(tmp_p
     )
     with pytest.raises(ValueError, match=r"approximation\.trained\.max_seq_len"):
         run_sweep(cfg)
+
+
+def test_the_cross_case_reads_the_rectangular_matrix_of_n_over_4_queries_over_n_keys(compose_config):
+    cfg = compose_config("maps", *TINY_MAPS, "model=tiny")
+    settings = OmegaConf.to_container(cfg.approximation) | {"heatmap_pixels": 64}
+    model = OmegaConf.to_container(cfg.model)
+    errors = {}
+    for attention in ({"name": "full_math"}, {"name": "linformer", "k": 8}):
+        result = maps_probe(attention=attention, model=model, seq_len=48, settings=settings)
+        row = next(r for r in result["errors"] if r["case"] == "random cross")
+        cross_map = next(h for h in result["heatmaps"] if h["case"] == "random cross")["map"]
+        assert (len(cross_map), len(cross_map[0])) == (12, 48)  # queries down, keys across
+        errors[attention["name"]] = row["output_rel_error"]
+    assert errors["full_math"] < 1e-5 < 0.05 < errors["linformer"]  # exact is exact; 8 rows of 48 are not

@@ -1,9 +1,11 @@
 """The maps probe: one variant at one length against exact softmax attention, on every input case.
 
 Cases: random inputs and a trained model's inputs (bidirectional), random inputs
-causally, and random inputs with padding. A case the variant cannot do is a row with
-status ``unsupported``. Everything here is a property of the config and seeds (no
-timing), so the numbers are the same on any machine at any load.
+causally, random inputs with padding, and random cross-attention inputs (n/4
+queries over n keys, the rectangular matrix of a decoder over its source). A
+case the variant cannot do is a row with status ``unsupported``. Everything here
+is a property of the config and seeds (no timing), so the numbers are the same on
+any machine at any load.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from runners.approximation.errors import approximation_errors
 from runners.approximation.inputs import Inputs, random_inputs, trained_inputs
 from runners.approximation.matrix import effective_matrix, exact_matrix, linearity_residual
 
-CASES = ("random", "trained", "random causal", "random padded")
+CASES = ("random", "trained", "random causal", "random padded", "random cross")
+CROSS_QUERIES = 4  # the cross case: seq_len // 4 queries over seq_len keys
 LINEARITY_TOLERANCE = 1e-4  # out = A v must hold to this (relative); larger means the variant is not linear in v
 
 
@@ -28,7 +31,7 @@ def case_inputs(case: str, *, model: dict[str, Any], seq_len: int, settings: dic
     if case == "trained":
         return trained_inputs(model=model, seq_len=seq_len, batch=settings["batch"], trained=settings["trained"])
     heads, dim_head = head_shape(model)
-    return random_inputs(
+    inputs = random_inputs(
         batch=settings["batch"],
         heads=heads,
         seq_len=seq_len,
@@ -37,6 +40,9 @@ def case_inputs(case: str, *, model: dict[str, Any], seq_len: int, settings: dic
         seed=settings["seed"],
         pad_fraction=settings["pad_fraction"] if case == "random padded" else 0.0,
     )
+    if case == "random cross":  # independent Gaussian queries: the first n/4 rows are as random as all n
+        return inputs._replace(q=inputs.q[:, :, : max(1, seq_len // CROSS_QUERIES)])
+    return inputs
 
 
 def head_shape(model: dict[str, Any]) -> tuple[int, int]:
@@ -44,13 +50,16 @@ def head_shape(model: dict[str, Any]) -> tuple[int, int]:
     return model["heads"], model.get("dim_head") or model["dim"] // model["heads"]
 
 
-def build_core(attention: dict[str, Any], model: dict[str, Any], *, seq_len: int, causal: bool, seed: int):
+def build_core(
+    attention: dict[str, Any], model: dict[str, Any], *, seq_len: int, causal: bool, seed: int, cross: bool = False
+):
     """The variant as the skeleton builds it, seeded (Performer's features, Linformer's projections), in eval mode."""
     heads, dim_head = head_shape(model)
     hparams = {k: v for k, v in attention.items() if k != "name"}
     torch.manual_seed(seed)
     name = attention["name"]
-    core = variants.build(name, heads=heads, dim_head=dim_head, max_seq_len=seq_len, causal=causal, **hparams)
+    shape = {"heads": heads, "dim_head": dim_head, "max_seq_len": seq_len, "causal": causal}
+    core = variants.build(name, **shape, **({"cross": True} if cross else {}), **hparams)
     return core.eval()
 
 
@@ -90,12 +99,13 @@ def maps_probe(*, attention: dict[str, Any], model: dict[str, Any], seq_len: int
     cls = variants.get(attention["name"])
     rows, heatmaps = [], []
     for case in CASES:
-        causal = case == "random causal"
-        if (causal and not cls.supports_causal) or (case == "random padded" and not cls.supports_mask):
+        causal, cross = case == "random causal", case == "random cross"
+        refused = (causal and not cls.supports_causal) or (cross and not cls.supports_cross)
+        if refused or (case == "random padded" and not cls.supports_mask):
             rows.append({"case": case, "status": "unsupported"})
             continue
         inputs = case_inputs(case, model=model, seq_len=seq_len, settings=settings)
-        core = build_core(attention, model, seq_len=seq_len, causal=causal, seed=settings["seed"])
+        core = build_core(attention, model, seq_len=seq_len, causal=causal, seed=settings["seed"], cross=cross)
         errors, matrix, exact = compare(core, inputs, top_k=settings["top_k"])
         rows.append({"case": case, "status": "ok"} | errors)
         head = most_peaked_head(exact) if case == "trained" else 0

@@ -16,12 +16,14 @@ from __future__ import annotations
 import pandas as pd
 
 from runners.reporting import accuracy as acc_tables
+from runners.reporting.approximation import error_pivot, error_table
 from runners.reporting.crossover import crossover_table
 from runners.reporting.md import md_table
 from runners.reporting.styles import REFERENCE, variant_order
 from runners.reporting.tables import by_variant, cell_table, relative_table
 
 CROSS_PROBES = ("cross_speed", "cross_decode", "cross_accuracy")
+CROSS_CASE = "random cross"  # the maps probe's rectangular case (runners.approximation.probe.CASES)
 
 
 def exact_match_cells(runs: pd.DataFrame) -> pd.Series:
@@ -156,6 +158,7 @@ def cross_section(frame: pd.DataFrame) -> list[str]:
             md_table(accuracy_table(group)),
             "",
         ]
+    lines += maps_lines(frame[(frame.probe == "maps") & (frame.status == "ok")])
     for fingerprint, whole in scored.groupby("fingerprint", sort=True):
         speed, decode = whole[whole.probe == "cross_speed"], whole[whole.probe == "cross_decode"]
         if not speed.empty:
@@ -163,6 +166,23 @@ def cross_section(frame: pd.DataFrame) -> list[str]:
         if not decode.empty:
             lines += decode_lines(decode, fingerprint)
     return lines
+
+
+def maps_lines(maps: pd.DataFrame) -> list[str]:
+    """The maps probe's cross case: each capable core's output error against exact cross-attention."""
+    errors = error_table(maps.drop_duplicates(["variant", "seq_len"], keep="last")) if not maps.empty else maps
+    if errors.empty or not ((errors.case == CROSS_CASE) & (errors.status == "ok")).any():
+        return []
+    cross = errors[(errors.case == CROSS_CASE) & (errors.status == "ok")]
+    return [
+        "### Distance to exact cross-attention",
+        "",
+        f"The maps probe's `{CROSS_CASE}` case: n/4 random queries over n random keys, each core's output "
+        "against exact softmax cross-attention (relative error; a property of the config and seeds; the "
+        "section *How close to exact attention* has every case).",
+        "",
+        md_table(error_pivot(cross, "output_rel_error")),
+    ]
 
 
 def speed_lines(speed: pd.DataFrame, fingerprint: str) -> list[str]:
