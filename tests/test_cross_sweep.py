@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import TINY_SWEEP
+from helpers import TINY_MAPS, TINY_SWEEP
 
 from runners.checks import ConfigError
 from runners.measure.cross_probe import cross_decode_probe, cross_speed_probe, cross_state_bytes
@@ -75,7 +75,8 @@ def test_bad_entry_hparams_are_refused_naming_what_exists(cross_config):
 
 
 def test_a_cross_sweep_records_speed_state_bytes_and_seq2seq_accuracy_and_reports_them(tmp_path, cross_config):
-    cfg = cross_config("attention=linformer", "attention.k=16", "sweep.baselines=[full,local]", SORT)
+    maps = [*TINY_MAPS, "sweep.maps=true", "sweep.maps_lens=[32]"]
+    cfg = cross_config("attention=linformer", "attention.k=16", "sweep.baselines=[full,local]", SORT, *maps)
     run_sweep(cfg)
     frame = flat_results(store.read_records(tmp_path / "store"))
     cross = frame[frame.probe.str.startswith("cross_")]
@@ -95,6 +96,8 @@ def test_a_cross_sweep_records_speed_state_bytes_and_seq2seq_accuracy_and_report
     assert "## Cross-attention" in report and "**Cannot cross-attend** (not scored here): `local`" in report
     assert report.index("**Cross-attention** (encoder-decoder") < report.index("## Cross-attention")
     assert "### Decoding over a source" in report and "| full | 8.0 | 32.0 |" in report  # KiB at M=32, 128 (model=tiny)
+    distance = report.split("### Distance to exact cross-attention")[1].split("###")[0]
+    assert "| full | " in distance and "| linformer | " in distance and "| local |" not in distance
     assert "cross_speed" not in report.split("## Cross-attention")[0]  # not in the self-attention Not scored line
 
 

@@ -371,16 +371,17 @@ def check_cross_builds(attentions: list[dict[str, Any]], tasks: list[AccuracyEnt
     longest = max([*cross.source_lens, *cross.decode_lens, *seq2seq_lens], default=1)
     checks = []
     if cross.source_lens or cross.decode_lens or seq2seq_lens:
-        checks += [(attention, True, "attention config") for attention in attentions]
+        checks += [(attention, True, longest, "attention config") for attention in attentions]
     for entry in tasks:
-        where = f"sweep.accuracy.{entry.label}.hparams"
-        checks += [({"name": name} | values, is_seq2seq(entry), where) for name, values in entry.hparams.items()]
-    for attention, as_cross, where in checks:
+        where, entry_longest = f"sweep.accuracy.{entry.label}.hparams", max(entry.seq_lens, default=1)
+        for name, values in entry.hparams.items():
+            checks.append(({"name": name} | values, is_seq2seq(entry), entry_longest, where))
+    for attention, as_cross, max_seq_len, where in checks:
         hparams = {k: v for k, v in attention.items() if k != "name"}
         if as_cross and not variants.get(attention["name"]).supports_cross:
             continue
         try:
-            variants.build(attention["name"], heads=1, dim_head=8, max_seq_len=longest, cross=as_cross, **hparams)
+            variants.build(attention["name"], heads=1, dim_head=8, max_seq_len=max_seq_len, cross=as_cross, **hparams)
         except variants.AttentionError as error:
             raise ConfigError(f"{where} {attention}: {error}") from None
 
