@@ -92,7 +92,7 @@ def versus(rows: pd.DataFrame, chosen: pd.Series, column: str) -> str:
     reference = rows[rows.variant == REFERENCE]
     if chosen.variant == REFERENCE or reference.empty or not reference[column].iloc[0] > 0:
         return ""
-    return f", {chosen[column] / reference[column].iloc[0]:.2f}x `{REFERENCE}`'s"
+    return f", {chosen[column] / reference[column].iloc[0]:.2g}x `{REFERENCE}`'s"
 
 
 def cross_answer(frame: pd.DataFrame) -> list[str]:
@@ -158,6 +158,8 @@ def cross_section(frame: pd.DataFrame) -> list[str]:
             md_table(accuracy_table(group)),
             "",
         ]
+        unlearned = acc_tables.unlearned_line(acc_tables.accuracy_stats(acc_tables.at_chosen_lr(group)), REFERENCE)
+        lines += [unlearned, ""] if unlearned else []
     lines += maps_lines(frame[(frame.probe == "maps") & (frame.status == "ok")])
     for fingerprint, whole in scored.groupby("fingerprint", sort=True):
         speed, decode = whole[whole.probe == "cross_speed"], whole[whole.probe == "cross_decode"]
