@@ -92,7 +92,8 @@ def versus(rows: pd.DataFrame, chosen: pd.Series, column: str) -> str:
     reference = rows[rows.variant == REFERENCE]
     if chosen.variant == REFERENCE or reference.empty or not reference[column].iloc[0] > 0:
         return ""
-    return f", {chosen[column] / reference[column].iloc[0]:.2g}x `{REFERENCE}`'s"
+    ratio = chosen[column] / reference[column].iloc[0]
+    return f", {ratio:.2f}x `{REFERENCE}`'s" if ratio >= 0.1 else f", {ratio:.2g}x `{REFERENCE}`'s"
 
 
 def cross_answer(frame: pd.DataFrame) -> list[str]:
