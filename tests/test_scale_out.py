@@ -21,6 +21,7 @@ POINT = [
     "sweep.accuracy=null",
     "sweep.maps=false",
     "sweep.decode_lens=[]",
+    "sweep.cross=null",
     "sweep.repeats=1",
     "sweep.warmup=0",
     "sweep.batch_size=2",
