@@ -40,13 +40,13 @@ def hparams_cells(runs: pd.DataFrame) -> pd.Series:
 
 def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
     """variant rows of one seq2seq setting: per-token and exact-match accuracy, steps, cross state."""
-    stats = acc_tables.accuracy_stats(acc_tables.at_chosen_lr(runs))
-    table = acc_tables.accuracy_table(stats)
+    chosen = acc_tables.at_chosen_lr(runs)  # with sweep.lrs: each variant's runs at its best rate
+    table = acc_tables.accuracy_table(acc_tables.accuracy_stats(chosen))
     table = table.rename(columns={c: f"per token, {c}" for c in table.columns if str(c).startswith("n=")})
-    table["exact match (greedy)"] = exact_match_cells(runs)
-    kib = runs[runs.status == "ok"].groupby("variant").cross_state_bytes.max() / 1024
+    table["exact match (greedy)"] = exact_match_cells(chosen)
+    kib = chosen[chosen.status == "ok"].groupby("variant").cross_state_bytes.max() / 1024
     table["cross state, KiB"] = kib.map(lambda v: f"{v:,.1f}")
-    table["hyperparameters"] = hparams_cells(runs)
+    table["hyperparameters"] = hparams_cells(chosen)
     return by_variant(table)
 
 
