@@ -75,6 +75,13 @@ def cannot_decode(name: str) -> UnsupportedError:
     return UnsupportedError(f"{name} cannot decode token by token; variants that can: {', '.join(decoding_names())}")
 
 
+def cannot_cross(name: str) -> UnsupportedError:
+    """The error for cross-attention with a variant that cannot, naming those that can."""
+    return UnsupportedError(
+        f"{name!r} cannot attend across two sequences (cross-attention); variants that can: {', '.join(cross_names())}"
+    )
+
+
 def hyperparameters(name: str) -> dict[str, Any]:
     """The variant's own hyperparameters and their defaults (beyond the common ones)."""
     params = inspect.signature(get(name).__init__).parameters
@@ -103,10 +110,7 @@ def build(
     """
     cls = get(name)
     if cross and not cls.supports_cross:
-        raise UnsupportedError(
-            f"{name!r} cannot attend across two sequences (cross-attention); variants that can: "
-            f"{', '.join(cross_names())}"
-        )
+        raise cannot_cross(name)
     if cross and causal:
         raise UnsupportedError(
             f"{name!r}: cross-attention here is not causal (each query sees the whole source); build it with "

@@ -15,7 +15,7 @@ from runners.measure.decode_probe import decoding_state_bytes
 from runners.measure.failures import PointFailed, classify_failure, failure_message
 from runners.measure.worker import Job, measure_isolated, run_isolated
 from runners.training.run import run_training
-from variants._registry import cannot_decode
+from variants._registry import cannot_cross, cannot_decode
 
 SPEED_PROBE = "runners.measure.speed_probe:speed_probe"
 DECODE_PROBE = "runners.measure.decode_probe:decode_probe"
@@ -73,45 +73,35 @@ def measure_decode(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
 def check_cross(name: str) -> None:
     """A cross point of a variant that cannot cross-attend is recorded as unsupported, naming those that can."""
     if not variants.get(name).supports_cross:
-        raise variants.UnsupportedError(
-            f"{name!r} cannot attend across two sequences (cross-attention); variants that can: "
-            f"{', '.join(variants.cross_names())}"
-        )
+        raise cannot_cross(name)
 
 
-def measure_cross_speed(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
-    """The encoder-decoder's training step with the point's variant as cross-attention, timing and memory apart."""
+def cross_probe_kwargs(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
+    """What both encoder-decoder probes take from a cross point: the model, its two attentions, the source."""
     check_cross(point["attention"]["name"])
-    kwargs = {
+    return {
         "model_cfg": point["model"],
         "self_attention": point["self_attention"],
         "attention": point["attention"],
         "source_len": point["seq_len"],
-        "target_len": point["target_len"],
         "batch_size": point["batch_size"],
         "device": device_for(cfg.hardware),
-        "precision": cfg.hardware.precision,
         "warmup": point["warmup"],
         "repeats": point["repeats"],
     }
+
+
+def measure_cross_speed(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
+    """The encoder-decoder's training step with the point's variant as cross-attention, timing and memory apart."""
+    kwargs = cross_probe_kwargs(cfg, point) | {"target_len": point["target_len"], "precision": cfg.hardware.precision}
     threads, timeout = cfg.hardware.threads, cfg.sweep.point_timeout_s
     return measure_isolated(CROSS_SPEED_PROBE, kwargs, threads=threads, timeout_s=timeout)
 
 
 def measure_cross_decode(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
     """One target token over a source of ``seq_len`` tokens, and the bytes of the cross state, in a fresh process."""
-    check_cross(point["attention"]["name"])
-    kwargs = {
-        "model_cfg": point["model"],
-        "self_attention": point["self_attention"],
-        "attention": point["attention"],
-        "source_len": point["seq_len"],
-        "batch_size": point["batch_size"],
-        "device": device_for(cfg.hardware),
-        "warmup": point["warmup"],
-        "repeats": point["repeats"],
-    }
     threads, timeout = cfg.hardware.threads, cfg.sweep.point_timeout_s
+    kwargs = cross_probe_kwargs(cfg, point)
     return run_isolated(CROSS_DECODE_PROBE, kwargs, threads=threads, timeout_s=timeout, malloc="timing")
 
 

@@ -34,6 +34,7 @@ from runners.training.module import SequenceModel
 from runners.training.progress import ProgressLine
 from runners.training.throughput import TrainThroughput
 from tasks import GeneratedTask
+from variants._registry import cannot_cross
 
 
 class ReleaseProcessGroup(pl.Callback):
@@ -113,11 +114,7 @@ def run_training(cfg: DictConfig, *, logger: Any = False, progress: str | None =
     if cross is not None and not task.seq2seq:
         raise ConfigError(f"cross_attention is for sequence-to-sequence tasks (sort); {task.name} has no source")
     if cross is not None and not variants.get(cross["name"]).supports_cross:
-        return {
-            "status": "unsupported",
-            "message": f"{cross['name']!r} cannot attend across two sequences; variants that can: "
-            f"{', '.join(variants.cross_names())}",
-        }
+        return {"status": "unsupported", "message": str(cannot_cross(cross["name"]))}
     if task.causal and not variants.get(name).supports_causal:
         return {
             "status": "unsupported",
