@@ -14,7 +14,6 @@ cross state beside those of the self-attention state.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,8 +21,9 @@ import torch
 
 import models
 from models.encoder_decoder import encoder_layers
+from models.transformer import DecodingState
+from runners.measure.decode_probe import time_decoding
 from runners.measure.speed_probe import measure_model
-from runners.measure.timing import synchronize, time_calls
 from tasks.sort import BOS
 
 
@@ -121,30 +121,23 @@ def cross_decode_probe(
     model = model.to(device).eval()
     source = torch.randint(0, vocab_size, (batch_size, source_len), device=device)
     start = torch.full((batch_size, 1), BOS, dtype=torch.long, device=device)
-    with torch.no_grad():
-        synchronize(device)
-        started = time.perf_counter()
-        logits, state = model.prefill(start, source)  # the encoder once, each layer's cross state once
-        synchronize(device)
-        prefill_s = time.perf_counter() - started
-        carried = {"state": state, "token": logits[:, -1].argmax(dim=-1)}
 
-        def step() -> None:
-            logits, carried["state"] = model.step(carried["token"], carried["state"])
-            carried["token"] = logits.argmax(dim=-1)
+    def after_prompt(state: DecodingState) -> dict[str, Any]:
+        cross = state.cross_nbytes()
+        return {"cross_state_bytes": cross, "cross_state_bytes_per_layer": cross / len(state.cross)}
 
-        timing = time_calls(step, device=device, warmup=warmup, repeats=repeats, budget_s=budget_s)
-    return {
-        "decode_ms": timing.median_s * 1e3,
-        "decode_tokens_per_s": batch_size / timing.median_s,
-        "decode_spread": timing.spread,
-        "cross_state_bytes": state.cross_nbytes(),
-        "cross_state_bytes_per_layer": state.cross_nbytes() / len(state.cross),
-        "state_bytes": carried["state"].nbytes(),  # the target's self-attention state after the timed steps
-        "prefill_ms": prefill_s * 1e3,  # encoding the source and building the cross states
-        "decode_repeats": timing.repeats,
-        "threads": torch.get_num_threads(),
-    }
+    timings, last = time_decoding(
+        model,
+        lambda: model.prefill(start, source),  # the encoder once, each layer's cross state once
+        after_prompt,
+        batch_size=batch_size,
+        device=device,
+        warmup=warmup,
+        repeats=repeats,
+        budget_s=budget_s,
+    )
+    # the target's self-attention state after the timed tokens; prefill_ms: encoding and the cross states
+    return timings | {"state_bytes": last.nbytes()}
 
 
 def cross_state_bytes(*, model_cfg: dict[str, Any], attention: dict[str, Any], source_len: int) -> int:

@@ -12,10 +12,13 @@ with n; a window stops growing; a linear-attention summary never does).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from models import Transformer
+from models.transformer import DecodingState
 from runners.measure.speed_probe import build_model
 from runners.measure.timing import synchronize, time_calls
 
@@ -49,13 +52,47 @@ def decode_probe(
     )
     model = model.to(device).eval()
     prompt = torch.randint(0, vocab_size, (batch_size, context), device=device)
+
+    def after_prompt(state: DecodingState) -> dict[str, Any]:
+        return {"state_bytes": state.nbytes(), "state_bytes_per_layer": state.nbytes() / len(state.layers)}
+
+    timings, _ = time_decoding(
+        model,
+        lambda: model.prefill(prompt),
+        after_prompt,
+        batch_size=batch_size,
+        device=device,
+        warmup=warmup,
+        repeats=repeats,
+        budget_s=budget_s,
+    )
+    return timings
+
+
+def time_decoding(
+    model: Transformer,
+    prefill: Callable[[], tuple[torch.Tensor, DecodingState]],
+    after_prompt: Callable[[DecodingState], dict[str, Any]],
+    *,
+    batch_size: int,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    budget_s: float,
+) -> tuple[dict[str, Any], DecodingState]:
+    """The prompt's time (``prefill()``, once), then the median of single greedy tokens through ``model.step``.
+
+    Shared by the decode probes of the skeleton and of the encoder-decoder. ``after_prompt`` reads what the
+    record keeps of the state the prompt left (before any timed token); the state after the timed tokens is
+    returned beside the record's fields.
+    """
     with torch.no_grad():
         synchronize(device)
         started = time.perf_counter()
-        logits, state = model.prefill(prompt)
+        logits, state = prefill()
         synchronize(device)
         prefill_s = time.perf_counter() - started
-        state_bytes = state.nbytes()
+        fields = after_prompt(state)
         carried = {"state": state, "token": logits[:, -1].argmax(dim=-1)}
 
         def step() -> None:
@@ -67,12 +104,11 @@ def decode_probe(
         "decode_ms": timing.median_s * 1e3,
         "decode_tokens_per_s": batch_size / timing.median_s,
         "decode_spread": timing.spread,
-        "state_bytes": state_bytes,
-        "state_bytes_per_layer": state_bytes / len(state.layers),
+        **fields,
         "prefill_ms": prefill_s * 1e3,
         "decode_repeats": timing.repeats,
         "threads": torch.get_num_threads(),
-    }
+    }, carried["state"]
 
 
 def decoding_state_bytes(*, model_cfg: dict[str, Any], attention: dict[str, Any], seq_len: int) -> int:
