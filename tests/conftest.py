@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import pytest
-import torch
+
+try:
+    import torch
+except ModuleNotFoundError:  # a bare `pytest` of another environment (pyenv's global one has no torch)
+    raise pytest.UsageError(
+        f"this pytest runs under {sys.executable}, which cannot import torch: it is not the environment "
+        "attnbench was installed into. Run the README's `python -m pytest` with that environment's python."
+    ) from None
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
