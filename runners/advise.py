@@ -166,11 +166,12 @@ def accuracy_cell(row: pd.Series) -> str:
 
 def answer(frame: pd.DataFrame, fingerprint: str, wanted: Constraints) -> tuple[list[str], pd.DataFrame]:
     """The lines printed for one fingerprint, and the ranked variants."""
-    part = frame[(frame.fingerprint == fingerprint) & (frame.status != "unsupported")]
+    supported = frame[frame.status != "unsupported"]
+    part = supported[supported.fingerprint == fingerprint]
     direction = "causal" if wanted.causal else "bidirectional"
     speed = speed_rows(part, only_ok=False)
     speed = speed[speed.direction == direction]
-    accuracy, note = accuracy_at(accuracy_settings(part), wanted, direction)
+    accuracy, note = accuracy_at(accuracy_settings(supported), wanted, direction)  # any machine's: the config's
     table = judge(speed_at(speed, wanted.seq_len), accuracy, wanted, note)
     best = ranked(table, wanted.first)
     head = f"n={wanted.seq_len:,}, {direction}, on {fingerprint}; {wanted.describe()}; {note}"
@@ -250,7 +251,8 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
         frame = load_results(args.results)
     except FileNotFoundError as missing:
         raise SystemExit(f"runners.advise: error: {missing}") from None
-    fingerprints = sorted(frame.fingerprint.dropna().unique())
+    timed = frame[frame.probe == "speed"].fingerprint.dropna()  # a machine that only trained has no answer of its own
+    fingerprints = sorted((timed if not timed.empty else frame.fingerprint.dropna()).unique())
     if args.hardware:
         fingerprints = [f for f in fingerprints if args.hardware.lower() in f.lower()]
         if not fingerprints:

@@ -65,11 +65,13 @@ def test_section_pairs_accuracy_and_speed_only_at_the_same_length_and_says_where
     assert "no speed points at this length and direction" in causal and "Accuracy first: `full`" in causal
 
 
-def test_each_hardware_gets_its_own_answer_from_its_own_points():
+def test_each_hardware_gets_its_own_speed_and_shares_the_accuracy_of_the_config():
     a = frame_of(with_longer=False)
     b = flat_results([speed("full", 384, 1000.0, 10.0, fp="gpu-B"), speed("linear", 384, 500.0, 20.0, fp="gpu-B")])
     text = "\n".join(choice.choice_section(pd.concat([a, b])))
     on_b = text.split("### On gpu-B")[1]
-    assert "**n = 384, bidirectional**" in on_b and "no accuracy was measured" in on_b  # cpu-A's is not borrowed
-    assert "Speed first: `full`, 1,000 train tok/s" in on_b
+    # accuracy is a property of the config: cpu-A's runs at the same length serve gpu-B's speed points
+    assert "**n = 384, bidirectional, lookup**" in on_b and "no accuracy was measured" not in on_b
+    assert "Speed first: `full`, 1,000 train tok/s" in on_b  # gpu-B's own speed, not cpu-A's
+    assert "200 train tok/s" not in on_b
     assert "(#speed-and-memory-1)" in on_b  # links to the second hardware's sections

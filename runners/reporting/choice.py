@@ -3,8 +3,9 @@
 A *setting* here is one hardware fingerprint, sequence length and direction
 (and task, where accuracy was measured). Speed and memory come from the speed
 points of that fingerprint at that length and direction; accuracy from the
-accuracy runs at the same length and direction on the same fingerprint, never
-from another length. Accuracy is compared over seeds: two variants whose
+accuracy runs at the same length and direction, never from another length, on
+whichever machine trained them: accuracy is a property of the config and seed,
+so one machine's runs serve every machine's speed. Accuracy is compared over seeds: two variants whose
 min-max spreads overlap are tied, so neither beats the other on accuracy.
 
 The picks answer "what comes first for you": speed (the fastest training
@@ -156,15 +157,18 @@ def choice_section(frame: pd.DataFrame) -> list[str]:
         "pick when training speed, memory or accuracy comes first. Speed and memory picks are made among the "
         f"variants within {ACCURACY_SLACK:g} of the best mean accuracy where accuracy was measured at that "
         "length; accuracy ties (overlapping seed spreads) are named. Accuracy and speed are paired only at the "
-        "same length, direction and hardware. Your own bounds: `python -m runners.advise --results <this "
+        "same length and direction; speed and memory are each machine's own, accuracy is shared (a property of "
+        "the config). Your own bounds: `python -m runners.advise --results <this "
         "folder> --seq-len N --min-accuracy A --max-memory-mib M`.",
         "",
     ]
+    stats = accuracy_settings(frame[frame.status != "unsupported"])  # a property of the config: every machine's
+    timed = set(frame[frame.probe == "speed"].fingerprint)
     for index, (fingerprint, whole) in enumerate(frame.groupby("fingerprint", sort=True)):
         part = whole[whole.status != "unsupported"]
-        speed, stats = speed_rows(part), accuracy_settings(part)
-        if speed.empty and stats.empty:
-            continue
+        speed = speed_rows(part)
+        if speed.empty and (timed or stats.empty or index > 0):
+            continue  # accuracy alone is shown once, under the first machine, where no machine timed anything
         lines += [f"### On {fingerprint}", ""]
         links = (
             f"[speed]({anchor('Speed and memory', index)}), "

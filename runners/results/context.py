@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runners.measure.bf16 import bf16_native
 from runners.measure.matmul_peak import matmul_peak
+from runners.results import machine
 
 PACKAGES = ("torch", "pytorch-lightning", "torchmetrics", "hydra-core", "wandb", "pandas", "numpy")
 
@@ -48,36 +49,33 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def hardware_fingerprint(accelerator: str, *, with_matmul_peak: bool = True) -> dict[str, Any]:
-    """CPU model and threads, or GPU name and memory, bf16 support and the matmul peak: what the numbers ran on.
+    """The machine (:mod:`runners.results.machine`), threads, bf16 support and the matmul peak: what numbers ran on.
 
-    ``bf16_native`` says whether bf16 matmuls run in hardware here (False: emulated, hundreds of times
-    slower). ``matmul_gflops`` (fp32, and bf16 where native; a few seconds at most on any machine) is
-    the ceiling reports compare each variant's achieved GFLOP/s with.
+    ``machine`` is the identity timed points carry; ``fingerprint`` the label a report's section is headed
+    with (the machine and, on a CPU, the threads). ``bf16_native`` says whether bf16 matmuls run in hardware
+    here (False: emulated, hundreds of times slower). ``matmul_gflops`` (fp32, and bf16 where native; a few
+    seconds at most on any machine) is the ceiling reports compare each variant's achieved GFLOP/s with.
     """
+    identity = machine.machine_identity(accelerator)
     info: dict[str, Any] = {
-        "cpu_model": cpu_model(),
+        "machine": identity,
+        "cpu_model": machine.cpu_model(),
+        "cpu_microarch": machine.cpu_microarchitecture(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "host": platform.node(),
     }
-    if accelerator in ("gpu", "cuda") and torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info |= {"gpu_name": props.name, "gpu_memory_mib": props.total_memory // 2**20}
-        info["fingerprint"] = f"{props.name} ({props.total_memory // 2**30} GiB)"
+    if machine.on_cuda(accelerator):
+        info |= {
+            "gpu_name": identity["gpu_name"],
+            "gpu_memory_mib": torch.cuda.get_device_properties(0).total_memory // 2**20,
+        }
+        info |= machine.gpu_versions()
+        info["fingerprint"] = machine.machine_label(identity)
     else:
-        info["fingerprint"] = f"{info['cpu_model']} x{info['torch_threads']} threads"
-    device = "cuda" if accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
+        info["fingerprint"] = f"{machine.machine_label(identity)} x{info['torch_threads']} threads"
+    device = "cuda" if machine.on_cuda(accelerator) else "cpu"
     info["bf16_native"] = bf16_native(device)
     if with_matmul_peak:
         info["matmul_gflops"] = matmul_peak(device)

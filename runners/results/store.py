@@ -44,4 +44,3 @@ def read_records(results_dir: Path) -> list[dict[str, Any]]:
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
             warnings.warn(f"skipping unreadable result file {path}: {error}", stacklevel=2)
     return records
-

@@ -29,7 +29,10 @@ property of the config, the load of the machine does not change it.
 
 Each point is a plain dict of everything that defines it (not the
 measurements); its hash is its identity in the store, so an interrupted sweep
-resumes where it stopped and changed settings are measured anew.
+resumes where it stopped and changed settings are measured anew. Timed points
+(``TIMED_PROBES``) also hold the machine (:mod:`runners.results.machine`):
+a second machine writing into the same store measures its own, while
+accuracy and maps points, which no machine changes, are reused.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import variants
 from runners.checks import ConfigError, check_optim, check_range, instantiate_task
 from runners.hydra_glue.configs import TASKS, attention_config, keyword_defaults, task_config
 from runners.measure.bf16 import check_precision
+from runners.results import machine
 
 DIRECTIONS = ("bidirectional", "causal")
 
@@ -410,6 +414,9 @@ def maps_settings(cfg: DictConfig) -> dict[str, Any]:
 
 PROBE_ORDER = ("speed", "cross_speed", "decode", "cross_decode", "maps", "accuracy", "cross_accuracy")
 TRAINING_PROBES = ("accuracy", "cross_accuracy")  # training runs, which may go side by side
+# Their numbers are the machine's: these points carry the machine in their identity, so each machine measures
+# its own. The others (accuracy, maps) are properties of the config and seeds, shared by every machine.
+TIMED_PROBES = ("speed", "cross_speed", "decode", "cross_decode")
 
 
 def cross_points(cfg: DictConfig, cross: CrossSettings) -> list[dict[str, Any]]:
@@ -498,4 +505,6 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
                             }
                         )
                         points.append(point if size is None else with_state_size(point, size, value))
+    identity = machine.machine_identity(cfg.hardware.accelerator)
+    points = [point | {"machine": identity} if point["probe"] in TIMED_PROBES else point for point in points]
     return sorted(points, key=lambda point: PROBE_ORDER.index(point["probe"]))  # stable: variant order kept
