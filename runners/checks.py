@@ -8,7 +8,10 @@ stop before the first point or step, never after hours of other points.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -50,6 +53,47 @@ def check_optim(optim: Mapping[str, Any], *, where: str = "optim") -> None:
         check_range(f"{where}.limit_val_batches", limit, low=0.0, high=1.0, low_inclusive=False)
     else:
         check_range(f"{where}.limit_val_batches", limit, integer=True, low=1)
+
+
+def check_model(model: Mapping[str, Any], *, where: str = "model") -> None:
+    """The skeleton's sizes: at least one block of at least one head, a positive width (a model with
+    ``layers=0`` has no attention to compare, and a whole sweep of it measures embeddings)."""
+    for key in ("layers", "heads", "dim", "ff_mult"):
+        if key in model:
+            check_range(f"{where}.{key}", model[key], integer=True, low=1)
+    if model.get("dim_head") is not None:
+        check_range(f"{where}.dim_head", model["dim_head"], integer=True, low=1)
+    for key in ("dropout", "attn_dropout"):
+        if key in model:
+            check_range(f"{where}.{key}", model[key], low=0.0, high=1.0, high_inclusive=False)
+
+
+def check_seeds(seeds: Any, *, where: str = "sweep.seeds") -> None:
+    """Every seed an integer (``[a]`` would plan the whole sweep and fail every accuracy point at its end)."""
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"{where}={list(seeds)}: seeds must be integers, e.g. [0, 1]; got {seed!r}")
+
+
+def check_writable(folder: Any, *, key: str) -> None:
+    """``folder`` exists or can be made, and a file can be written there: before any work, not after a point.
+
+    The check leaves nothing behind: folders it made are removed again (the sweep makes them when it writes).
+    """
+    path = Path(folder).absolute()
+    created = [parent for parent in [path, *path.parents] if not parent.exists()]
+    probe = path / f".attnbench-write-check-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or error
+        raise ConfigError(f"{key}={folder}: cannot write there ({reason}); give a writable folder") from None
+    finally:
+        for made in created:  # deepest first
+            with contextlib.suppress(OSError):
+                made.rmdir()
 
 
 def instantiate_task(task_cfg: Any, *, where: str = "task") -> Any:

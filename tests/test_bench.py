@@ -63,7 +63,7 @@ def test_every_core_runs_in_bf16(name):
         dim_head=8,
         repeats=1,
         dtype="bf16",
-        parts=["time"],
+        parts=["time", "flops"],
     )
     assert result["fwd_bwd_ms"] > 0 and result["fwd_bwd_flops"] > 0
 

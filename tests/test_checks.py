@@ -73,3 +73,29 @@ def test_a_training_run_refuses_bad_values_before_its_first_step(override, compo
 def test_good_values_pass():
     check_optim({"lr": 1e-3, "weight_decay": 0.0, "max_steps": 10, "warmup_steps": 0, "val_every": 10,
                  "max_time_s": 1, "grad_clip": None, "limit_val_batches": 4})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sweep.seeds=[a]", r"sweep\.seeds=\['a'\]: seeds must be integers"),
+        ("sweep.seeds=[0,1.5]", r"sweep\.seeds=\[0, 1\.5\]: seeds must be integers"),
+        ("model.layers=0", r"model\.layers=0 is out of range; allowed: \[1, inf\]"),
+        ("model.heads=0", r"model\.heads=0 is out of range"),
+        ("+sweep.accuracy.mqar.model={layers:0}", r"sweep\.accuracy\.mqar\.model\.layers=0 is out of range"),
+    ],
+)
+def test_bad_seeds_and_model_sizes_stop_the_sweep_before_any_point(override, message, tmp_path, sweep_config):
+    with pytest.raises(ConfigError, match=message):
+        run_sweep(sweep_config(override))
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_store_that_cannot_be_written_stops_the_sweep_before_any_point(tmp_path, sweep_config):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"results_dir=.*a-file/store: cannot write there .*give a writable folder"):
+        run_sweep(sweep_config(f"results_dir={blocked / 'store'}"))
+    with pytest.raises(ConfigError, match=r"report_dir=.*a-file/report: cannot write there"):
+        run_sweep(sweep_config(f"report_dir={blocked / 'report'}"))
+    assert not (tmp_path / "store").exists()  # nothing was measured

@@ -22,7 +22,7 @@ from runners.measure.memory import timing_env
 from runners.measure.speed_probe import speed_probe
 from runners.measure.worker import measure_isolated, run_isolated
 from runners.results import store
-from runners.sweeping import execute
+from runners.sweeping import rounds
 from runners.sweeping.execute import SPEED_PROBE
 from runners.sweeping.plan import ConfigError
 from runners.sweeping.run import run_sweep
@@ -101,14 +101,14 @@ def test_resume_skips_done_points_and_force_remeasures(tmp_path, sweep_config):
 
 
 def test_an_injected_failure_is_recorded_and_the_sweep_goes_on(tmp_path, sweep_config, monkeypatch):
-    real = execute.measure_isolated
+    real = rounds.run_part
 
-    def flaky(function, kwargs, **options):
-        if kwargs["seq_len"] == 32:
+    def flaky(call, parts, malloc):
+        if call.kwargs["seq_len"] == 32:
             raise RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory")
-        return real(function, kwargs, **options)
+        return real(call, parts, malloc)
 
-    monkeypatch.setattr(execute, "measure_isolated", flaky)
+    monkeypatch.setattr(rounds, "run_part", flaky)
     run_sweep(sweep_config("attention=local", "sweep.accuracy=null"))
     by_len = {r["seq_len"]: r for r in store.read_records(tmp_path / "store")}
     assert by_len[32]["status"] == "oom" and "can't allocate" in by_len[32]["message"]
@@ -263,7 +263,7 @@ def test_flop_count_of_full_includes_its_fused_attention_as_executed():
             device="cpu",
             warmup=0,
             repeats=1,
-            parts=["time"],
+            parts=["flops"],
         )["flops_per_step"]
         for name in ("full", "full_math")
     }

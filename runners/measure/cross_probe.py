@@ -65,7 +65,7 @@ def cross_speed_probe(
     repeats: int = 5,
     seed: int = 0,
     budget_s: float = 30.0,
-    parts: Sequence[str] = ("time", "memory"),
+    parts: Sequence[str] = ("time", "flops", "memory"),
 ) -> dict[str, Any]:
     """Throughput (source and target tokens/s), peak memory and FLOPs of a teacher-forced training step."""
     device = torch.device(device)

@@ -55,7 +55,7 @@ def speed_probe(
     repeats: int = 5,
     seed: int = 0,
     budget_s: float = 30.0,
-    parts: Sequence[str] = ("time", "memory"),
+    parts: Sequence[str] = ("time", "flops", "memory"),
 ) -> dict[str, Any]:
     """Throughput, memory and FLOPs of one configuration; raises on failure (the sweep records it).
 
@@ -129,7 +129,6 @@ def measure_model(
         model.eval()
         infer = time_calls(inference, device=device, warmup=warmup, repeats=repeats, budget_s=budget_s)
         model.train()
-        flops = count_flops(train_step)  # with the fused CPU attention kernel counted (runners.measure.flops)
         tokens_per_step = sum(tensor.numel() for tensor in inputs)
         result |= {
             "train_tokens_per_s": tokens_per_step / train.median_s,
@@ -141,8 +140,10 @@ def measure_model(
             "infer_tokens_per_s_max": tokens_per_step / infer.min_s,
             "infer_spread": infer.spread,
             "timed_repeats": train.repeats,
-            "flops_per_step": flops,
         }
+    if "flops" in parts:  # the same on every round of a point: counted once (with the fused CPU attention kernel)
+        model.train()
+        result["flops_per_step"] = count_flops(train_step)
     if "memory" in parts:
         model.train()
         started = time.perf_counter()

@@ -45,7 +45,9 @@ from typing import Any
 
 from runners.measure.failures import PointFailed, classify_exit, classify_failure, failure_message
 
-PARTS = ("time", "memory")
+PARTS = ("time", "flops", "memory")
+# The processes a measurement takes: timing and the FLOP count (which does not mind the heap) in one, memory alone.
+PROCESSES = (("time", "flops"), ("memory",))
 # Imported once by the server, so a child starts with them loaded (the training stack is ~2 s on its own),
 # and with the code as it was when the sweep started: a child that imported a module fresh from disk after
 # the working tree changed mixed two versions and every later accuracy run failed (AttributeError).
@@ -224,19 +226,21 @@ def measure_isolated(
     timeout_s: float | None = None,
     parts: Sequence[str] = PARTS,
 ) -> dict[str, Any]:
-    """``function(**kwargs, parts=[part])`` for each part in its own process; the merged results.
+    """``function(**kwargs, parts=[...])`` once per process of :data:`PROCESSES` that ``parts`` needs; merged.
 
-    ``function`` takes ``parts`` (a subset of ``("time", "memory")``) and measures only those.
+    ``function`` takes ``parts`` (a subset of :data:`PARTS`) and measures only those: timing and the FLOP
+    count share a process with glibc's thresholds fixed for timing, memory gets one of its own.
     """
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown measurement part(s) {sorted(unknown)}; choose from {PARTS}")
     result: dict[str, Any] = {}
-    for part in PARTS:
-        if part in parts:
-            malloc = "timing" if part == "time" else None
+    for process in PROCESSES:
+        wanted = [part for part in process if part in parts]
+        if wanted:
+            malloc = None if wanted == ["memory"] else "timing"
             result |= run_isolated(
-                function, kwargs | {"parts": [part]}, threads=threads, timeout_s=timeout_s, malloc=malloc
+                function, kwargs | {"parts": wanted}, threads=threads, timeout_s=timeout_s, malloc=malloc
             )
     return result
 

@@ -41,9 +41,20 @@ class Crossover:
     length: float | None  # the crossover length; None for BETTER_EVERYWHERE and NEVER
     lengths: tuple[int, ...]  # the measured lengths the answer rests on (bracket, or those fitted)
     exponent: float  # fitted p of r ~ n^p over all shared lengths: below 0, the variant gains with n
+    uncertain: tuple[int, ...] = ()  # measured lengths where the paired ratio's interval holds 1: no winner there
 
     def cell(self) -> str:
         """The answer in a table cell: '~1,400 (between 1,024 and 2,048)', '~9,800 (extrapolated from ...)'."""
+        return self._answer() + self._doubt()
+
+    def _doubt(self) -> str:
+        """Where a length the answer rests on is a tie within the timing interval, the cell says so."""
+        tied = sorted(set(self.lengths) & set(self.uncertain))  # the bracket, or the lengths fitted
+        if not tied:
+            return ""
+        return f"; uncertain: at n={', '.join(f'{n:,}' for n in tied)} the timing interval holds 1 (a tie)"
+
+    def _answer(self) -> str:
         span = f"{self.lengths[0]:,}-{self.lengths[-1]:,}"
         if self.kind == INTERPOLATED:
             return f"~{self.length:,.0f} (between {self.lengths[0]:,} and {self.lengths[-1]:,})"
@@ -74,7 +85,12 @@ def crossover(cost: pd.Series, reference: pd.Series) -> Crossover | None:
     None when the two share fewer than two measured lengths (nothing to fit). A ratio of exactly 1
     counts as not better.
     """
-    ratio = (cost / reference.reindex(cost.index)).replace([np.inf, -np.inf], np.nan).dropna()
+    return crossover_of_ratio(cost / reference.reindex(cost.index))
+
+
+def crossover_of_ratio(ratio: pd.Series) -> Crossover | None:
+    """:func:`crossover` from the cost ratio variant / reference by length (below 1: the variant is better)."""
+    ratio = ratio.replace([np.inf, -np.inf], np.nan).dropna()
     ratio = ratio[ratio > 0].sort_index()
     if len(ratio) < 2:
         return None
@@ -122,6 +138,29 @@ def reference_name(variant: str) -> str:
     return REFERENCE + CAUSAL if variant.endswith(CAUSAL) else REFERENCE
 
 
+def paired_crossover(
+    group: pd.DataFrame, reference: pd.DataFrame, column: str, lower_is_better: bool
+) -> Crossover | None:
+    """The crossover of one variant's points (``group``) with the reference's on ``column``.
+
+    Where the points carry the paired ratio of interleaved rounds (``{column}_ratio``, higher is better), the
+    cost ratio is its inverse and the lengths whose interval holds 1 are marked uncertain; elsewhere it is
+    the quotient of the two costs.
+    """
+    quotient = cost_series(group, column, lower_is_better) / cost_series(reference, column, lower_is_better)
+    paired = f"{column}_ratio"
+    ok = group[group.status == "ok"]
+    if paired not in ok or ok[paired].isna().all():
+        return crossover_of_ratio(quotient)
+    ok = ok.dropna(subset=[paired]).drop_duplicates("seq_len", keep="last").set_index("seq_len")
+    ratio = (1.0 / ok[paired].astype(float)).combine_first(quotient)
+    holds_one = ok[(ok[f"{paired}_lo"] <= 1.0) & (ok[f"{paired}_hi"] >= 1.0)].index
+    answer = crossover_of_ratio(ratio)
+    if answer is None:
+        return None
+    return Crossover(answer.kind, answer.length, answer.lengths, answer.exponent, tuple(int(n) for n in holds_one))
+
+
 def crossovers(speed: pd.DataFrame, metrics: dict[str, tuple[str, bool]] = SPEED_METRICS) -> dict:
     """{variant: {metric label: Crossover | None}} for the speed points of one hardware fingerprint."""
     answers: dict[str, dict[str, Crossover | None]] = {}
@@ -130,8 +169,7 @@ def crossovers(speed: pd.DataFrame, metrics: dict[str, tuple[str, bool]] = SPEED
         if variant == reference_name(variant) or reference.empty:
             continue
         answers[variant] = {
-            label: crossover(cost_series(group, column, low), cost_series(reference, column, low))
-            for label, (column, low) in metrics.items()
+            label: paired_crossover(group, reference, column, low) for label, (column, low) in metrics.items()
         }
     return answers
 

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from runners.reporting.crossover import cost_series, crossover
+from runners.reporting.crossover import paired_crossover
 from runners.reporting.md import md_table
 from runners.reporting.plots import draw_lines, save_plot
-from runners.reporting.tables import REFERENCE, by_variant, cell_table, scaling_exponent
+from runners.reporting.tables import REFERENCE, by_variant, cell_table, interval_cells, scaling_exponent
 
 
 def growth_table(decode: pd.DataFrame) -> pd.DataFrame:
     """Per variant: fitted exponents of state bytes and step time over n, and where it overtakes ``full``."""
     ok = decode[decode.status == "ok"]
-    reference = cost_series(ok[ok.variant == REFERENCE], "decode_tokens_per_s", False)
+    reference_points = ok[ok.variant == REFERENCE]
     rows = {}
     for variant, group in ok.groupby("variant"):
         group = group.sort_values("seq_len")
@@ -33,8 +33,8 @@ def growth_table(decode: pd.DataFrame) -> pd.DataFrame:
             "state bytes ~ n^p": scaling_exponent(group.seq_len, group.state_bytes),
             "step time ~ n^p": scaling_exponent(group.seq_len, group.decode_ms),
         }
-        if variant != REFERENCE and not reference.empty:
-            answer = crossover(cost_series(group, "decode_tokens_per_s", False), reference)
+        if variant != REFERENCE and not reference_points.empty:
+            answer = paired_crossover(group, reference_points, "decode_tokens_per_s", False)
             row[f"faster than {REFERENCE} from n ="] = answer.cell() if answer else ""
         rows[variant] = row
     return by_variant(pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant"))
@@ -55,6 +55,14 @@ def generation_section(decode: pd.DataFrame, out: Path, tag: str) -> list[str]:
         "**Decoding throughput, tokens/s**",
         "",
         md_table(cell_table(decode, "decode_tokens_per_s", ",.0f")),
+        "",
+        f"**Decoding throughput relative to `{REFERENCE}`**, median of per-round ratios (interval in brackets; "
+        "see *Relative to full* above)",
+        "",
+        md_table(
+            interval_cells(decode, "decode_tokens_per_s", ratio=True, fmt=".2f"),
+            empty=f"`{REFERENCE}` did not decode at these lengths",
+        ),
         "",
         "**Decoding state of all layers, KiB** (a property of the config)",
         "",

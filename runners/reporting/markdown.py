@@ -23,12 +23,20 @@ from runners.reporting.tables import (
     NESTED,
     achieved_gflops,
     cell_table,
+    interval_cells,
     relative_table,
     scaling_table,
     speed_summary,
     training_run_cells,
 )
 
+PAIRED = (
+    "Each ratio is the median of per-round ratios: every point of a length is timed once per round, in its own "
+    "process, in interleaved order (`sweep.timing`), so the machine's drift hits both sides of a round's ratio; "
+    "in brackets the distribution-free interval of that median over the rounds (coverage in `results.csv`, "
+    "`interval_coverage`: 75% for 3 rounds, 94% for 5). `unstable`: still wider than `sweep.timing.max_spread` "
+    "after `max_rounds`."
+)
 NO_REFERENCE = (
     f"`{REFERENCE}` was not measured at these lengths and directions (it is planned beside any selection "
     "unless `sweep.baselines=[]`)"
@@ -42,9 +50,12 @@ def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
         "#### Relative to full (Long Range Arena form)",
         "",
         f"Training speed (tokens/s) relative to `{REFERENCE}` at the same length (causal rows: to "
-        f"`{REFERENCE}{CAUSAL}`); above 1 is faster:",
+        f"`{REFERENCE}{CAUSAL}`); above 1 is faster. {PAIRED}",
         "",
-        md_table(relative_table(speed, "train_tokens_per_s"), empty=NO_REFERENCE),
+        md_table(interval_cells(speed, "train_tokens_per_s", ratio=True, fmt=".2f"), empty=NO_REFERENCE),
+        f"Inference speed (tokens/s of a forward pass) relative to `{REFERENCE}`, the same way:",
+        "",
+        md_table(interval_cells(speed, "infer_tokens_per_s", ratio=True, fmt=".2f"), empty=NO_REFERENCE),
         f"Peak memory relative to `{REFERENCE}` at the same length (causal rows: to `{REFERENCE}{CAUSAL}`); "
         "below 1 is leaner:",
         "",

@@ -39,6 +39,29 @@ COLUMNS = {
     "hardware_info.bf16_native": "bf16_native",
     "hardware_info.gpu_name": "gpu_name",
     "params": "params",
+    # timed in interleaved rounds (runners/sweeping/rounds.py): the median's interval and the paired ratio to full
+    "rounds": "rounds",
+    "interval_coverage": "interval_coverage",
+    "ratio_reference": "ratio_reference",
+    "unstable": "unstable",
+    "unstable_why": "unstable_why",
+    "train_tokens_per_s_lo": "train_tokens_per_s_lo",
+    "train_tokens_per_s_hi": "train_tokens_per_s_hi",
+    "train_tokens_per_s_ratio": "train_tokens_per_s_ratio",
+    "train_tokens_per_s_ratio_lo": "train_tokens_per_s_ratio_lo",
+    "train_tokens_per_s_ratio_hi": "train_tokens_per_s_ratio_hi",
+    "infer_tokens_per_s_lo": "infer_tokens_per_s_lo",
+    "infer_tokens_per_s_hi": "infer_tokens_per_s_hi",
+    "infer_tokens_per_s_ratio": "infer_tokens_per_s_ratio",
+    "infer_tokens_per_s_ratio_lo": "infer_tokens_per_s_ratio_lo",
+    "infer_tokens_per_s_ratio_hi": "infer_tokens_per_s_ratio_hi",
+    "decode_tokens_per_s_lo": "decode_tokens_per_s_lo",
+    "decode_tokens_per_s_hi": "decode_tokens_per_s_hi",
+    "decode_tokens_per_s_ratio": "decode_tokens_per_s_ratio",
+    "decode_tokens_per_s_ratio_lo": "decode_tokens_per_s_ratio_lo",
+    "decode_tokens_per_s_ratio_hi": "decode_tokens_per_s_ratio_hi",
+    "hardware_info.machine.microarch": "microarch",
+    "hardware_info.cpu_model": "cpu_model",
     "decode_tokens_per_s": "decode_tokens_per_s",
     "decode_ms": "decode_ms",
     "state_bytes": "state_bytes",  # decode points, and accuracy runs of decoding variants: the state after n tokens
@@ -163,7 +186,11 @@ def by_variant(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def relative_table(speed: pd.DataFrame, value: str) -> pd.DataFrame:
-    """LRA-style: each variant's ``value`` divided by full's at the same length and direction."""
+    """LRA-style: each variant's ``value`` relative to full's at the same length and direction.
+
+    Where the point was timed in rounds beside ``full`` (``{value}_ratio``), the median of the per-round
+    ratios: the pairing that makes it reproducible; elsewhere (memory, records from before) the quotient.
+    """
     ok = speed[speed.status == "ok"]
     table = ok.pivot_table(index="variant", columns="seq_len", values=value, aggfunc="last")
     parts = []
@@ -172,7 +199,59 @@ def relative_table(speed: pd.DataFrame, value: str) -> pd.DataFrame:
         reference = REFERENCE + CAUSAL if causal else REFERENCE
         if reference in rows.index:
             parts.append(rows.div(rows.loc[reference], axis=1))
-    return by_variant(pd.concat(parts)) if parts else pd.DataFrame()
+    if not parts:
+        return pd.DataFrame()
+    quotients = pd.concat(parts)
+    paired = paired_table(ok, value, "ratio")
+    return by_variant(paired.combine_first(quotients).reindex_like(quotients) if not paired.empty else quotients)
+
+
+def paired_table(frame: pd.DataFrame, value: str, suffix: str) -> pd.DataFrame:
+    """variant x seq_len of the ``{value}_{suffix}`` column where the records have it (empty where none does)."""
+    column = f"{value}_{suffix}"
+    if column not in frame or frame[column].isna().all():
+        return pd.DataFrame()
+    return frame.dropna(subset=[column]).pivot_table(index="variant", columns="seq_len", values=column, aggfunc="last")
+
+
+def interval_cells(frame: pd.DataFrame, value: str, *, ratio: bool, fmt: str) -> pd.DataFrame:
+    """variant x seq_len cells 'median (lo-hi)' of a timed ``value`` or of its paired ratio to ``full``.
+
+    Records without an interval (measured alone, or before rounds existed) show the bare number;
+    an unstable point (interval still wider than ``sweep.timing.max_spread``) is marked ``unstable``.
+    """
+    ok = frame[frame.status == "ok"]
+    if ok.empty:
+        return pd.DataFrame()
+    base = f"{value}_ratio" if ratio else value
+    if ratio:
+        numbers = relative_table(frame, value)
+        if numbers.empty:
+            return numbers
+    else:
+        numbers = ok.pivot_table(index="variant", columns="seq_len", values=value, aggfunc="last")
+    lo, hi = paired_table(ok, base, "lo"), paired_table(ok, base, "hi")
+    flags = ok.assign(flag=ok.get("unstable", False).fillna(False).astype(bool)) if "unstable" in ok else None
+
+    def cell(variant: str, seq_len: int) -> str:
+        number = numbers.at[variant, seq_len] if seq_len in numbers.columns else np.nan
+        if pd.isna(number):
+            return ""
+        text = format(number, fmt)
+        if not lo.empty and variant in lo.index and seq_len in lo.columns and pd.notna(lo.at[variant, seq_len]):
+            low, high = lo.at[variant, seq_len], hi.at[variant, seq_len]
+            if not (ratio and variant.removesuffix(CAUSAL) == REFERENCE):
+                text += f" ({format(low, fmt)}-{format(high, fmt)})"
+        if flags is not None:
+            rows = flags[(flags.variant == variant) & (flags.seq_len == seq_len)]
+            if not rows.empty and bool(rows.flag.iloc[-1]):
+                text += " unstable"
+        return text
+
+    cells = pd.DataFrame(
+        {n: [cell(v, n) for v in numbers.index] for n in numbers.columns}, index=numbers.index
+    ).rename_axis(index="variant", columns="seq_len")
+    return by_variant(cells)
 
 
 def achieved_gflops(speed: pd.DataFrame) -> pd.DataFrame:

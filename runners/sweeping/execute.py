@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from runners.measure.cross_probe import cross_state_bytes
 from runners.measure.decode_probe import decoding_state_bytes
 from runners.measure.failures import PointFailed, classify_failure, failure_message
 from runners.measure.worker import Job, measure_isolated, run_isolated
+from runners.sweeping.plan import TIMED_PROBES
 from runners.training.run import run_training
 from variants._registry import cannot_cross, cannot_decode
 
@@ -32,42 +34,74 @@ def device_for(hardware: DictConfig) -> str:
     return "cpu"
 
 
-def measure_speed(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
-    """The skeleton's speed probe, timing and memory each in a fresh process."""
-    name = point["attention"]["name"]
-    if point["causal"] and not variants.get(name).supports_causal:
-        raise variants.UnsupportedError(f"causal unsupported by {name!r}")
-    kwargs = {
-        "model_cfg": point["model"],
-        "attention": point["attention"],
-        "seq_len": point["seq_len"],
-        "batch_size": point["batch_size"],
-        "causal": point["causal"],
-        "device": device_for(cfg.hardware),
-        "precision": cfg.hardware.precision,
-        "warmup": point["warmup"],
-        "repeats": point["repeats"],
-        "seed": 0,  # initialization only; the speed of a step does not depend on it
-    }
-    return measure_isolated(SPEED_PROBE, kwargs, threads=cfg.hardware.threads, timeout_s=cfg.sweep.point_timeout_s)
+@dataclass(frozen=True)
+class TimedCall:
+    """How a timed point is measured: the probe and its arguments, and whether a memory process goes beside it.
+
+    The sweep times it in rounds (:mod:`runners.sweeping.rounds`): ``parts=["time"]`` once per round in a
+    fresh process, the FLOP count with the first round, the memory part (speed probes) once on its own.
+    """
+
+    function: str
+    kwargs: dict[str, Any]
+    threads: int
+    timeout_s: float
+    memory: bool
 
 
-def measure_decode(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
-    """Decoding speed and state size of the causal skeleton after a prompt of ``seq_len`` tokens, in a fresh process."""
-    name = point["attention"]["name"]
-    if not variants.get(name).supports_decoding:  # recorded as unsupported without starting a process
-        raise cannot_decode(name)
-    kwargs = {
-        "model_cfg": point["model"],
-        "attention": point["attention"],
-        "context": point["seq_len"],
-        "batch_size": point["batch_size"],
-        "device": device_for(cfg.hardware),
-        "warmup": point["warmup"],
-        "repeats": point["repeats"],
-    }
+def timed_call(cfg: DictConfig, point: dict[str, Any]) -> TimedCall:
+    """The timed probe of a speed, decode or cross point; raises for a point its variant cannot do (unsupported)."""
+    probe, name = point["probe"], point["attention"]["name"]
     threads, timeout = cfg.hardware.threads, cfg.sweep.point_timeout_s
-    return run_isolated(DECODE_PROBE, kwargs, threads=threads, timeout_s=timeout, malloc="timing")  # timing only
+    if probe == "speed":
+        if point["causal"] and not variants.get(name).supports_causal:
+            raise variants.UnsupportedError(f"causal unsupported by {name!r}")
+        kwargs = {
+            "model_cfg": point["model"],
+            "attention": point["attention"],
+            "seq_len": point["seq_len"],
+            "batch_size": point["batch_size"],
+            "causal": point["causal"],
+            "device": device_for(cfg.hardware),
+            "precision": cfg.hardware.precision,
+            "warmup": point["warmup"],
+            "repeats": point["repeats"],
+            "seed": 0,  # initialization only; the speed of a step does not depend on it
+        }
+        return TimedCall(SPEED_PROBE, kwargs, threads, timeout, memory=True)
+    if probe == "decode":
+        if not variants.get(name).supports_decoding:  # recorded as unsupported without starting a process
+            raise cannot_decode(name)
+        kwargs = {
+            "model_cfg": point["model"],
+            "attention": point["attention"],
+            "context": point["seq_len"],
+            "batch_size": point["batch_size"],
+            "device": device_for(cfg.hardware),
+            "warmup": point["warmup"],
+            "repeats": point["repeats"],
+        }
+        return TimedCall(DECODE_PROBE, kwargs, decode_threads(cfg), timeout, memory=False)
+    if probe == "cross_speed":
+        kwargs = cross_probe_kwargs(cfg, point) | {
+            "target_len": point["target_len"],
+            "precision": cfg.hardware.precision,
+        }
+        return TimedCall(CROSS_SPEED_PROBE, kwargs, threads, timeout, memory=True)
+    if probe == "cross_decode":
+        return TimedCall(CROSS_DECODE_PROBE, cross_probe_kwargs(cfg, point), decode_threads(cfg), timeout, memory=False)
+    raise ValueError(f"{probe!r} is not a timed probe")
+
+
+def decode_threads(cfg: DictConfig) -> int:
+    """Threads of a decode point: ``sweep.decode_threads`` (default 1), at most the hardware's.
+
+    One token of a small model is a chain of tiny kernels; split over two threads each kernel waits for the
+    other thread, whose availability on a shared VM is what made decode points differ 2x between runs.
+    """
+    wanted = int(OmegaConf.select(cfg, "sweep.decode_threads", default=1) or 0)
+    available = int(cfg.hardware.threads or 0)
+    return min(wanted, available) if wanted and available else wanted or available
 
 
 def check_cross(name: str) -> None:
@@ -89,20 +123,6 @@ def cross_probe_kwargs(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]
         "warmup": point["warmup"],
         "repeats": point["repeats"],
     }
-
-
-def measure_cross_speed(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
-    """The encoder-decoder's training step with the point's variant as cross-attention, timing and memory apart."""
-    kwargs = cross_probe_kwargs(cfg, point) | {"target_len": point["target_len"], "precision": cfg.hardware.precision}
-    threads, timeout = cfg.hardware.threads, cfg.sweep.point_timeout_s
-    return measure_isolated(CROSS_SPEED_PROBE, kwargs, threads=threads, timeout_s=timeout)
-
-
-def measure_cross_decode(cfg: DictConfig, point: dict[str, Any]) -> dict[str, Any]:
-    """One target token over a source of ``seq_len`` tokens, and the bytes of the cross state, in a fresh process."""
-    threads, timeout = cfg.hardware.threads, cfg.sweep.point_timeout_s
-    kwargs = cross_probe_kwargs(cfg, point)
-    return run_isolated(CROSS_DECODE_PROBE, kwargs, threads=threads, timeout_s=timeout, malloc="timing")
 
 
 def train_point(point: dict[str, Any], progress: str | None = None) -> dict[str, Any]:
@@ -159,16 +179,17 @@ def measure_point(cfg: DictConfig, point: dict[str, Any], progress: str | None =
     ``progress``: the point's console line, which a long training run extends with its step count.
     """
     try:
-        if point["probe"] == "speed":
-            return {"status": "ok"} | measure_speed(cfg, point)
+        if point["probe"] in TIMED_PROBES:  # one point alone; the sweep times a length's points in rounds together
+            call = timed_call(cfg, point)
+            if not call.memory:
+                return {"status": "ok"} | run_isolated(
+                    call.function, call.kwargs, threads=call.threads, timeout_s=call.timeout_s, malloc="timing"
+                )
+            return {"status": "ok"} | measure_isolated(
+                call.function, call.kwargs, threads=call.threads, timeout_s=call.timeout_s
+            )
         if point["probe"] == "maps":
             return {"status": "ok"} | measure_maps(point)
-        if point["probe"] == "decode":
-            return {"status": "ok"} | measure_decode(cfg, point)
-        if point["probe"] == "cross_speed":
-            return {"status": "ok"} | measure_cross_speed(cfg, point)
-        if point["probe"] == "cross_decode":
-            return {"status": "ok"} | measure_cross_decode(cfg, point)
         return train_point(point, progress)  # in this process: one run at a time, with its progress line
     except Exception as error:  # a failed point is a result, never the end of the sweep
         return failed_record(error)

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 from omegaconf import DictConfig, OmegaConf
 
 import variants
-from runners.checks import ConfigError, check_optim, check_range, instantiate_task
+from runners.checks import ConfigError, check_model, check_optim, check_range, check_seeds, instantiate_task
 from runners.hydra_glue.configs import TASKS, attention_config, keyword_defaults, task_config
 from runners.measure.bf16 import check_precision
 from runners.results import machine
@@ -304,6 +304,12 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
         )
     if accuracy_lens and not cfg.sweep.seeds:
         raise ConfigError("sweep.seeds is empty: accuracy points need at least one seed")
+    check_seeds(cfg.sweep.seeds)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    check_model(model)
+    for entry in tasks:
+        if entry.model:
+            check_model(model | entry.model, where=f"sweep.accuracy.{entry.label}.model")
     if accuracy_lens:  # the optimizer of every training run: the base config, each entry's overrides, each rate
         optim = OmegaConf.to_container(cfg.optim, resolve=True)
         for lr in cfg.sweep.get("lrs") or []:
@@ -363,6 +369,7 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
                 variants.build(name, heads=1, dim_head=8, max_seq_len=longest, **hparams)
             except variants.AttentionError as error:
                 raise ConfigError(f"sweep.state_sizes.{name}.{knob}={value}: {error}") from None
+    timing_settings(cfg)
     check_precision(cfg.hardware)
     if cfg.logger not in ("wandb", "none"):
         raise ConfigError(f"logger={cfg.logger!r} is unknown; choose wandb or none")
@@ -388,6 +395,30 @@ def check_cross_builds(attentions: list[dict[str, Any]], tasks: list[AccuracyEnt
             variants.build(attention["name"], heads=1, dim_head=8, max_seq_len=max_seq_len, cross=as_cross, **hparams)
         except variants.AttentionError as error:
             raise ConfigError(f"{where} {attention}: {error}") from None
+
+
+class TimingSettings(NamedTuple):
+    """``sweep.timing``: rounds per comparison, the cap on extra rounds, and the widest interval accepted."""
+
+    rounds: int
+    max_rounds: int
+    max_spread: float
+
+
+def timing_settings(cfg: DictConfig) -> TimingSettings:
+    """``sweep.timing``, checked (missing keys: 3 rounds, at most 6, intervals up to 10% wide)."""
+    raw = OmegaConf.select(cfg, "sweep.timing", default=None)
+    given = OmegaConf.to_container(raw, resolve=True) if raw is not None else {}
+    unknown = sorted(set(given) - set(TimingSettings._fields))
+    if unknown:
+        raise ConfigError(f"sweep.timing: unknown key(s) {unknown}; it has {list(TimingSettings._fields)}")
+    settings = TimingSettings(
+        rounds=given.get("rounds", 3), max_rounds=given.get("max_rounds", 6), max_spread=given.get("max_spread", 0.1)
+    )
+    check_range("sweep.timing.rounds", settings.rounds, integer=True, low=1)
+    check_range("sweep.timing.max_rounds", settings.max_rounds, integer=True, low=settings.rounds)
+    check_range("sweep.timing.max_spread", settings.max_spread, low=0.0, low_inclusive=False)
+    return settings
 
 
 def accuracy_jobs(cfg: DictConfig) -> int:

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, open_dict
 
+from runners.checks import check_writable
 from runners.hydra_glue import launch
 from runners.measure.failures import PointFailed
 from runners.measure.worker import Job, run_concurrently
@@ -29,9 +30,18 @@ from runners.reporting.styles import REFERENCE
 from runners.reporting.tables import flat_results
 from runners.results import context, store
 from runners.results.table import results_table
+from runners.sweeping import rounds
 from runners.sweeping.estimate import estimate_seconds
 from runners.sweeping.execute import accuracy_job, device_for, failed_record, measure_point
-from runners.sweeping.plan import TRAINING_PROBES, accuracy_jobs, attention_list, plan_points, validate
+from runners.sweeping.plan import (
+    TIMED_PROBES,
+    TRAINING_PROBES,
+    accuracy_jobs,
+    attention_list,
+    plan_points,
+    timing_settings,
+    validate,
+)
 from runners.sweeping.wandb_log import log_to_wandb
 
 
@@ -58,12 +68,12 @@ def describe(record: dict[str, Any]) -> str:
     if record["probe"] == "decode":
         return (
             f"decode {record['decode_tokens_per_s']:,.0f} tok/s, state {record['state_bytes'] / 2**20:,.2f} MiB "
-            f"(prompt {record['prefill_ms']:,.0f} ms)"
+            f"(prompt {record['prefill_ms']:,.0f} ms){paired(record, 'decode_tokens_per_s')}"
         )
     if record["probe"] == "cross_decode":
         return (
             f"decode {record['decode_tokens_per_s']:,.0f} tok/s, cross state {record['cross_state_bytes'] / 2**20:,.2f}"
-            f" MiB (encoding the source {record['prefill_ms']:,.0f} ms)"
+            f" MiB (encoding the source {record['prefill_ms']:,.0f} ms){paired(record, 'decode_tokens_per_s')}"
         )
     if record["probe"] == "cross_accuracy":
         return (
@@ -72,9 +82,21 @@ def describe(record: dict[str, Any]) -> str:
     if record["probe"] in ("speed", "cross_speed"):
         return (
             f"train {record['train_tokens_per_s']:,.0f} tok/s, infer {record['infer_tokens_per_s']:,.0f} tok/s, "
-            f"peak {record['peak_memory_mib']:,.1f} MiB"
+            f"peak {record['peak_memory_mib']:,.1f} MiB{paired(record, 'train_tokens_per_s')}"
         )
     return f"test acc {record['test_acc']:.3f} ({record['steps']} steps)"
+
+
+def paired(record: dict[str, Any], metric: str) -> str:
+    """', 1.78x full (1.70-1.85), 3 rounds' for a point timed in rounds ('' for one measured alone)."""
+    if "rounds" not in record:
+        return ""
+    ratio = ""
+    if record.get(f"{metric}_ratio") is not None and record.get("ratio_reference") != record["variant"]:
+        lo, hi = record[f"{metric}_ratio_lo"], record[f"{metric}_ratio_hi"]
+        ratio = f", {record[f'{metric}_ratio']:.2f}x {record['ratio_reference']} ({lo:.2f}-{hi:.2f})"
+    flag = ", UNSTABLE" if record.get("unstable") else ""
+    return f"{ratio}, {record['rounds']} rounds{flag}"
 
 
 def eta_seconds(
@@ -191,11 +213,62 @@ def train_side_by_side(
         print(f"{label}: {progress.done(written)}", file=sys.stderr, flush=True)
 
 
+def comparisons(
+    points: list[dict[str, Any]], keys: list[str], todo: list[tuple[str, dict[str, Any], str]]
+) -> list[list[tuple[str | None, dict[str, Any], str]]]:
+    """The timed points to measure, by comparison (:func:`rounds.comparison_key`), in plan order.
+
+    Each comparison's items are ``(label, point, key)``; the reference (``full``) of a comparison whose own record
+    is already in the store is added with label None: it is timed again for the pairing, its record not rewritten.
+    """
+    groups: dict[str, list[tuple[str | None, dict[str, Any], str]]] = {}
+    for label, point, key in todo:
+        if point["probe"] in TIMED_PROBES:
+            groups.setdefault(rounds.comparison_key(point), []).append((label, point, key))
+    pending = {key for _, _, key in todo}
+    for point, key in zip(points, keys, strict=True):
+        group = groups.get(rounds.comparison_key(point)) if point["probe"] in TIMED_PROBES else None
+        if group is not None and key not in pending and point["attention"]["name"] == REFERENCE:
+            group.append((None, point, key))
+    return list(groups.values())
+
+
+def time_in_rounds(
+    cfg: DictConfig,
+    points: list[dict[str, Any]],
+    keys: list[str],
+    todo: list[tuple[str, dict[str, Any], str]],
+    record: RecordWriter,
+    progress: Progress,
+) -> None:
+    """Every timed point still to measure, a comparison at a time in interleaved rounds; recorded as each ends."""
+    settings = timing_settings(cfg)
+    for group in comparisons(points, keys, todo):
+        written = [item for item in group if item[0] is not None]
+        first = written[0][1]
+        what = f"{first['probe']} n={first['seq_len']}" + (" causal" if first.get("causal") else "")
+        again = " and the reference (in the store), timed again beside them" if len(group) > len(written) else ""
+        print(f"{what}: {len(written)} point(s){again}, in rounds", end="", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        members = [rounds.Member(key, point, write=label is not None) for label, point, key in group]
+        results = rounds.measure_comparison(
+            cfg, members, settings, on_round=lambda index, _: print(f" {index}", end="", file=sys.stderr, flush=True)
+        )
+        print(file=sys.stderr, flush=True)
+        elapsed = (time.perf_counter() - started) / len(written)
+        for label, point, key in written:
+            stored = record(point, key, results[key], elapsed)
+            print(f"{label} ... {progress.done(stored)}", file=sys.stderr, flush=True)
+
+
 def run_sweep(cfg: DictConfig) -> pd.DataFrame:
     """Run every point not yet in the store; returns the store's results table."""
     attentions = attention_list(cfg)
     validate(cfg, attentions)
     results_dir = Path(cfg.results_dir)
+    check_writable(results_dir, key="results_dir")  # a store that cannot be written fails now, not after a point
+    if cfg.report_dir:
+        check_writable(cfg.report_dir, key="report_dir")
     with open_dict(cfg):  # the threads this job really uses, so they are part of every point's identity
         cfg.hardware.threads = launch.threads_per_job(
             cfg.hardware.threads, launch.hydra_launcher(), launch.available_cpus()
@@ -217,9 +290,10 @@ def run_sweep(cfg: DictConfig) -> pd.DataFrame:
             todo.append((f"[{index}/{len(points)}] {point_label(point)}", point, key))
     progress = Progress([point["probe"] for _, point, _ in todo], jobs)
     record = RecordWriter(cfg, results_dir, sweep_id, fixed_context)
+    time_in_rounds(cfg, points, keys, todo, record, progress)
     side_by_side = jobs > 1 and sum(point["probe"] in TRAINING_PROBES for _, point, _ in todo) > 1
     for label, point, key in todo:
-        if side_by_side and point["probe"] in TRAINING_PROBES:
+        if point["probe"] in TIMED_PROBES or (side_by_side and point["probe"] in TRAINING_PROBES):
             continue
         print(f"{label} ...", end="", file=sys.stderr, flush=True)
         started = time.perf_counter()

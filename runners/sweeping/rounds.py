@@ -1,0 +1,198 @@
+"""Paired, interleaved timing: the points a report compares are timed in rounds, side by side in time.
+
+Points of one *comparison* (same probe, length, direction, batch, machine:
+everything but the variant) are timed together. Each round runs every point
+once, each in a fresh worker process, in an order rotated from round to round;
+the next round starts when the last point of this one is done. A point's
+figure is the median over its rounds, and its ratio to ``full`` is the median
+of the per-round ratios (the reference is timed in every round, even when its
+own record is already in the store). Drift of the machine between rounds hits
+both sides of a round's ratio alike, and a point's several processes average
+what one process's memory placement does (see :mod:`runners.measure.paired`).
+
+After ``timing.rounds`` rounds, the points whose interval is wider than
+``timing.max_spread`` (relative) get more rounds, beside the reference, up to
+``timing.max_rounds``; a point still too wide is recorded ``unstable``.
+Memory is measured once per speed point, in a process of its own, before the
+rounds: an out-of-memory point is not timed. A point that fails in a round
+is recorded with that status; the others go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig
+
+from runners.measure.paired import Estimate, median_interval, paired_ratios
+from runners.measure.worker import run_isolated
+from runners.reporting.styles import REFERENCE
+from runners.sweeping.execute import TimedCall, failed_record, timed_call
+from runners.sweeping.plan import TimingSettings
+
+# What each timed probe compares (higher is better), and the other timed fields it reports as medians over rounds.
+METRICS = {
+    "speed": ("train_tokens_per_s", "infer_tokens_per_s"),
+    "cross_speed": ("train_tokens_per_s", "infer_tokens_per_s"),
+    "decode": ("decode_tokens_per_s",),
+    "cross_decode": ("decode_tokens_per_s",),
+}
+TIMED_FIELDS = ("decode_ms", "prefill_ms")
+# Per-process extremes of the timed steps, kept as the extremes over every round.
+EXTREMES = {
+    "train_tokens_per_s_min": min,
+    "train_tokens_per_s_max": max,
+    "infer_tokens_per_s_min": min,
+    "infer_tokens_per_s_max": max,
+    "train_step_spread": max,
+    "infer_spread": max,
+    "decode_spread": max,
+}
+
+
+def comparison_key(point: dict[str, Any]) -> str:
+    """What the points of one comparison share: the point without its variant."""
+    shared = {key: value for key, value in point.items() if key != "attention"}
+    return hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass(eq=False)
+class Member:
+    """One point of a comparison: its store key, whether its record is written (the reference may only be
+    re-timed for pairing), its call, and what each round gave."""
+
+    key: str
+    point: dict[str, Any]
+    write: bool
+    call: TimedCall | None = None
+    failure: dict[str, Any] | None = None
+    memory: dict[str, Any] = field(default_factory=dict)
+    rounds: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.point["attention"]["name"]
+
+    @property
+    def live(self) -> bool:
+        return self.failure is None
+
+
+def run_part(call: TimedCall, parts: list[str] | None, malloc: str | None) -> dict[str, Any]:
+    """One process of a timed call: ``parts`` of a speed probe, or the whole decode probe (``parts=None``)."""
+    kwargs = call.kwargs if parts is None else call.kwargs | {"parts": parts}
+    return run_isolated(call.function, kwargs, threads=call.threads, timeout_s=call.timeout_s, malloc=malloc)
+
+
+def estimates(member: Member, reference: Member | None) -> dict[str, tuple[Estimate, Estimate | None]]:
+    """Per metric: the figure over the member's rounds, and its paired ratio to the reference (None: no pairing)."""
+    out = {}
+    for metric in METRICS[member.point["probe"]]:
+        values = {r: result[metric] for r, result in member.rounds.items()}
+        figure = median_interval(list(values.values()))
+        ratio = None
+        if reference is not None and reference is not member:
+            pairs = paired_ratios(values, {r: result[metric] for r, result in reference.rounds.items()})
+            ratio = median_interval(pairs) if pairs else None
+        out[metric] = (figure, ratio)
+    return out
+
+
+def too_wide(member: Member, reference: Member | None, settings: TimingSettings) -> list[str]:
+    """What is compared and still too uncertain: each metric's paired ratio, as ``"train_tokens_per_s ratio
+    0.95-1.30"``, or its figure where there is no pairing. The reference of a comparison is judged by the
+    others' ratios, not by its own figure: how fast the machine was is not what the report compares."""
+    wide = []
+    for metric, (figure, ratio) in estimates(member, reference).items():
+        if member is reference:
+            continue
+        judged = ratio if ratio is not None else figure
+        if judged.n < 2 or judged.width > settings.max_spread:
+            wide.append(f"{metric}{' ratio' if ratio is not None else ''} {judged.lo:.4g}-{judged.hi:.4g}")
+    return wide
+
+
+def result_of(member: Member, reference: Member | None, settings: TimingSettings) -> dict[str, Any]:
+    """The member's record fields: the first round's result, every metric as its median over the rounds with
+    its interval and per-round values, the paired ratio to the reference, the memory part, stability."""
+    if member.failure is not None:
+        return member.failure
+    ordered = [member.rounds[r] for r in sorted(member.rounds)]
+    result: dict[str, Any] = {"status": "ok"} | ordered[0] | member.memory
+    for name in TIMED_FIELDS:
+        if name in ordered[0]:
+            result[name] = statistics.median(r[name] for r in ordered)
+    for name, pick in EXTREMES.items():
+        if name in ordered[0]:
+            result[name] = pick(r[name] for r in ordered)
+    for metric, (figure, ratio) in estimates(member, reference).items():
+        result |= {
+            metric: figure.median,
+            f"{metric}_lo": figure.lo,
+            f"{metric}_hi": figure.hi,
+            f"{metric}_rounds": [r[metric] for r in ordered],
+        }
+        if ratio is not None:
+            result |= {f"{metric}_ratio": ratio.median, f"{metric}_ratio_lo": ratio.lo, f"{metric}_ratio_hi": ratio.hi}
+        elif member is reference:
+            result |= {f"{metric}_ratio": 1.0, f"{metric}_ratio_lo": 1.0, f"{metric}_ratio_hi": 1.0}
+    unstable = too_wide(member, reference, settings)
+    figure = median_interval([r[METRICS[member.point["probe"]][0]] for r in ordered])
+    result |= {
+        "rounds": len(ordered),
+        "interval_coverage": figure.coverage,  # of every interval of this record: distribution-free, 1 - 2^(1-n)
+        "ratio_reference": reference.name if reference is not None else None,
+        "unstable": bool(unstable),
+        "unstable_why": "; ".join(unstable) + f" after {len(ordered)} rounds" if unstable else None,
+    }
+    return result
+
+
+def measure_comparison(
+    cfg: DictConfig,
+    members: list[Member],
+    settings: TimingSettings,
+    *,
+    on_round: Callable[[int, int], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Time the members in interleaved rounds; the result of every member whose record is written, by key.
+
+    ``on_round(round, points)`` is called as each round starts (the console's progress).
+    """
+    for member in members:
+        try:
+            member.call = timed_call(cfg, member.point)
+        except Exception as error:  # unsupported (causal, decoding, cross) or a machine without the device
+            member.failure = failed_record(error)
+    for member in members:
+        if member.live and member.call.memory:  # once, alone, before any timing: an OOM point is not timed
+            try:
+                member.memory = run_part(member.call, ["memory"], malloc=None)
+            except Exception as failed:  # a point's failure is its status; the comparison goes on
+                member.failure = failed_record(failed)
+    live = [m for m in members if m.live]
+    reference = next((m for m in live if m.name == REFERENCE), None) if len(live) > 1 else None  # alone: no pairing
+    timed = [m for m in members if m.live]
+    for round_index in range(settings.max_rounds):
+        if round_index >= settings.rounds:  # extra rounds for the members still too wide, beside the reference
+            wide = [m for m in timed if m.live and too_wide(m, reference, settings)]
+            if not wide:
+                break
+            timed = [m for m in timed if m in wide or m is reference]
+        shift = round_index % max(1, len(timed))
+        order = [m for m in timed[shift:] + timed[:shift] if m.live]
+        if on_round is not None:
+            on_round(round_index + 1, len(order))
+        for member in order:
+            first = not member.rounds
+            parts = (["time", "flops"] if first else ["time"]) if member.call.memory else None
+            try:
+                member.rounds[round_index] = run_part(member.call, parts, malloc="timing")
+            except Exception as failed:  # a point's failure is its status; the comparison goes on
+                member.failure = failed_record(failed)
+    return {m.key: result_of(m, reference, settings) for m in members if m.write}
