@@ -36,12 +36,14 @@ import pandas as pd
 import variants
 from runners.measure.bf16 import EmulatedBF16Error, check_bf16
 from runners.measure.core_probe import OURS
-from runners.measure.failures import PointFailed
 from runners.measure.matmul_peak import DTYPES, describe_peak
 from runners.measure.peers import PEERS
-from runners.measure.worker import measure_isolated, run_isolated
+from runners.measure.worker import run_isolated
 from runners.reporting.crossover import crossover_table
 from runners.reporting.styles import CAUSAL
+from runners.sweeping import rounds
+from runners.sweeping.execute import TimedCall
+from runners.sweeping.plan import TimingSettings
 
 CORE_PROBE = "runners.measure.core_probe:core_probe"
 FINGERPRINT = "runners.results.context:hardware_fingerprint"
@@ -64,20 +66,35 @@ class Case:
         return f"{self.variant}{who} ({direction})"
 
 
-def measure(case: Case, seq_len: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One point in fresh worker processes; failures come back as a status, never an exception."""
-    kwargs = asdict(case) | {
-        "seq_len": seq_len,
-        "batch": args.batch,
-        "heads": args.heads,
-        "dim_head": args.dim_head,
-        "repeats": args.repeats,
-        "dtype": args.dtype,
-    }
-    try:
-        return {"status": "ok"} | measure_isolated(CORE_PROBE, kwargs, threads=args.threads, timeout_s=args.timeout)
-    except PointFailed as failed:
-        return {"status": failed.status, "message": str(failed)[:300]}
+def measure_length(cases: list[Case], seq_len: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Every case at one length, timed in interleaved rounds (:mod:`runners.sweeping.rounds`), so the ratios
+    to ``full`` of the same direction are paired per round; memory once per case. Failures are statuses."""
+    members = []
+    for case in cases:
+        kwargs = asdict(case) | {
+            "seq_len": seq_len,
+            "batch": args.batch,
+            "heads": args.heads,
+            "dim_head": args.dim_head,
+            "repeats": args.repeats,
+            "dtype": args.dtype,
+        }
+        call = TimedCall(CORE_PROBE, kwargs, args.threads, args.timeout, memory=True)
+        # full's peers do not exist, so the one member named full is ours: the reference
+        point = {"probe": "core", "attention": {"name": case.variant if case.impl == OURS else case.label}}
+        members.append(rounds.Member(case.label, point, write=True, call=call))
+    by_direction = {}
+    for causal in sorted({case.causal for case in cases}):
+        group = [m for m, case in zip(members, cases, strict=True) if case.causal == causal]
+        by_direction |= rounds.measure_comparison(None, group, TimingSettings(args.rounds, args.max_rounds, 0.1))
+    results = {}
+    for case in cases:
+        result = by_direction[case.label]
+        if result["status"] == "ok" and "fwd_bwd_flops" in result:
+            result["fwd_bwd_gflops_per_s"] = result["fwd_bwd_flops"] / result["fwd_bwd_ms"] * 1e3 / 1e9
+        result.pop("traceback", None)
+        results[case.label] = result
+    return results
 
 
 def build_cases(names: list[str], *, with_peers: bool) -> list[Case]:
@@ -132,6 +149,18 @@ def summarize(records: list[dict[str, Any]], seq_lens: list[int]) -> str:
     ok = frame[frame.status == "ok"]
     out = ["time per call, ms: forward/forward+backward"]
     out.append(frame.pivot(index="label", columns="seq_len", values="cell").to_string())
+    if "fwd_bwd_ms_ratio" in ok and ok.fwd_bwd_ms_ratio.notna().any():
+        paired = ok.dropna(subset=["fwd_bwd_ms_ratio"])
+        paired = paired.assign(
+            cell=paired.apply(
+                lambda r: f"{r.fwd_bwd_ms_ratio:.2f} ({r.fwd_bwd_ms_ratio_lo:.2f}-{r.fwd_bwd_ms_ratio_hi:.2f})", axis=1
+            )
+        )
+        out.append(
+            "\nforward+backward time / full's in the same direction: median of the per-round ratios "
+            "(distribution-free interval over the rounds); below 1 is faster"
+        )
+        out.append(paired.pivot(index="label", columns="seq_len", values="cell").to_string())
     out.append("\npeak memory of one forward+backward step, MiB")
     mem = frame.assign(
         mem=frame.apply(lambda r: f"{r['peak_mib']:.0f}" if r["status"] == "ok" else r["status"], axis=1)
@@ -210,7 +239,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--dim-head", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per point (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per process (their median)")
+    parser.add_argument("--rounds", type=int, default=3, help="processes per point, interleaved with the others")
+    parser.add_argument("--max-rounds", type=int, default=6, help="more rounds while a ratio's interval is >10%%")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per point before it is 'timeout'")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per point (0: torch's default)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of q, k, v")
@@ -236,6 +267,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         )
     except EmulatedBF16Error as error:
         raise SystemExit(f"runners.bench: {error}") from None
+    if args.rounds < 1 or args.max_rounds < args.rounds:
+        raise SystemExit(f"runners.bench: --rounds {args.rounds} must be >= 1 and --max-rounds >= --rounds")
     names = args.variants or variants.names()
     for name in names:
         variants.get(name)  # unknown names fail here, listing the registered ones
@@ -247,15 +280,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     records = []
     total = len(cases) * len(args.seq_lens)
     started = time.perf_counter()
-    for case in cases:
-        failed_shorter = None
-        for seq_len in sorted(args.seq_lens):
-            if failed_shorter is not None:
-                result = {"status": failed_shorter, "message": "skipped: a shorter length already failed"}
+    failed_shorter: dict[str, str] = {}  # case label -> the status that ends its longer lengths
+    for seq_len in sorted(args.seq_lens):
+        live = [case for case in cases if case.label not in failed_shorter]
+        measured = measure_length(live, seq_len, args) if live else {}
+        for case in cases:
+            if case.label in failed_shorter:
+                result = {"status": failed_shorter[case.label], "message": "skipped: a shorter length already failed"}
             else:
-                result = measure(case, seq_len, args)
+                result = measured[case.label]
                 if result["status"] in ("oom", "timeout"):
-                    failed_shorter = result["status"]
+                    failed_shorter[case.label] = result["status"]
             record = {
                 "label": case.label,
                 "variant": case.variant,
@@ -273,7 +308,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             with args.out.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
             elapsed = time.perf_counter() - started
-            detail = f"{result.get('fwd_bwd_ms', 0):.1f} ms" if result["status"] == "ok" else result["status"]
+            detail = result["status"]
+            if result["status"] == "ok":
+                ratio = result.get("fwd_bwd_ms_ratio")
+                paired = ""
+                if ratio is not None:
+                    lo, hi = result["fwd_bwd_ms_ratio_lo"], result["fwd_bwd_ms_ratio_hi"]
+                    paired = f", {ratio:.2f}x full ({lo:.2f}-{hi:.2f})"
+                detail = f"{result['fwd_bwd_ms']:.1f} ms{paired}, {result['rounds']} rounds"
             print(
                 f"[{len(records)}/{total} {elapsed:.0f}s] {case.label} n={seq_len}: {detail}",
                 file=sys.stderr,

@@ -25,6 +25,7 @@ TINY_SWEEP = [
     "optim.warmup_steps=2",
     "sweep.seq_lens=[32,64]",
     "sweep.repeats=2",
+    "sweep.timing={rounds:2,max_rounds:2}",  # paired rounds at test cost: two processes per timed point
     "sweep.warmup=1",
     "sweep.batch_size=2",
     "sweep.maps=false",

@@ -300,12 +300,15 @@ def test_console_shows_one_line_per_point_and_the_report_path_and_nothing_else(t
     lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
     progress = [line for line in lines if line.startswith("[")]
     assert len(progress) == 2, lines  # one speed point, one accuracy point
-    assert re.fullmatch(r"\[1/2\] full speed n=32 \.\.\. train [\d,]+ tok/s, .* MiB \(\d+ s; ETA .*\)", progress[0])
+    speed_line = r"\[1/2\] full speed n=32 \.\.\. train [\d,]+ tok/s, .* MiB, 2 rounds(, UNSTABLE)? \(\d+ s; ETA .*\)"
+    assert re.fullmatch(speed_line, progress[0])
     accuracy_line = (
         r"\[2/2\] full accuracy n=32 mqar causal seed=0 lr=0.003 \.\.\. test acc [\d.]+ \(20 steps\) \(\d+ s\)"
     )
     assert re.fullmatch(accuracy_line, progress[1])
-    rest = [line for line in lines if not line.startswith("[")]
+    headers = [line for line in lines if line.startswith("speed n=")]
+    assert headers == ["speed n=32: 1 point(s), in rounds 1 2"], lines  # the comparison's rounds as they run
+    rest = [line for line in lines if not line.startswith(("[", "speed n="))]
     # 20 steps of mqar teach exact attention nothing: the sweep says its ranking is not informative
     warning = "warning: The reference did not learn this setting; its ranking is not informative (bar: mean >= 0.95"
     assert rest[0].startswith(warning) and "mqar causal n=32: `full` " in rest[0], lines

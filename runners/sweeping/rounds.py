@@ -41,6 +41,7 @@ METRICS = {
     "cross_speed": ("train_tokens_per_s", "infer_tokens_per_s"),
     "decode": ("decode_tokens_per_s",),
     "cross_decode": ("decode_tokens_per_s",),
+    "core": ("fwd_ms", "fwd_bwd_ms"),  # runners.bench: times, lower is better (their ratio too)
 }
 TIMED_FIELDS = ("decode_ms", "prefill_ms")
 # Per-process extremes of the timed steps, kept as the extremes over every round.
@@ -154,7 +155,7 @@ def result_of(member: Member, reference: Member | None, settings: TimingSettings
 
 
 def measure_comparison(
-    cfg: DictConfig,
+    cfg: DictConfig | None,
     members: list[Member],
     settings: TimingSettings,
     *,
@@ -165,6 +166,8 @@ def measure_comparison(
     ``on_round(round, points)`` is called as each round starts (the console's progress).
     """
     for member in members:
+        if member.call is not None:  # given by the caller (runners.bench)
+            continue
         try:
             member.call = timed_call(cfg, member.point)
         except Exception as error:  # unsupported (causal, decoding, cross) or a machine without the device
