@@ -75,3 +75,29 @@ def test_each_hardware_gets_its_own_speed_and_shares_the_accuracy_of_the_config(
     assert "Speed first: `full`, 1,000 train tok/s" in on_b  # gpu-B's own speed, not cpu-A's
     assert "200 train tok/s" not in on_b
     assert "(#speed-and-memory-1)" in on_b  # links to the second hardware's sections
+
+
+def paired(record: dict, ratio: float, lo: float, hi: float) -> dict:
+    """A speed record timed in rounds beside full: its paired training ratio and interval."""
+    return record | {
+        "train_tokens_per_s_ratio": ratio,
+        "train_tokens_per_s_ratio_lo": lo,
+        "train_tokens_per_s_ratio_hi": hi,
+    }
+
+
+def test_a_speed_pick_whose_interval_reaches_the_runner_up_names_no_clear_winner():
+    records = [
+        paired(speed("full", 1024, 100.0, 50.0), 1.0, 1.0, 1.0),
+        paired(speed("linear", 1024, 210.0, 40.0), 2.1, 1.9, 2.3),
+        paired(speed("local", 1024, 200.0, 45.0), 2.0, 1.8, 2.2),  # its interval reaches linear's
+        paired(speed("performer", 1024, 120.0, 30.0), 1.2, 1.1, 1.3),
+    ]
+    text = "\n".join(choice.choice_section(flat_results(records)))
+    assert "Speed first: `linear`, 210 train tok/s (2.10x `full`, 1.90-2.30)" in text
+    assert "no clear winner: the timing interval reaches `local`" in text and "reaches `local`, `performer`" not in text
+    apart = [
+        paired(speed("full", 1024, 100.0, 50.0), 1.0, 1.0, 1.0),
+        paired(speed("linear", 1024, 210.0, 40.0), 2.1, 2.0, 2.2),
+    ]
+    assert "no clear winner" not in "\n".join(choice.choice_section(flat_results(apart)))

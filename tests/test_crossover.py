@@ -88,3 +88,26 @@ def test_crossover_table_compares_each_row_with_full_in_the_same_direction():
     # causal: full (causal) is twice as fast, so linear (causal) catches it at n = 4000; memory: never leaner
     assert table.loc["linear (causal)", "faster training from n ="].startswith("~4,000 (between 1,024 and 4,096)")
     assert table.loc["linear (causal)", "leaner (peak memory) from n ="].startswith("never")
+
+
+def test_a_crossover_on_a_length_whose_paired_interval_holds_one_says_it_is_uncertain():
+    rows = []
+    for variant, ratios in (("full", [(1.0, 1.0, 1.0)] * 2), ("linear", [(0.5, 0.45, 0.55), (1.05, 0.97, 1.12)])):
+        for n, (ratio, lo, hi) in zip((1024, 2048), ratios, strict=True):
+            rows.append(
+                {
+                    "variant": variant,
+                    "seq_len": n,
+                    "status": "ok",
+                    "train_tokens_per_s": 100.0 * ratio,  # the quotient would say the same; the paired ratio decides
+                    "train_tokens_per_s_ratio": ratio,
+                    "train_tokens_per_s_ratio_lo": lo,
+                    "train_tokens_per_s_ratio_hi": hi,
+                }
+            )
+    frame = pd.DataFrame(rows)
+    answer = cx.paired_crossover(
+        frame[frame.variant == "linear"], frame[frame.variant == "full"], "train_tokens_per_s", False
+    )
+    assert answer.kind == "interpolated" and answer.uncertain == (2048,)
+    assert "uncertain: at n=2,048 the timing interval holds 1 (a tie)" in answer.cell()

@@ -26,6 +26,8 @@ from runners.reporting.styles import CAUSAL, REFERENCE, variant_order
 
 ACCURACY_SLACK = LEARNED_SPREAD  # speed and memory picks: accuracy at most this far below the best mean
 SPEED = ["train_tokens_per_s", "infer_tokens_per_s", "peak_memory_mib"]
+# the paired ratio to full of interleaved rounds and its interval, where the points have them
+RATIO = ["train_tokens_per_s_ratio", "train_tokens_per_s_ratio_lo", "train_tokens_per_s_ratio_hi"]
 
 
 def direction_of(variant: str) -> str:
@@ -53,7 +55,7 @@ def accuracy_settings(part: pd.DataFrame) -> pd.DataFrame:
 
 def candidates(speed: pd.DataFrame, stats: pd.DataFrame | None) -> pd.DataFrame:
     """One row per variant with its speed and memory and, where given, its accuracy (mean, min, max, seeds)."""
-    rows = speed.drop_duplicates("variant", keep="last").set_index("variant")[SPEED]
+    rows = speed.drop_duplicates("variant", keep="last").set_index("variant")[SPEED + [c for c in RATIO if c in speed]]
     if stats is not None and not stats.empty:
         rows = rows.join(stats.set_index("variant")[["mean", "min", "max", "seeds"]], how="outer")
     return rows.reindex(variant_order(rows.index))
@@ -96,12 +98,26 @@ def picks(rows: pd.DataFrame) -> dict[str, object]:
     ties = tied_best(scored.reset_index()) if not scored.empty else []
     tied_measured = measured[measured.index.isin(ties)]
     best_accuracy = tied_measured.train_tokens_per_s.idxmax() if not tied_measured.empty else (ties or [None])[0]
+    speed = pool.train_tokens_per_s.idxmax() if not pool.empty else None
     return {
-        "speed": pool.train_tokens_per_s.idxmax() if not pool.empty else None,
+        "speed": speed,
+        "speed_ties": timing_ties(pool, speed),
         "memory": pool.peak_memory_mib.idxmin() if not pool.empty else None,
         "accuracy": best_accuracy,
         "ties": ties,
     }
+
+
+def timing_ties(pool: pd.DataFrame, pick: str | None) -> list[str]:
+    """The variants whose interval of the paired training ratio reaches the pick's: the pick is no clear winner.
+
+    Empty where the points carry no intervals (measured alone, or before interleaved rounds existed).
+    """
+    lo, hi = "train_tokens_per_s_ratio_lo", "train_tokens_per_s_ratio_hi"
+    if pick is None or lo not in pool or pd.isna(pool.at[pick, lo]):
+        return []
+    floor = pool.at[pick, lo]
+    return [name for name, row in pool.iterrows() if name != pick and pd.notna(row[hi]) and row[hi] >= floor]
 
 
 def evidence(rows: pd.DataFrame, name: str) -> str:
@@ -111,7 +127,11 @@ def evidence(rows: pd.DataFrame, name: str) -> str:
     parts = []
     if pd.notna(row.train_tokens_per_s):
         speedup = memory = ""
-        if reference is not None and pd.notna(reference.train_tokens_per_s):
+        if name != REFERENCE and "train_tokens_per_s_ratio_lo" in rows and pd.notna(row["train_tokens_per_s_ratio_lo"]):
+            ratio, lo, hi = (row[c] for c in RATIO)  # paired per round, with its interval
+            speedup = f" ({ratio:.2f}x `{REFERENCE}`, {lo:.2f}-{hi:.2f})"
+            memory = f" ({row.peak_memory_mib / reference.peak_memory_mib:.2f}x)" if reference is not None else ""
+        elif reference is not None and pd.notna(reference.train_tokens_per_s):
             speedup = f" ({row.train_tokens_per_s / reference.train_tokens_per_s:.2f}x `{REFERENCE}`)"
             memory = f" ({row.peak_memory_mib / reference.peak_memory_mib:.2f}x)"
         parts += [f"{row.train_tokens_per_s:,.0f} train tok/s{speedup}", f"{row.peak_memory_mib:,.1f} MiB peak{memory}"]
@@ -136,7 +156,9 @@ def setting_lines(rows: pd.DataFrame, title: str, links: str, *, with_accuracy: 
         lines.append("- Speed and memory: no speed points at this length and direction on this hardware")
     else:
         lines.append(f"- Pareto front ({axes}): " + ", ".join(f"`{v}`" for v in front))
-        lines.append(f"- Speed first: `{chosen['speed']}`, {evidence(rows, chosen['speed'])}")
+        tied = chosen["speed_ties"]
+        doubt = f"; no clear winner: the timing interval reaches {', '.join(f'`{v}`' for v in tied)}" if tied else ""
+        lines.append(f"- Speed first: `{chosen['speed']}`, {evidence(rows, chosen['speed'])}{doubt}")
         lines.append(f"- Memory first: `{chosen['memory']}`, {evidence(rows, chosen['memory'])}")
     if with_accuracy:
         ties = chosen["ties"]
