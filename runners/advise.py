@@ -83,8 +83,22 @@ def speed_at(speed: pd.DataFrame, seq_len: int) -> pd.DataFrame:
             "train_tokens_per_s": tokens[0],
             "peak_memory_mib": memory[0],
             "speed_evidence": tokens[1] if tokens[1] == memory[1] else f"tok/s {tokens[1]}, MiB {memory[1]}",
+            "vs_full": paired_cell(ok, seq_len),
         }
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def paired_cell(ok: pd.DataFrame, seq_len: int) -> str:
+    """'2.10x (1.90-2.30), 3 rounds': the training ratio to full paired per round, where measured at ``seq_len``."""
+    columns = ["train_tokens_per_s_ratio", "train_tokens_per_s_ratio_lo", "train_tokens_per_s_ratio_hi"]
+    if seq_len not in ok.index or any(c not in ok for c in columns) or pd.isna(ok.at[seq_len, columns[1]]):
+        return ""
+    ratio, lo, hi = (float(ok.at[seq_len, c]) for c in columns)
+    rounds = (
+        f", {int(ok.at[seq_len, 'rounds'])} rounds" if "rounds" in ok and pd.notna(ok.at[seq_len, "rounds"]) else ""
+    )
+    flag = " unstable" if "unstable" in ok and ok.at[seq_len, "unstable"] == True else ""  # noqa: E712 (NaN: not)
+    return f"{ratio:.2f}x ({lo:.2f}-{hi:.2f}){rounds}{flag}"
 
 
 def accuracy_at(stats: pd.DataFrame, wanted: Constraints, direction: str) -> tuple[pd.DataFrame, str]:
@@ -189,6 +203,7 @@ def answer(frame: pd.DataFrame, fingerprint: str, wanted: Constraints) -> tuple[
                 "peak MiB": best.peak_memory_mib.map("{:,.1f}".format),
                 "accuracy": best.apply(accuracy_cell, axis=1),
                 "speed and memory": best.speed_evidence,
+                "train vs full, paired": best.vs_full.fillna("") if "vs_full" in best else "",
             }
         )
         shown.index = [f"{rank}. {name}" for rank, name in enumerate(best.index, start=1)]
