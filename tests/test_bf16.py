@@ -120,7 +120,8 @@ def test_matmul_probe_fits_a_slow_dtype_into_its_budget(monkeypatch):
     monkeypatch.setattr(matmul_peak, "_one_call_s", slow_call)
     rate, size = matmul_peak.matmul_gflops(torch.float32, torch.device("cpu"), budget_s=1.5)
     assert size == 256 and rate > 0  # 512 would need 6 x 0.8 s
-    assert [n for n, _ in calls[:4]] == [64, 64, 128, 256] and {n for n, _ in calls[4:]} == {256}
+    # calibration at 64, then a warm-up and a timed call at each larger size, then repeats at the chosen one
+    assert [n for n, _ in calls[:6]] == [64, 64, 128, 128, 256, 256] and {n for n, _ in calls[6:]} == {256}
     assert sum(seconds for _, seconds in calls) <= 1.5  # every call it made fits the budget
 
 
