@@ -42,6 +42,39 @@ def test_cpu_identity_names_the_microarchitecture_and_isa():
     assert identity["microarch"] in label and identity["cpu_model"] in label
 
 
+@pytest.mark.parametrize(
+    ("vendor", "family", "model", "expected"),
+    [
+        ("AuthenticAMD", 0x19, 0x11, "zen4"),  # EPYC 9004 (Genoa), as this project's VMs report it
+        ("AuthenticAMD", 0x19, 0x01, "zen3"),  # EPYC 7003 (Milan)
+        ("AuthenticAMD", 0x1A, 0x02, "zen5"),  # EPYC 9005 (Turin)
+        ("GenuineIntel", 0x06, 0x6A, "icelake"),
+        ("GenuineIntel", 0x06, 0x8F, "sapphirerapids"),
+        ("GenuineIntel", 0x06, 0x01, None),  # a model the table does not know: archspec's generic name stays
+        ("HygonGenuine", 0x18, 0x01, None),
+    ],
+)
+def test_family_and_model_name_the_microarchitecture_a_vm_hides_from_archspec(vendor, family, model, expected):
+    assert machine.family_microarchitecture(vendor, family, model) == expected
+
+
+def test_a_generic_archspec_level_is_refined_from_family_and_model(monkeypatch):
+    """A Zen 4 guest without ``pku`` reads as x86_64_v4 in archspec; its family and model say zen4."""
+    import archspec.cpu
+
+    monkeypatch.setattr(archspec.cpu, "host", lambda: archspec.cpu.TARGETS["x86_64_v4"])
+    fields = {"vendor_id": "AuthenticAMD", "cpu family": "25", "model": "17"}
+    monkeypatch.setattr(machine, "cpuinfo_fields", lambda: fields)
+    machine.cpu_microarchitecture.cache_clear()
+    try:
+        assert machine.cpu_microarchitecture() == "zen4"
+        monkeypatch.setattr(machine, "cpuinfo_fields", lambda: {"vendor_id": "AuthenticAMD", "cpu family": "99"})
+        machine.cpu_microarchitecture.cache_clear()
+        assert machine.cpu_microarchitecture() == "x86_64_v4"  # no model line: the generic level, not a guess
+    finally:
+        machine.cpu_microarchitecture.cache_clear()
+
+
 def test_two_machines_into_one_store_each_measure_their_own_timed_points(tmp_path, sweep_into, monkeypatch):
     shared = tmp_path / "shared"
     first = sweep_into(shared, other_machine=False, monkeypatch=monkeypatch)

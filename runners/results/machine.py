@@ -56,15 +56,65 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# (vendor, family) -> [(first model, last model, name)]: what archspec would say, from the CPU's family and model.
+# archspec matches feature flags, and a VM hides some (``pku``, ``flush_l1d``): a Zen 4 guest then reads as the
+# generic ``x86_64_v4``, the name a Zen 5 or an Ice Lake guest gets too. Family and model are never hidden.
+FAMILY_MODELS = {
+    ("AuthenticAMD", 0x17): [(0x00, 0x2F, "zen"), (0x30, 0xFF, "zen2")],
+    ("AuthenticAMD", 0x19): [(0x10, 0x1F, "zen4"), (0x60, 0x7F, "zen4"), (0xA0, 0xAF, "zen4"), (0x00, 0xFF, "zen3")],
+    ("AuthenticAMD", 0x1A): [(0x00, 0xFF, "zen5")],
+    ("GenuineIntel", 0x06): [
+        (0x3F, 0x3F, "haswell"),
+        (0x4F, 0x4F, "broadwell"),
+        (0x55, 0x55, "skylake_avx512"),  # also Cascade Lake and Cooper Lake (told apart by stepping)
+        (0x6A, 0x6C, "icelake"),
+        (0x8F, 0x8F, "sapphirerapids"),
+        (0xCF, 0xCF, "emeraldrapids"),
+        (0xAD, 0xAE, "graniterapids"),
+    ],
+}
+
+
+def cpuinfo_fields() -> dict[str, str]:
+    """The first processor's ``key: value`` lines of ``/proc/cpuinfo`` (empty where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def family_microarchitecture(vendor: str, family: int, model: int) -> str | None:
+    """The microarchitecture a vendor's CPU family and model name (:data:`FAMILY_MODELS`), or None if unknown."""
+    for first, last, name in FAMILY_MODELS.get((vendor, family), []):
+        if first <= model <= last:
+            return name
+    return None
+
+
 @cache
 def cpu_microarchitecture() -> str:
-    """archspec's name of this CPU's microarchitecture (``zen4``, ``icelake``, ...), or the machine type."""
+    """This CPU's microarchitecture (``zen4``, ``icelake``, ...): archspec's name, from the family and model where
+    archspec only finds a generic level (``x86_64_v4``) because the VM hides flags, else the machine type."""
     try:
         import archspec.cpu
 
-        return str(archspec.cpu.host().name)
+        name = str(archspec.cpu.host().name)
     except Exception:  # archspec missing or unable to read this CPU: the machine type still tells x86 from arm
-        return platform.machine() or "unknown"
+        name = platform.machine() or "unknown"
+    if not name.startswith("x86_64"):
+        return name
+    fields = cpuinfo_fields()
+    try:
+        family, model = int(fields["cpu family"]), int(fields["model"])
+    except (KeyError, ValueError):
+        return name
+    return family_microarchitecture(fields.get("vendor_id", ""), family, model) or name
 
 
 def cpu_identity() -> dict[str, Any]:
