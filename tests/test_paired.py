@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from runners.measure.paired import median_interval, paired_ratios
+from runners.measure.timing import time_alternating, time_calls
 from runners.sweeping import rounds
 from runners.sweeping.execute import TimedCall
 from runners.sweeping.plan import ConfigError, TimingSettings, timing_settings
@@ -29,22 +34,36 @@ class Drifting:
     """A fake machine whose speed doubles and halves from one round to the next; variants keep their ratio."""
 
     def __init__(self, speeds: dict[str, float], noisy: set[str] = frozenset()) -> None:
-        self.speeds, self.noisy, self.calls, self.round = speeds, noisy, [], 0
+        self.speeds, self.noisy, self.calls, self.round, self.paired = speeds, noisy, [], 0, []
 
     def start_round(self, index: int, points: int) -> None:
         self.round = index
 
-    def __call__(self, call: TimedCall, parts, malloc):
+    def drift(self) -> float:
+        return 2.0 if self.round % 2 else 1.0  # the machine runs twice as fast in every other round
+
+    def __call__(self, call: TimedCall, parts, malloc, paired_with=None):
         name = call.kwargs["name"]
         self.calls.append(name)
-        drift = 2.0 if self.round % 2 else 1.0  # the machine runs twice as fast in every other round
         jitter = (1.5 if self.calls.count(name) % 2 else 0.7) if name in self.noisy else 1.0
-        value = self.speeds[name] * drift * jitter
-        return {"train_tokens_per_s": value, "infer_tokens_per_s": 3 * value, "params": 1}
+        value = self.speeds[name] * self.drift() * jitter
+        result = {"train_tokens_per_s": value, "infer_tokens_per_s": 3 * value, "params": 1}
+        if paired_with is not None:  # the reference timed in the same process, step by step: the same drift
+            self.paired.append(name)
+            ratio = self.speeds[name] * jitter / self.speeds[paired_with["name"]]
+            result |= {"train_tokens_per_s_paired_ratio": ratio, "infer_tokens_per_s_paired_ratio": ratio}
+        return result
 
 
-def comparison(monkeypatch, speeds, settings, noisy=frozenset(), stored=()):
-    fake = Drifting(speeds, set(noisy))
+class DriftingPerProcess(Drifting):
+    """A machine whose speed changes from one process to the next, inside a round too."""
+
+    def drift(self) -> float:
+        return 1.0 + 0.37 * (len(self.calls) % 3)
+
+
+def comparison(monkeypatch, speeds, settings, noisy=frozenset(), stored=(), machine=Drifting):
+    fake = machine(speeds, set(noisy))
     monkeypatch.setattr(rounds, "run_part", fake)
     monkeypatch.setattr(
         rounds, "timed_call", lambda cfg, point: TimedCall("x:y", {"name": point["attention"]["name"]}, 1, 9.0, False)
@@ -53,7 +72,8 @@ def comparison(monkeypatch, speeds, settings, noisy=frozenset(), stored=()):
         rounds.Member(name, {"probe": "speed", "seq_len": 64, "attention": {"name": name}}, write=name not in stored)
         for name in speeds
     ]
-    return rounds.measure_comparison(OmegaConf.create({}), members, settings, on_round=fake.start_round), fake.calls
+    results = rounds.measure_comparison(OmegaConf.create({}), members, settings, on_round=fake.start_round)
+    return results, fake.calls
 
 
 def test_drift_between_processes_cancels_in_the_paired_ratio(monkeypatch):
@@ -66,6 +86,19 @@ def test_drift_between_processes_cancels_in_the_paired_ratio(monkeypatch):
     assert linear["rounds"] == 3 and not linear["unstable"] and linear["ratio_reference"] == "full"
     assert results["full"]["train_tokens_per_s_ratio"] == 1.0
     assert calls == ["full", "linear", "linear", "full", "full", "linear"]  # each round in a rotated order
+
+
+def test_the_reference_timed_in_the_variants_process_gives_the_ratio_where_processes_drift(monkeypatch):
+    """Each process runs at its own speed: a ratio of two processes is off by up to 1.74x, the in-process one
+    is not; the reference's own process still gives its figure."""
+    speeds = {"full": 100.0, "linear": 250.0}
+    results, _ = comparison(monkeypatch, speeds, TimingSettings(3, 3, 0.1), machine=DriftingPerProcess)
+    assert results["linear"]["train_tokens_per_s_ratio"] == pytest.approx(2.5)
+    assert results["linear"]["train_tokens_per_s_ratio_lo"] == results["linear"]["train_tokens_per_s_ratio_hi"]
+    assert not results["linear"]["unstable"]
+    monkeypatch.setattr(rounds, "PAIRED_IN_PROCESS", ())  # as for runners.bench's cores: two processes a ratio
+    without, _ = comparison(monkeypatch, speeds, TimingSettings(3, 3, 0.1), machine=DriftingPerProcess)
+    assert without["linear"]["train_tokens_per_s_ratio"] != pytest.approx(2.5)
 
 
 def test_a_wide_point_gets_more_rounds_up_to_the_cap_then_is_flagged(monkeypatch):
@@ -98,3 +131,24 @@ def test_a_reference_already_in_the_store_is_timed_for_pairing_but_not_returned(
 def test_bad_timing_settings_are_one_line(timing, message):
     with pytest.raises(ConfigError, match=message):
         timing_settings(OmegaConf.create({"sweep": {"timing": timing}}))
+
+
+def test_alternating_timing_rotates_the_order_and_times_each_side_at_least_min_time():
+    order = []
+
+    def sleeper(name: str, seconds: float):
+        return lambda: order.append(name) or time.sleep(seconds)
+
+    fast, slow = sleeper("fast", 0.001), sleeper("slow", 0.004)
+    mine, theirs = time_alternating([fast, slow], device=torch.device("cpu"), warmup=1, repeats=3, min_time_s=0.03)
+    assert order[:2] == ["fast", "slow"]  # warm-up, then cycles with the order rotating
+    assert order[2:6] == ["fast", "slow", "slow", "fast"]
+    assert len(mine) == len(theirs) >= 3 and sum(mine) >= 0.03  # the faster side sets how many cycles
+    assert statistics.median(t / m for m, t in zip(mine, theirs, strict=True)) > 1.5
+
+
+def test_a_fast_call_is_timed_until_min_time_and_a_slow_one_stops_at_repeats():
+    fast = time_calls(lambda: time.sleep(0.001), device=torch.device("cpu"), warmup=0, repeats=3, min_time_s=0.03)
+    assert fast.repeats >= 15
+    slow = time_calls(lambda: time.sleep(0.02), device=torch.device("cpu"), warmup=0, repeats=3, min_time_s=0.03)
+    assert slow.repeats == 3

@@ -103,10 +103,10 @@ def test_resume_skips_done_points_and_force_remeasures(tmp_path, sweep_config):
 def test_an_injected_failure_is_recorded_and_the_sweep_goes_on(tmp_path, sweep_config, monkeypatch):
     real = rounds.run_part
 
-    def flaky(call, parts, malloc):
+    def flaky(call, parts, malloc, **pairing):
         if call.kwargs["seq_len"] == 32:
             raise RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory")
-        return real(call, parts, malloc)
+        return real(call, parts, malloc, **pairing)
 
     monkeypatch.setattr(rounds, "run_part", flaky)
     run_sweep(sweep_config("attention=local", "sweep.accuracy=null"))

@@ -65,9 +65,14 @@ def cross_speed_probe(
     repeats: int = 5,
     seed: int = 0,
     budget_s: float = 30.0,
+    min_time_s: float = 0.0,
+    paired_attention: dict[str, Any] | None = None,
     parts: Sequence[str] = ("time", "flops", "memory"),
 ) -> dict[str, Any]:
-    """Throughput (source and target tokens/s), peak memory and FLOPs of a teacher-forced training step."""
+    """Throughput (source and target tokens/s), peak memory and FLOPs of a teacher-forced training step.
+
+    ``paired_attention``: the reference cross-attention, timed step by step in turn with this one.
+    """
     device = torch.device(device)
     torch.manual_seed(seed)
     model = build_encoder_decoder(
@@ -80,9 +85,21 @@ def cross_speed_probe(
     source = torch.randint(0, vocab_size, (batch_size, source_len), device=device)
     decoder_in = torch.randint(0, vocab_size, (batch_size, target_len), device=device)
     targets = torch.randint(0, vocab_size, (batch_size, target_len), device=device)
+    reference = None
+    if paired_attention is not None and "time" in parts:
+        torch.manual_seed(seed)
+        twin = build_encoder_decoder(
+            model_cfg=model_cfg,
+            self_attention=self_attention,
+            cross_attention=paired_attention,
+            vocab_size=vocab_size,
+            seq_len=max(source_len, target_len),
+        ).to(device)
+        reference = (twin, lambda: twin(decoder_in, None, source))
     return measure_model(
         model,
         lambda: model(decoder_in, None, source),
+        reference=reference,
         inputs=[source, decoder_in],
         targets=targets,
         device=device,
@@ -90,6 +107,7 @@ def cross_speed_probe(
         warmup=warmup,
         repeats=repeats,
         budget_s=budget_s,
+        min_time_s=min_time_s,
         parts=parts,
     )
 
@@ -107,20 +125,32 @@ def cross_decode_probe(
     vocab_size: int = 128,
     seed: int = 0,
     budget_s: float = 20.0,
+    paired_attention: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Tokens/s of one target token over a source of ``source_len``, and the bytes of both states."""
+    """Tokens/s of one target token over a source of ``source_len``, and the bytes of both states.
+
+    ``paired_attention``: the reference cross-attention, decoded token by token in turn with this one.
+    """
     device = torch.device(device)
-    torch.manual_seed(seed)
-    model = build_encoder_decoder(
-        model_cfg=model_cfg,
-        self_attention=self_attention,
-        cross_attention=attention,
-        vocab_size=vocab_size,
-        seq_len=max(source_len, warmup + repeats + 2),
-    )
-    model = model.to(device).eval()
+
+    def decoder(cross_attention: dict[str, Any]) -> models.Transformer:
+        torch.manual_seed(seed)
+        built = build_encoder_decoder(
+            model_cfg=model_cfg,
+            self_attention=self_attention,
+            cross_attention=cross_attention,
+            vocab_size=vocab_size,
+            seq_len=max(source_len, warmup + repeats + 2),
+        )
+        return built.to(device).eval()
+
+    model = decoder(attention)
     source = torch.randint(0, vocab_size, (batch_size, source_len), device=device)
     start = torch.full((batch_size, 1), BOS, dtype=torch.long, device=device)
+    twin = None
+    if paired_attention is not None:
+        reference = decoder(paired_attention)
+        twin = (reference, lambda: reference.prefill(start, source))
 
     def after_prompt(state: DecodingState) -> dict[str, Any]:
         cross = state.cross_nbytes()
@@ -135,6 +165,7 @@ def cross_decode_probe(
         warmup=warmup,
         repeats=repeats,
         budget_s=budget_s,
+        twin=twin,
     )
     # the target's self-attention state after the timed tokens; prefill_ms: encoding and the cross states
     return timings | {"state_bytes": last.nbytes()}

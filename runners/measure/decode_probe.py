@@ -11,6 +11,7 @@ with n; a window stops growing; a linear-attention summary never does).
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from models import Transformer
 from models.transformer import DecodingState
 from runners.measure.speed_probe import build_model
-from runners.measure.timing import synchronize, time_calls
+from runners.measure.timing import synchronize, time_alternating, time_calls, timing_of
 
 
 def decode_probe(
@@ -35,10 +36,12 @@ def decode_probe(
     vocab_size: int = 128,
     seed: int = 0,
     budget_s: float = 20.0,
+    paired_attention: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Tokens/s of one decoding step at ``context``, the state's bytes and the prompt's time; raises on failure.
 
     ``budget_s`` caps the timed steps on a slow machine (at least 3; ``decode_repeats`` says how many).
+    ``paired_attention``: the reference's attention, decoded token by token in turn with this one.
     """
     # a variant that cannot decode is refused by the model's prefill, naming those that can
     device = torch.device(device)
@@ -52,6 +55,18 @@ def decode_probe(
     )
     model = model.to(device).eval()
     prompt = torch.randint(0, vocab_size, (batch_size, context), device=device)
+    twin = None
+    if paired_attention is not None:
+        torch.manual_seed(seed)
+        reference = build_model(
+            model_cfg=model_cfg,
+            attention=paired_attention,
+            vocab_size=vocab_size,
+            seq_len=context + warmup + repeats + 1,
+            causal=True,
+        )
+        reference = reference.to(device).eval()
+        twin = (reference, lambda: reference.prefill(prompt))
 
     def after_prompt(state: DecodingState) -> dict[str, Any]:
         return {"state_bytes": state.nbytes(), "state_bytes_per_layer": state.nbytes() / len(state.layers)}
@@ -65,6 +80,7 @@ def decode_probe(
         warmup=warmup,
         repeats=repeats,
         budget_s=budget_s,
+        twin=twin,
     )
     return timings
 
@@ -79,27 +95,30 @@ def time_decoding(
     warmup: int,
     repeats: int,
     budget_s: float,
+    twin: tuple[Transformer, Callable[[], tuple[torch.Tensor, DecodingState]]] | None = None,
 ) -> tuple[dict[str, Any], DecodingState]:
     """The prompt's time (``prefill()``, once), then the median of single greedy tokens through ``model.step``.
 
     Shared by the decode probes of the skeleton and of the encoder-decoder. ``after_prompt`` reads what the
     record keeps of the state the prompt left (before any timed token); the state after the timed tokens is
-    returned beside the record's fields.
+    returned beside the record's fields. ``twin``: the reference model and its prompt, decoded token by token
+    in turn with this one; ``decode_tokens_per_s_paired_ratio`` is the median per-token ratio to it.
     """
     with torch.no_grad():
-        synchronize(device)
-        started = time.perf_counter()
-        logits, state = prefill()
-        synchronize(device)
-        prefill_s = time.perf_counter() - started
-        fields = after_prompt(state)
-        carried = {"state": state, "token": logits[:, -1].argmax(dim=-1)}
-
-        def step() -> None:
-            logits, carried["state"] = model.step(carried["token"], carried["state"])
-            carried["token"] = logits.argmax(dim=-1)
-
-        timing = time_calls(step, device=device, warmup=warmup, repeats=repeats, budget_s=budget_s)
+        step, carried, prefill_s = start_decoding(model, prefill, device)
+        fields = after_prompt(carried["state"])
+        if twin is None:
+            timing = time_calls(step, device=device, warmup=warmup, repeats=repeats, budget_s=budget_s)
+        else:
+            twin_step, _, _ = start_decoding(*twin, device)
+            mine, theirs = time_alternating(
+                [step, twin_step], device=device, warmup=warmup, repeats=repeats, budget_s=budget_s
+            )
+            timing = timing_of(mine)
+            fields["decode_tokens_per_s_paired_ratio"] = statistics.median(
+                t / m for m, t in zip(mine, theirs, strict=True)
+            )
+            fields["reference_decode_tokens_per_s"] = batch_size / statistics.median(theirs)
     return {
         "decode_ms": timing.median_s * 1e3,
         "decode_tokens_per_s": batch_size / timing.median_s,
@@ -109,6 +128,24 @@ def time_decoding(
         "decode_repeats": timing.repeats,
         "threads": torch.get_num_threads(),
     }, carried["state"]
+
+
+def start_decoding(
+    model: Transformer, prefill: Callable[[], tuple[torch.Tensor, DecodingState]], device: torch.device
+) -> tuple[Callable[[], None], dict[str, Any], float]:
+    """Run the prompt (timed) and return the one-token greedy step, the state it carries, and the prompt's seconds."""
+    synchronize(device)
+    started = time.perf_counter()
+    logits, state = prefill()
+    synchronize(device)
+    prefill_s = time.perf_counter() - started
+    carried = {"state": state, "token": logits[:, -1].argmax(dim=-1)}
+
+    def step() -> None:
+        logits, carried["state"] = model.step(carried["token"], carried["state"])
+        carried["token"] = logits.argmax(dim=-1)
+
+    return step, carried, prefill_s
 
 
 def decoding_state_bytes(*, model_cfg: dict[str, Any], attention: dict[str, Any], seq_len: int) -> int:

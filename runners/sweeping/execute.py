@@ -66,6 +66,7 @@ def timed_call(cfg: DictConfig, point: dict[str, Any]) -> TimedCall:
             "precision": cfg.hardware.precision,
             "warmup": point["warmup"],
             "repeats": point["repeats"],
+            "min_time_s": point.get("min_time_s", 0.0),
             "seed": 0,  # initialization only; the speed of a step does not depend on it
         }
         return TimedCall(SPEED_PROBE, kwargs, threads, timeout, memory=True)
@@ -86,6 +87,7 @@ def timed_call(cfg: DictConfig, point: dict[str, Any]) -> TimedCall:
         kwargs = cross_probe_kwargs(cfg, point) | {
             "target_len": point["target_len"],
             "precision": cfg.hardware.precision,
+            "min_time_s": point.get("min_time_s", 0.0),
         }
         return TimedCall(CROSS_SPEED_PROBE, kwargs, threads, timeout, memory=True)
     if probe == "cross_decode":

@@ -44,6 +44,9 @@ METRICS = {
     "core": ("fwd_ms", "fwd_bwd_ms"),  # runners.bench: times, lower is better (their ratio too)
 }
 TIMED_FIELDS = ("decode_ms", "prefill_ms")
+# Probes whose process times the reference beside the variant, step by step (or token by token) in turn
+# (``paired_attention``): their ratio per round is the median over those steps, ``{metric}_paired_ratio``.
+PAIRED_IN_PROCESS = ("speed", "cross_speed", "decode", "cross_decode")
 # Per-process extremes of the timed steps, kept as the extremes over every round.
 EXTREMES = {
     "train_tokens_per_s_min": min,
@@ -84,9 +87,14 @@ class Member:
         return self.failure is None
 
 
-def run_part(call: TimedCall, parts: list[str] | None, malloc: str | None) -> dict[str, Any]:
-    """One process of a timed call: ``parts`` of a speed probe, or the whole decode probe (``parts=None``)."""
+def run_part(
+    call: TimedCall, parts: list[str] | None, malloc: str | None, *, paired_with: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One process of a timed call: ``parts`` of a speed probe, or the whole decode probe (``parts=None``);
+    ``paired_with``: the reference's attention, timed in the same process in turn with the variant."""
     kwargs = call.kwargs if parts is None else call.kwargs | {"parts": parts}
+    if paired_with is not None:
+        kwargs = kwargs | {"paired_attention": paired_with}
     return run_isolated(call.function, kwargs, threads=call.threads, timeout_s=call.timeout_s, malloc=malloc)
 
 
@@ -97,9 +105,13 @@ def estimates(member: Member, reference: Member | None) -> dict[str, tuple[Estim
         values = {r: result[metric] for r, result in member.rounds.items()}
         figure = median_interval(list(values.values()))
         ratio = None
+        in_process = [result.get(f"{metric}_paired_ratio") for result in member.rounds.values()]
         if reference is not None and reference is not member:
-            pairs = paired_ratios(values, {r: result[metric] for r, result in reference.rounds.items()})
-            ratio = median_interval(pairs) if pairs else None
+            if in_process and None not in in_process:  # the reference was timed beside it in each round's process
+                ratio = median_interval(in_process)
+            else:
+                pairs = paired_ratios(values, {r: result[metric] for r, result in reference.rounds.items()})
+                ratio = median_interval(pairs) if pairs else None
         out[metric] = (figure, ratio)
     return out
 
@@ -194,8 +206,11 @@ def measure_comparison(
         for member in order:
             first = not member.rounds
             parts = (["time", "flops"] if first else ["time"]) if member.call.memory else None
+            pair = reference is not None and member is not reference and member.point["probe"] in PAIRED_IN_PROCESS
             try:
-                member.rounds[round_index] = run_part(member.call, parts, malloc="timing")
+                member.rounds[round_index] = run_part(
+                    member.call, parts, malloc="timing", paired_with=reference.point["attention"] if pair else None
+                )
             except Exception as failed:  # a point's failure is its status; the comparison goes on
                 member.failure = failed_record(failed)
     return {m.key: result_of(m, reference, settings) for m in members if m.write}
