@@ -370,6 +370,7 @@ def validate(cfg: DictConfig, attentions: list[dict[str, Any]]) -> None:
             except variants.AttentionError as error:
                 raise ConfigError(f"sweep.state_sizes.{name}.{knob}={value}: {error}") from None
     timing_settings(cfg)
+    min_time_s(cfg)
     check_precision(cfg.hardware)
     if cfg.logger not in ("wandb", "none"):
         raise ConfigError(f"logger={cfg.logger!r} is unknown; choose wandb or none")
@@ -421,6 +422,13 @@ def timing_settings(cfg: DictConfig) -> TimingSettings:
     return settings
 
 
+def min_time_s(cfg: DictConfig) -> float:
+    """``sweep.min_time_s``: the least time a speed point's timed steps add up to in each process (0: none)."""
+    value = OmegaConf.select(cfg, "sweep.min_time_s", default=0.0)
+    check_range("sweep.min_time_s", value, low=0.0)
+    return float(value)
+
+
 def accuracy_jobs(cfg: DictConfig) -> int:
     """How many accuracy runs go side by side: ``sweep.accuracy_jobs``, at most one per thread; 1 under DDP.
 
@@ -450,10 +458,23 @@ TRAINING_PROBES = ("accuracy", "cross_accuracy")  # training runs, which may go 
 TIMED_PROBES = ("speed", "cross_speed", "decode", "cross_decode")
 
 
+def corpus_identity(entry: AccuracyEntry) -> dict[str, Any]:
+    """``{"data": ...}``: the corpus digest, files and bytes of a task read from files (``text``), else nothing.
+
+    Part of the point's identity: the same entry over another corpus (or another Python's standard library)
+    is another point, never a resumed one.
+    """
+    if not hasattr(TASKS[entry.task], "identity"):
+        return {}
+    task = point_task(entry.task, entry.settings, entry.seq_lens[0], entry.directions[0], seed=0)
+    return {"data": instantiate_task(task, where=f"sweep.accuracy.{entry.label}").identity()}
+
+
 def cross_points(cfg: DictConfig, cross: CrossSettings) -> list[dict[str, Any]]:
     """The encoder-decoder's speed and decode points of one variant (as its cross-attention), without the variant."""
     fixed = {"self_attention": cross.self_attention}
     speed = {"batch_size": cfg.sweep.batch_size, "warmup": cfg.sweep.warmup, "repeats": cfg.sweep.repeats}
+    speed["min_time_s"] = min_time_s(cfg)
     decode = {
         "batch_size": cfg.sweep.decode_batch_size,
         "warmup": cfg.sweep.decode_warmup,
@@ -492,6 +513,7 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
                     "batch_size": cfg.sweep.batch_size,
                     "warmup": cfg.sweep.warmup,
                     "repeats": cfg.sweep.repeats,
+                    "min_time_s": min_time_s(cfg),
                 }
             )
         for seq_len in cfg.sweep.get("decode_lens") or []:
@@ -513,6 +535,7 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
         size = sizes.get(attention["name"])
         values = size.values if size else [None]
         for entry in tasks:
+            data = corpus_identity(entry)
             with_hparams = attention | entry.hparams.get(attention["name"], {})
             kind = {"probe": "accuracy"}
             if is_seq2seq(entry):  # the variant is the cross-attention; the rest is sweep.cross.self_attention
@@ -534,6 +557,7 @@ def plan_points(cfg: DictConfig, attentions: list[dict[str, Any]]) -> list[dict[
                                 "model": model | entry.model,
                                 "seed": seed,
                             }
+                            | data
                         )
                         points.append(point if size is None else with_state_size(point, size, value))
     identity = machine.machine_identity(cfg.hardware.accelerator)
