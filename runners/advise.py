@@ -3,12 +3,15 @@
     python -m runners.advise --results reports/intel-xeon-2-threads --seq-len 384 --min-accuracy 0.9
     python -m runners.advise --results results/store --seq-len 2048 --max-memory-mib 200 --first memory
     python -m runners.advise --results reports/x/results.csv --seq-len 384 --causal --first accuracy
+    python -m runners.advise --results reports/x --seq-len 256 --causal --task text --max-bpb 2.5
 
 For each hardware fingerprint in the results (or the one ``--hardware`` names):
 the variants that meet every constraint at ``--seq-len``, ranked by what comes
 first for the reader, each with its evidence (measured, interpolated between
 two measured lengths or extrapolated from the fitted growth; the seeds of its
 accuracy); then every excluded variant with the constraint that rules it out.
+Language modelling on text is scored in bits per byte, lower is better
+(``--task text``, bounded by ``--max-bpb``); every other task by accuracy.
 Accuracy is only taken at the requested length, on the same hardware and in
 the same direction, unless ``--accuracy-seq-len`` names another length
 explicitly (the answer says so). An impossible request gets that answer.
@@ -53,10 +56,12 @@ class Constraints:
     first: str
     task: str | None
     accuracy_seq_len: int | None
+    max_bpb: float | None = None
 
     def describe(self) -> str:
         bounds = [
             f"accuracy >= {self.min_accuracy:g}" if self.min_accuracy is not None else "",
+            f"bits per byte <= {self.max_bpb:g}" if self.max_bpb is not None else "",
             f"peak memory <= {self.max_memory_mib:g} MiB" if self.max_memory_mib is not None else "",
             f"training >= {self.min_tokens_per_s:,.0f} tok/s" if self.min_tokens_per_s is not None else "",
         ]
@@ -124,7 +129,8 @@ def accuracy_at(stats: pd.DataFrame, wanted: Constraints, direction: str) -> tup
 
 def judge(speed: pd.DataFrame, accuracy: pd.DataFrame, wanted: Constraints, accuracy_note: str) -> pd.DataFrame:
     """Every variant with its numbers, its evidence and the reasons (if any) it is ruled out."""
-    table = speed.join(accuracy[["mean", "min", "max", "seeds"]], how="outer") if not accuracy.empty else speed
+    score = ["mean", "min", "max", "seeds", "quality", "lower_is_better"]
+    table = speed.join(accuracy[score], how="outer") if not accuracy.empty else speed
     reasons = []
     for _, row in table.iterrows():
         why = []
@@ -137,11 +143,18 @@ def judge(speed: pd.DataFrame, accuracy: pd.DataFrame, wanted: Constraints, accu
                 why.append(f"peak memory {row.peak_memory_mib:,.1f} MiB > {wanted.max_memory_mib:g}")
             if wanted.min_tokens_per_s is not None and row.train_tokens_per_s < wanted.min_tokens_per_s:
                 why.append(f"training {row.train_tokens_per_s:,.0f} tok/s < {wanted.min_tokens_per_s:,.0f}")
-        if wanted.min_accuracy is not None or wanted.first == "accuracy":
+        if wanted.min_accuracy is not None or wanted.max_bpb is not None or wanted.first == "accuracy":
+            lower = row.get("lower_is_better") == True  # noqa: E712 (NaN: not measured)
             if pd.isna(row.get("mean")):
                 why.append(accuracy_note if accuracy.empty else "no accuracy in this setting")
+            elif wanted.min_accuracy is not None and lower:
+                why.append("--min-accuracy bounds accuracy; this task is scored in bits per byte: use --max-bpb")
+            elif wanted.max_bpb is not None and not lower:
+                why.append("--max-bpb bounds bits per byte; this task is scored by accuracy: use --min-accuracy")
             elif wanted.min_accuracy is not None and row["mean"] < wanted.min_accuracy:
                 why.append(f"accuracy {row['mean']:.3f} < {wanted.min_accuracy:g}")
+            elif wanted.max_bpb is not None and row["mean"] > wanted.max_bpb:
+                why.append(f"bits per byte {row['mean']:.3f} > {wanted.max_bpb:g}")
         reasons.append("; ".join(why))
     table["ruled_out_by"] = reasons
     return table.reindex(variant_order(table.index))
@@ -159,10 +172,11 @@ def ranked(table: pd.DataFrame, first: str) -> pd.DataFrame:
     if first == "memory":
         return keep.sort_values(["peak_memory_mib", "train_tokens_per_s"], ascending=[True, False])
     tied = keep.index.isin(accuracy_ties(keep))
+    lower = bool((keep.get("lower_is_better") == True).any())  # noqa: E712 (bits per byte: the lowest is best)
     return pd.concat(
         [
             keep[tied].sort_values("train_tokens_per_s", ascending=False),
-            keep[~tied].sort_values(["mean", "train_tokens_per_s"], ascending=[False, False]),
+            keep[~tied].sort_values(["mean", "train_tokens_per_s"], ascending=[lower, False]),
         ]
     )
 
@@ -175,7 +189,8 @@ def accuracy_ties(table: pd.DataFrame) -> list[str]:
 def accuracy_cell(row: pd.Series) -> str:
     if "mean" not in row or pd.isna(row.get("mean")):
         return "not measured here"
-    return f"{row['mean']:.3f} ({row['min']:.3f}-{row['max']:.3f}, {row.seeds:.0f} seeds)"
+    unit = " bpb" if row.get("lower_is_better") == True else ""  # noqa: E712 (NaN: accuracy)
+    return f"{row['mean']:.3f}{unit} ({row['min']:.3f}-{row['max']:.3f}, {row.seeds:.0f} seeds)"
 
 
 def answer(frame: pd.DataFrame, fingerprint: str, wanted: Constraints) -> tuple[list[str], pd.DataFrame]:
@@ -192,7 +207,7 @@ def answer(frame: pd.DataFrame, fingerprint: str, wanted: Constraints) -> tuple[
     lines = [head]
     if best.empty:
         lines.append(f"No variant meets every constraint ({len(table)} considered).")
-        if accuracy.empty and wanted.min_accuracy is not None:
+        if accuracy.empty and (wanted.min_accuracy is not None or wanted.max_bpb is not None):
             lines.append("To judge by accuracy measured at another length, add --accuracy-seq-len N (said so).")
     else:
         lines.append(f"{len(best)} of {len(table)} variants meet every constraint, best first by {wanted.first}:")
@@ -232,6 +247,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Constraints]
     parser.add_argument("--seq-len", type=int, required=True, help="your sequence length")
     parser.add_argument("--causal", action="store_true", help="causal attention (default: bidirectional)")
     parser.add_argument("--min-accuracy", type=float, help="lowest acceptable mean test accuracy, 0-1")
+    parser.add_argument("--max-bpb", type=float, help="highest acceptable bits per byte (--task text)")
     parser.add_argument("--max-memory-mib", type=float, help="highest acceptable peak memory of a training step")
     parser.add_argument("--min-tokens-per-s", type=float, help="lowest acceptable training throughput")
     parser.add_argument("--first", choices=FIRST, default="speed", help="what to rank by")
@@ -243,7 +259,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Constraints]
         parser.error(f"--seq-len and --accuracy-seq-len must be positive integers; got {args.seq_len}")
     if args.min_accuracy is not None and not 0.0 <= args.min_accuracy <= 1.0:
         parser.error(f"--min-accuracy is a fraction between 0 and 1; got {args.min_accuracy}")
-    for name in ("max_memory_mib", "min_tokens_per_s"):
+    for name in ("max_memory_mib", "min_tokens_per_s", "max_bpb"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}")
     wanted = Constraints(
@@ -255,6 +271,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Constraints]
         first=args.first,
         task=args.task,
         accuracy_seq_len=args.accuracy_seq_len,
+        max_bpb=args.max_bpb,
     )
     return args, wanted
 

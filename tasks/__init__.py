@@ -11,5 +11,6 @@ from tasks.lookup import Lookup
 from tasks.mqar import MQAR
 from tasks.selective_copy import SelectiveCopy
 from tasks.sort import Sort
+from tasks.text import Text
 
-__all__ = ["IGNORE", "MQAR", "PAD", "GeneratedTask", "ListOps", "Lookup", "SelectiveCopy", "Sort"]
+__all__ = ["IGNORE", "MQAR", "PAD", "GeneratedTask", "ListOps", "Lookup", "SelectiveCopy", "Sort", "Text"]

@@ -33,6 +33,7 @@ class GeneratedTask(pl.LightningDataModule):
     """
 
     head: ClassVar[Literal["classify", "token"]]
+    byte_metrics: ClassVar[bool] = False  # test batches carry each byte's kind: bits per byte, hits, positions
     seq2seq: ClassVar[bool] = False  # batches (source, source mask, decoder input, labels): an encoder-decoder's
     causal: bool
     seq_len: int

@@ -36,6 +36,7 @@ TASKS: dict[str, type[tasks.GeneratedTask]] = {
     "mqar": tasks.MQAR,
     "selective_copy": tasks.SelectiveCopy,
     "sort": tasks.Sort,
+    "text": tasks.Text,
 }
 
 

@@ -11,6 +11,7 @@ reported at that rate (Zoology's protocol).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -21,6 +22,29 @@ RUN = ["variant", *SETTING]
 TARGETS = (0.5, 0.9)  # time-to-accuracy targets, as fractions of the best mean accuracy of the setting
 LEARNED_MEAN = 0.95  # the reference must reach this mean test accuracy in a setting ...
 LEARNED_SPREAD = 0.05  # ... with at most this min-max spread over seeds, or the setting's ranking says nothing
+
+
+class Quality(NamedTuple):
+    """What a task's runs are scored by: the record's column, its name, and which way is better."""
+
+    column: str
+    name: str
+    lower_is_better: bool
+
+
+ACCURACY = Quality("test_acc", "accuracy", lower_is_better=False)
+QUALITY = {"text": Quality("test_bpb", "bpb", lower_is_better=True)}  # language modelling: bits per byte
+
+
+def quality_of(task: str) -> Quality:
+    """The score of ``task``'s runs: test accuracy, or bits per byte for language modelling on text."""
+    return QUALITY.get(str(task), ACCURACY)
+
+
+def best_first(stats: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one setting from best to worst mean score (accuracy descending, bits per byte ascending)."""
+    lower = bool(stats["lower_is_better"].iloc[0]) if "lower_is_better" in stats and len(stats) else False
+    return stats.sort_values("mean", ascending=lower)
 
 
 def at_chosen_lr(acc: pd.DataFrame) -> pd.DataFrame:
@@ -35,11 +59,14 @@ def at_chosen_lr(acc: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_stats(acc: pd.DataFrame) -> pd.DataFrame:
-    """Per variant and setting: mean, min and max test accuracy over seeds, seeds, parameters, steps, rate."""
+    """Per variant and setting: mean, min and max of its score over seeds (test accuracy, or bits per byte where
+    the task is language modelling: ``quality``, ``lower_is_better``), seeds, parameters, steps, rate."""
     rows = []
     for key, runs in acc.groupby(RUN, sort=True):
         ok = runs[runs.status == "ok"]
+        quality = quality_of(key[RUN.index("task")])
         row = dict(zip(RUN, key, strict=True)) | {"seeds": len(ok), "runs": len(runs), "params": runs.params.max()}
+        row |= {"quality": quality.name, "lower_is_better": quality.lower_is_better}
         if ok.empty:  # every seed failed: the cell shows the status of the first
             measured = dict.fromkeys(("steps", "steps_min", "lr", "mean", "min", "max", "train_tokens_per_s"), math.nan)
             measured |= {"status": runs.status.iloc[0], "message": str(runs.message.iloc[0] or "")}
@@ -48,9 +75,9 @@ def accuracy_stats(acc: pd.DataFrame) -> pd.DataFrame:
                 "steps": ok.steps.max(),
                 "steps_min": ok.steps.min(),  # below max: some seeds stopped at optim.target_acc
                 "lr": ok.lr.iloc[0],
-                "mean": ok.test_acc.mean(),
-                "min": ok.test_acc.min(),
-                "max": ok.test_acc.max(),
+                "mean": ok[quality.column].mean(),
+                "min": ok[quality.column].min(),
+                "max": ok[quality.column].max(),
                 "train_tokens_per_s": ok.train_tokens_per_s_total.median(),
                 "status": "ok",
                 "message": "",
@@ -60,12 +87,14 @@ def accuracy_stats(acc: pd.DataFrame) -> pd.DataFrame:
 
 
 def tied_best(stats: pd.DataFrame) -> list[str]:
-    """The variants of one setting that cannot be told apart from the best: their max reaches the best's min."""
-    ok = stats.dropna(subset=["mean"])
+    """The variants of one setting that cannot be told apart from the best: their seed spread reaches the best's
+    (accuracy: their max reaches its min; bits per byte: their min reaches its max)."""
+    ok = best_first(stats.dropna(subset=["mean"]))
     if ok.empty:
         return []
-    best = ok.loc[ok["mean"].idxmax()]
-    tied = ok[ok["max"] >= best["min"]].sort_values("mean", ascending=False)
+    best = ok.iloc[0]
+    lower = bool(best.get("lower_is_better", False))
+    tied = ok[ok["min"] <= best["max"]] if lower else ok[ok["max"] >= best["min"]]
     return list(tied.variant)
 
 

@@ -23,11 +23,24 @@ import pandas as pd
 from runners.reporting.accuracy import LEARNED_SPREAD, accuracy_stats, at_chosen_lr, tied_best
 from runners.reporting.recall import recall_runs
 from runners.reporting.styles import CAUSAL, REFERENCE, variant_order
+from runners.reporting.text import TEXT_HEADING
 
 ACCURACY_SLACK = LEARNED_SPREAD  # speed and memory picks: accuracy at most this far below the best mean
 SPEED = ["train_tokens_per_s", "infer_tokens_per_s", "peak_memory_mib"]
 # the paired ratio to full of interleaved rounds and its interval, where the points have them
 RATIO = ["train_tokens_per_s_ratio", "train_tokens_per_s_ratio_lo", "train_tokens_per_s_ratio_hi"]
+# a setting's score over seeds: accuracy, or bits per byte (lower is better) for language modelling on text
+SCORE = ["mean", "min", "max", "seeds", "quality", "lower_is_better"]
+
+
+def lower_is_better(rows: pd.DataFrame) -> bool:
+    """Whether the setting's score is one to minimise (bits per byte) rather than maximise (accuracy)."""
+    known = rows["lower_is_better"].dropna() if "lower_is_better" in rows else pd.Series(dtype=bool)
+    return bool(known.iloc[0]) if not known.empty else False
+
+
+def at_least_as_good(a: float, b: float, lower: bool) -> bool:
+    return a <= b if lower else a >= b
 
 
 def direction_of(variant: str) -> str:
@@ -48,7 +61,7 @@ def accuracy_settings(part: pd.DataFrame) -> pd.DataFrame:
     accuracy = part[(part.probe == "accuracy") & (part.status != "unsupported")]
     accuracy = accuracy.drop(index=recall_runs(accuracy).index)
     if accuracy.empty:
-        return pd.DataFrame(columns=["variant", "task", "direction", "seq_len", "mean", "min", "max", "seeds"])
+        return pd.DataFrame(columns=["variant", "task", "direction", "seq_len", *SCORE])
     stats = accuracy_stats(at_chosen_lr(accuracy))
     return stats[stats.status == "ok"]
 
@@ -57,7 +70,7 @@ def candidates(speed: pd.DataFrame, stats: pd.DataFrame | None) -> pd.DataFrame:
     """One row per variant with its speed and memory and, where given, its accuracy (mean, min, max, seeds)."""
     rows = speed.drop_duplicates("variant", keep="last").set_index("variant")[SPEED + [c for c in RATIO if c in speed]]
     if stats is not None and not stats.empty:
-        rows = rows.join(stats.set_index("variant")[["mean", "min", "max", "seeds"]], how="outer")
+        rows = rows.join(stats.set_index("variant")[SCORE], how="outer")
     return rows.reindex(variant_order(rows.index))
 
 
@@ -70,7 +83,9 @@ def dominates(a: pd.Series, b: pd.Series, *, with_accuracy: bool) -> bool:
     speed_better = a.train_tokens_per_s > b.train_tokens_per_s or a.peak_memory_mib < b.peak_memory_mib
     if not with_accuracy:
         return bool(speed_ok and speed_better)
-    return bool(speed_ok and a["mean"] >= b["mean"] and (speed_better or a["mean"] > b["mean"]))
+    lower = bool(a.get("lower_is_better", False) == True)  # noqa: E712 (NaN: accuracy)
+    score_ok = at_least_as_good(a["mean"], b["mean"], lower)
+    return bool(speed_ok and score_ok and (speed_better or a["mean"] != b["mean"]))
 
 
 def pareto(rows: pd.DataFrame, *, with_accuracy: bool) -> list[str]:
@@ -94,7 +109,11 @@ def picks(rows: pd.DataFrame) -> dict[str, object]:
     scored = rows.dropna(subset=["mean"]) if "mean" in rows else rows.iloc[0:0]
     pool = measured
     if not scored.empty:
-        pool = measured[measured.index.isin(scored.index[scored["mean"] >= scored["mean"].max() - ACCURACY_SLACK])]
+        if lower_is_better(scored):  # bits per byte: within the slack above the lowest
+            near_best = scored["mean"] <= scored["mean"].min() + ACCURACY_SLACK
+        else:
+            near_best = scored["mean"] >= scored["mean"].max() - ACCURACY_SLACK
+        pool = measured[measured.index.isin(scored.index[near_best])]
     ties = tied_best(scored.reset_index()) if not scored.empty else []
     tied_measured = measured[measured.index.isin(ties)]
     best_accuracy = tied_measured.train_tokens_per_s.idxmax() if not tied_measured.empty else (ties or [None])[0]
@@ -136,7 +155,8 @@ def evidence(rows: pd.DataFrame, name: str) -> str:
             memory = f" ({row.peak_memory_mib / reference.peak_memory_mib:.2f}x)"
         parts += [f"{row.train_tokens_per_s:,.0f} train tok/s{speedup}", f"{row.peak_memory_mib:,.1f} MiB peak{memory}"]
     if "mean" in rows and pd.notna(row["mean"]):
-        parts.append(f"accuracy {row['mean']:.3f} ({row['min']:.3f}-{row['max']:.3f}, {row.seeds:.0f} seeds)")
+        name = row["quality"] if "quality" in rows and pd.notna(row["quality"]) else "accuracy"
+        parts.append(f"{name} {row['mean']:.3f} ({row['min']:.3f}-{row['max']:.3f}, {row.seeds:.0f} seeds)")
     return ", ".join(parts)
 
 
@@ -177,8 +197,9 @@ def choice_section(frame: pd.DataFrame) -> list[str]:
         "",
         "Per hardware, length and direction: the variants no other beats on every axis (Pareto front), and the "
         "pick when training speed, memory or accuracy comes first. Speed and memory picks are made among the "
-        f"variants within {ACCURACY_SLACK:g} of the best mean accuracy where accuracy was measured at that "
-        "length; accuracy ties (overlapping seed spreads) are named. Accuracy and speed are paired only at the "
+        f"variants within {ACCURACY_SLACK:g} of the best mean accuracy (or bits per byte, lower is better, for "
+        "language modelling on text) where it was measured at that length; ties (overlapping seed spreads) are "
+        "named. Accuracy and speed are paired only at the "
         "same length and direction; speed and memory are each machine's own, accuracy is shared (a property of "
         "the config). Your own bounds: `python -m runners.advise --results <this "
         "folder> --seq-len N --min-accuracy A --max-memory-mib M`.",
@@ -210,6 +231,7 @@ def choice_section(frame: pd.DataFrame) -> list[str]:
             for task, of_task in scored.groupby("task", sort=True):
                 rows = candidates(here, of_task)
                 title = f"n = {seq_len:,}, {direction}, {task}"
-                accuracy_link = f"[accuracy]({anchor('Accuracy', index)})"
+                heading = TEXT_HEADING if task == "text" else "Accuracy"
+                accuracy_link = f"[{'bits per byte' if task == 'text' else 'accuracy'}]({anchor(heading, index)})"
                 lines += setting_lines(rows, title, f"{accuracy_link}, {links}", with_accuracy=True)
     return lines

@@ -29,6 +29,7 @@ from runners.reporting.tables import (
     speed_summary,
     training_run_cells,
 )
+from runners.reporting.text import text_runs, text_section
 
 PAIRED = (
     "Each ratio is the median of per-round ratios: every point of a length is timed once per round, in its own "
@@ -239,8 +240,11 @@ def build_report(frame: pd.DataFrame, out: Path, *, baselines: Sequence[str] = (
             lines += speed_section(speed, out, f"hw{index}")
         at_state_sizes = recall_runs(accuracy)
         accuracy = accuracy.drop(index=at_state_sizes.index)  # a (variant, setting) there has several models
+        language = text_runs(accuracy)  # scored in bits per byte, in a section of its own
+        accuracy = accuracy.drop(index=language.index)
         if not accuracy.empty:
             lines += accuracy_section(accuracy, out, f"hw{index}")
+        lines += text_section(language, out, f"hw{index}")
         lines += recall_section(at_state_sizes, out, f"hw{index}")
         decode = part[part.probe == "decode"]
         if not decode.empty:

@@ -83,6 +83,27 @@ COLUMNS = {
     "train_tokens_per_s_total": "train_tokens_per_s_total",
     "train_tokens_per_s_per_device": "train_tokens_per_s_per_device",
     "majority_baseline": "majority_baseline",
+    # language modelling on text (tasks/text.py): bits per byte overall, per kind of byte and per position
+    "test_bpb": "test_bpb",
+    "test_bpb_far": "test_bpb_far",
+    "test_bpb_near": "test_bpb_near",
+    "test_bpb_other": "test_bpb_other",
+    **{f"test_bpb_pos{i}": f"test_bpb_pos{i}" for i in range(8)},
+    "in_context_gain_bits": "in_context_gain_bits",
+    "unigram_entropy_bits": "unigram_entropy_bits",
+    "test_share_far": "test_share_far",
+    "test_share_near": "test_share_near",
+    "recall_ngram": "recall_ngram",
+    "recall_far": "recall_far",
+    "train_peak_memory_mib": "train_peak_memory_mib",
+    "train_peak_memory_kind": "train_peak_memory_kind",
+    "config.data.corpus": "corpus",
+    "config.data.corpus_digest": "corpus_digest",
+    "config.data.corpus_files": "corpus_files",
+    "config.data.corpus_bytes": "corpus_bytes",
+    "config.model.layers": "model_layers",
+    "config.model.dim": "model_dim",
+    "config.task.batch_size": "task_batch_size",
     "learning_curve": "learning_curve",  # a list per accuracy run; left out of results.csv
     "errors": "errors",  # maps probe: a list of rows per point (one per input case); left out of results.csv
     "budget_curve": "budget_curve",  # maps probe: a list of rows; left out of results.csv

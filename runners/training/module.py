@@ -16,6 +16,9 @@ import variants
 from models.encoder_decoder import encoder_layers
 from tasks import IGNORE
 from tasks.sort import BOS
+from tasks.text import KINDS
+
+POSITION_BUCKETS = 8  # loss by position: the sequence in this many equal stretches (the in-context gain's ends)
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
@@ -45,6 +48,7 @@ class SequenceModel(pl.LightningModule):
         max_steps: int,
         seq2seq: bool = False,
         cross_attention: dict[str, Any] | None = None,
+        byte_metrics: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -64,6 +68,10 @@ class SequenceModel(pl.LightningModule):
         self.test_exact_match = MeanMetric()  # seq2seq: whole target right, by greedy generation
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, ignore_index=IGNORE, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, ignore_index=IGNORE, average="micro")
+        # language modelling on text: bits per byte overall, per kind of byte (recall hit or not), per position
+        self.byte_metrics = byte_metrics
+        names = ["bpb", *(f"bpb_{kind}" for kind in KINDS), *(f"bpb_pos{i}" for i in range(POSITION_BUCKETS))]
+        self.test_bits = torch.nn.ModuleDict({name: MeanMetric() for name in names}) if byte_metrics else None
         self.diverged_at: int | None = None
         self.loss_trace: list[tuple[int, float]] = []  # (step, loss) every 10 steps, for reports and tests
 
@@ -108,6 +116,9 @@ class SequenceModel(pl.LightningModule):
         self._score(batch, self.val_acc, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
+        if self.byte_metrics:
+            self._score_bytes(batch)
+            return
         if not self.seq2seq:
             self._score(batch, self.test_acc, "test")
             return
@@ -119,6 +130,27 @@ class SequenceModel(pl.LightningModule):
         self.log("test_acc", self.test_acc)
         self.log("test_exact_match", self.test_exact_match)
         self.log("test_loss", self._loss(batch)[0], sync_dist=True)
+
+    def _score_bytes(self, batch) -> None:
+        """Bits per byte of the test split: overall, on far and near recall hits and the other bytes
+        (:mod:`tasks.text`), and in :data:`POSITION_BUCKETS` equal stretches of the sequence."""
+        tokens, mask, labels, kinds = batch
+        logits = self(tokens, mask)
+        bits = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), reduction="none") / math.log(2)
+        bits = bits.view_as(labels)
+        self.test_acc.update(logits.flatten(0, -2), labels.flatten())
+        self.test_bits["bpb"].update(bits)
+        for kind, code in KINDS.items():
+            chosen = bits[kinds == code]
+            if chosen.numel():
+                self.test_bits[f"bpb_{kind}"].update(chosen)
+        for index, stretch in enumerate(bits.chunk(POSITION_BUCKETS, dim=1)):
+            self.test_bits[f"bpb_pos{index}"].update(stretch)
+        self.log("test_acc", self.test_acc)
+        self.log("test_loss", bits.mean() * math.log(2), sync_dist=True)
+        for name, metric in self.test_bits.items():
+            if metric.update_called:  # a split without far hits (windows shorter than `far`) has no such number
+                self.log(f"test_{name}", metric)
 
     @torch.no_grad()
     def greedy(self, source: torch.Tensor, source_mask: torch.Tensor | None, length: int) -> torch.Tensor:

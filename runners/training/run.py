@@ -16,6 +16,7 @@ an optimizer or task value out of range, a bf16 precision this machine would onl
 from __future__ import annotations
 
 import logging
+import resource
 import time
 import warnings
 from datetime import timedelta
@@ -138,6 +139,7 @@ def run_training(cfg: DictConfig, *, logger: Any = False, progress: str | None =
         max_steps=cfg.optim.max_steps,
         seq2seq=task.seq2seq,
         cross_attention=cross,
+        byte_metrics=task.byte_metrics,
     )
     callbacks: list[pl.Callback] = [TrainThroughput(), LearningCurve()]
     target = cfg.optim.get("target_acc")
@@ -183,7 +185,29 @@ def run_training(cfg: DictConfig, *, logger: Any = False, progress: str | None =
     scores = {"test_acc": tested["test_acc"], "test_loss": tested["test_loss"]}
     if task.seq2seq:  # greedy generation on the test split; the cross variant the model chose
         scores |= {"test_exact_match": tested["test_exact_match"], "cross_attention": module.model.cross_attention}
-    return result | {"status": "ok"} | scores
+    if task.byte_metrics:
+        scores |= byte_scores(tested) | task.test_statistics() | task.identity()
+    return result | {"status": "ok"} | scores | process_peak(cfg.hardware.accelerator)
+
+
+def byte_scores(tested: dict[str, float]) -> dict[str, float]:
+    """Bits per byte overall, per kind and per position stretch, and the in-context gain (Olsson et al. 2022:
+    the loss near the start of a sequence minus the loss near its end; positive: the context helps)."""
+    scores = {key: value for key, value in tested.items() if key.startswith("test_bpb")}
+    positions = sorted((key for key in scores if key.startswith("test_bpb_pos")), key=lambda k: int(k[12:]))
+    scores["in_context_gain_bits"] = scores[positions[0]] - scores[positions[-1]]
+    return scores
+
+
+def process_peak(accelerator: str) -> dict[str, float]:
+    """The training process's peak memory: CUDA's allocator peak, else the process's resident high-water mark
+    (interpreter, data and model included; with ``sweep.accuracy_jobs`` > 1 every run has a process of its own)."""
+    if accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+        return {"train_peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20, "train_peak_memory_kind": "cuda"}
+    return {
+        "train_peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "train_peak_memory_kind": "process RSS",
+    }
 
 
 def _metric(trainer: pl.Trainer, key: str) -> float | None:
