@@ -119,3 +119,23 @@ def test_the_readme_command_answers_from_the_committed_example_report(capsys):
     answers = advise.main([a if a != str(folder.relative_to(repo)) else str(folder) for a in args])
     out = capsys.readouterr().out
     assert answers and "variants meet every constraint" in out  # the committed example satisfies it
+
+
+def test_text_is_ranked_by_bits_per_byte_lowest_first_and_bounded_by_max_bpb(tmp_path, capsys):
+    """Language modelling is scored in bits per byte: lower is better, ties by overlapping seed spreads."""
+    records = [
+        speed(name, 256, tok, 10.0, causal=True) for name, tok in (("full", 1e4), ("linear", 3e4), ("local", 2e4))
+    ]
+    for name, bpbs in (("full", (2.00, 2.02)), ("linear", (2.60, 2.64)), ("local", (2.01, 2.05))):
+        for seed_run in accuracy_records(name, bpbs, n=256, direction="causal"):
+            records.append(seed_run | {"task": "text", "test_bpb": seed_run["test_acc"], "test_acc": 0.5})
+    for i, record in enumerate(records):
+        store.write_point(tmp_path / "store", record | {"key": f"k{i}"})
+    base = ["--results", tmp_path / "store", "--seq-len", 256, "--causal", "--task", "text"]
+    answers, out = run(capsys, *base, "--first", "accuracy")
+    assert list(answers["cpu-A"].index) == ["local", "full", "linear"]  # full and local tie; local is faster
+    assert "2.010 bpb (2.000-2.020, 2 seeds)" in out and "Tied on accuracy within the seed spread: local, full" in out
+    answers, out = run(capsys, *base, "--max-bpb", 2.5)
+    assert list(answers["cpu-A"].index) == ["local", "full"] and "linear: bits per byte 2.620 > 2.5" in out
+    _, out = run(capsys, *base, "--min-accuracy", 0.9)
+    assert "this task is scored in bits per byte: use --max-bpb" in out
