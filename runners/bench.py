@@ -77,6 +77,7 @@ def measure_length(cases: list[Case], seq_len: int, args: argparse.Namespace) ->
             "heads": args.heads,
             "dim_head": args.dim_head,
             "repeats": args.repeats,
+            "min_time_s": args.min_time_s,
             "dtype": args.dtype,
         }
         call = TimedCall(CORE_PROBE, kwargs, args.threads, args.timeout, memory=True)
@@ -157,8 +158,9 @@ def summarize(records: list[dict[str, Any]], seq_lens: list[int]) -> str:
             )
         )
         out.append(
-            "\nforward+backward time / full's in the same direction: median of the per-round ratios "
-            "(distribution-free interval over the rounds); below 1 is faster"
+            "\nforward+backward time / full's in the same direction: each round's process times the core and "
+            "full's call by call in turn, median of those ratios; median over the rounds (distribution-free "
+            "interval over the rounds); below 1 is faster"
         )
         out.append(paired.pivot(index="label", columns="seq_len", values="cell").to_string())
     out.append("\npeak memory of one forward+backward step, MiB")
@@ -240,6 +242,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--dim-head", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per process (their median)")
+    parser.add_argument(
+        "--min-time-s", type=float, default=0.2, help="timed calls per process add up to at least this (seconds)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="processes per point, interleaved with the others")
     parser.add_argument("--max-rounds", type=int, default=6, help="more rounds while a ratio's interval is >10%%")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per point before it is 'timeout'")

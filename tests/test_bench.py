@@ -29,6 +29,10 @@ def test_bench_records_every_point_and_prints_tables(tmp_path, capsys):
     # the floor is the output and three input gradients: 4 x (1, 2, 256, 8) fp32
     assert all(r["floor_mib"] == 4 * 2 * 256 * 8 * 4 / 2**20 for r in lines)
     assert "working memory: peak minus the floor" in printed
+    # linformer's ratio to full comes from full's core timed call by call in linformer's own processes
+    linformer = lines[2]
+    assert linformer["fwd_bwd_ms_paired_ratio"] > 0 and linformer["ratio_reference"] == "full"
+    assert linformer["fwd_bwd_ms_ratio_lo"] <= linformer["fwd_bwd_ms_ratio"] <= linformer["fwd_bwd_ms_ratio_hi"]
 
 
 def test_bench_prints_each_cores_crossover_with_full_from_the_records():

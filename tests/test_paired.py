@@ -50,7 +50,7 @@ class Drifting:
         result = {"train_tokens_per_s": value, "infer_tokens_per_s": 3 * value, "params": 1}
         if paired_with is not None:  # the reference timed in the same process, step by step: the same drift
             self.paired.append(name)
-            ratio = self.speeds[name] * jitter / self.speeds[paired_with["name"]]
+            ratio = self.speeds[name] * jitter / self.speeds[paired_with["paired_attention"]["name"]]
             result |= {"train_tokens_per_s_paired_ratio": ratio, "infer_tokens_per_s_paired_ratio": ratio}
         return result
 

@@ -7,6 +7,7 @@ process of its own, as the sweep's skeleton probe does.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from runners.measure.flops import count_flops
 from runners.measure.matmul_peak import DTYPES
 from runners.measure.memory import measure_step_peak
 from runners.measure.peers import PEERS
-from runners.measure.timing import time_calls
+from runners.measure.timing import time_alternating, time_calls, timing_of
 
 OURS = "ours"
 
@@ -32,6 +33,24 @@ def build_core(
         module = variants.build(variant, heads=heads, dim_head=dim_head, max_seq_len=seq_len, causal=causal, **hparams)
         return module, module
     return PEERS[variant].build(heads=heads, dim_head=dim_head, seq_len=seq_len, causal=causal, hparams=hparams)
+
+
+def core_steps(
+    module: nn.Module, call: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad_out: torch.Tensor
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A forward call without a graph, and a forward+backward step that leaves no gradients behind."""
+
+    def forward() -> None:
+        with torch.no_grad():
+            call(q, k, v)
+
+    def forward_backward() -> None:
+        call(q, k, v).backward(grad_out)
+        for t in (q, k, v):
+            t.grad = None
+        module.zero_grad(set_to_none=True)
+
+    return forward, forward_backward
 
 
 def core_probe(
@@ -48,6 +67,8 @@ def core_probe(
     device: str = "cpu",
     dtype: str = "fp32",
     budget_s: float = 20.0,
+    min_time_s: float = 0.0,
+    paired_case: dict[str, Any] | None = None,
     parts: Sequence[str] = ("time", "flops", "memory"),
 ) -> dict[str, Any]:
     """Forward time, forward+backward time (medians), their FLOPs and the peak memory of one step.
@@ -58,7 +79,10 @@ def core_probe(
     forward+backward step executes (recomputation included, see
     :func:`runners.measure.flops.count_flops`). ``floor_mib`` is the part of
     ``peak_mib`` no variant can avoid (output and input gradients, which grow
-    linearly in n), so ``peak_mib - floor_mib`` is the variant's working memory.
+    linearly in n), so ``peak_mib - floor_mib`` is the variant's working memory. ``min_time_s``: timed
+    calls go on until they add up to that long. ``paired_case`` (``variant``, ``impl``, ``hparams`` of the
+    reference, exact attention): its core is timed call by call in turn with this one on the same q, k, v,
+    and ``*_paired_ratio`` is the median per-call ratio of this core's time to the reference's.
     """
     device_ = torch.device(device)
     torch.manual_seed(0)
@@ -71,20 +95,27 @@ def core_probe(
     q, k, v = (torch.randn(shape, device=device_).to(dtype_).requires_grad_() for _ in range(3))
     grad_out = torch.randn(shape, device=device_).to(dtype_)
 
-    def forward() -> None:
-        with torch.no_grad():
-            call(q, k, v)
-
-    def forward_backward() -> None:
-        call(q, k, v).backward(grad_out)
-        for t in (q, k, v):
-            t.grad = None
-        module.zero_grad(set_to_none=True)
+    forward, forward_backward = core_steps(module, call, q, k, v, grad_out)
 
     result: dict[str, Any] = {"threads": torch.get_num_threads()}
+    timing = {"device": device_, "warmup": 1, "repeats": repeats, "budget_s": budget_s, "min_time_s": min_time_s}
+    if "time" in parts and paired_case is not None:
+        twin, twin_call = build_core(causal=causal, heads=heads, dim_head=dim_head, seq_len=seq_len, **paired_case)
+        twin.to(device_)
+        twin_forward, twin_forward_backward = core_steps(twin, twin_call, q, k, v, grad_out)
+        timed = {}
+        for name, own, theirs in (
+            ("fwd_ms", forward, twin_forward),
+            ("fwd_bwd_ms", forward_backward, twin_forward_backward),
+        ):
+            mine, reference = time_alternating([own, theirs], **timing)
+            timed[name] = timing_of(mine)
+            result[f"{name}_paired_ratio"] = statistics.median(m / r for m, r in zip(mine, reference, strict=True))
+        fwd, step = timed["fwd_ms"], timed["fwd_bwd_ms"]
+    elif "time" in parts:
+        fwd = time_calls(forward, **timing)
+        step = time_calls(forward_backward, **timing)
     if "time" in parts:
-        fwd = time_calls(forward, device=device_, warmup=1, repeats=repeats, budget_s=budget_s)
-        step = time_calls(forward_backward, device=device_, warmup=1, repeats=repeats, budget_s=budget_s)
         result |= {
             "fwd_ms": fwd.median_s * 1e3,
             "fwd_bwd_ms": step.median_s * 1e3,

@@ -46,7 +46,7 @@ METRICS = {
 TIMED_FIELDS = ("decode_ms", "prefill_ms")
 # Probes whose process times the reference beside the variant, step by step (or token by token) in turn
 # (``paired_attention``): their ratio per round is the median over those steps, ``{metric}_paired_ratio``.
-PAIRED_IN_PROCESS = ("speed", "cross_speed", "decode", "cross_decode")
+PAIRED_IN_PROCESS = ("speed", "cross_speed", "decode", "cross_decode", "core")
 # Per-process extremes of the timed steps, kept as the extremes over every round.
 EXTREMES = {
     "train_tokens_per_s_min": min,
@@ -91,11 +91,20 @@ def run_part(
     call: TimedCall, parts: list[str] | None, malloc: str | None, *, paired_with: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """One process of a timed call: ``parts`` of a speed probe, or the whole decode probe (``parts=None``);
-    ``paired_with``: the reference's attention, timed in the same process in turn with the variant."""
+    ``paired_with``: the probe's arguments that name the reference, timed in the same process in turn with
+    the variant (:func:`pairing`)."""
     kwargs = call.kwargs if parts is None else call.kwargs | {"parts": parts}
     if paired_with is not None:
-        kwargs = kwargs | {"paired_attention": paired_with}
+        kwargs = kwargs | paired_with
     return run_isolated(call.function, kwargs, threads=call.threads, timeout_s=call.timeout_s, malloc=malloc)
+
+
+def pairing(member: Member, reference: Member) -> dict[str, Any]:
+    """The arguments that make the member's probe time the reference beside it: its attention (the skeleton's
+    probes) or its core (``runners.bench``: variant, implementation, hyperparameters)."""
+    if member.point["probe"] == "core":
+        return {"paired_case": {key: reference.call.kwargs[key] for key in ("variant", "impl", "hparams")}}
+    return {"paired_attention": reference.point["attention"]}
 
 
 def estimates(member: Member, reference: Member | None) -> dict[str, tuple[Estimate, Estimate | None]]:
@@ -209,7 +218,7 @@ def measure_comparison(
             pair = reference is not None and member is not reference and member.point["probe"] in PAIRED_IN_PROCESS
             try:
                 member.rounds[round_index] = run_part(
-                    member.call, parts, malloc="timing", paired_with=reference.point["attention"] if pair else None
+                    member.call, parts, malloc="timing", paired_with=pairing(member, reference) if pair else None
                 )
             except Exception as failed:  # a point's failure is its status; the comparison goes on
                 member.failure = failed_record(failed)
