@@ -123,7 +123,7 @@ def test_a_non_causal_variant_is_unsupported_on_text(compose_config, tmp_path):
     assert result["status"] == "unsupported" and "cannot be causal" in result["message"]
 
 
-def test_a_sweep_scores_text_and_the_report_ranks_by_bits_per_byte(compose_config, tmp_path):
+def test_a_sweep_scores_text_and_the_report_ranks_by_bits_per_byte(compose_config, tmp_path, capsys):
     folder = write_corpus(tmp_path / "c")
     entry = (
         f"+sweep.accuracy={{text:{{seq_lens:[32],corpus:'{folder}',far:8,num_val:8,num_test:16,batch_size:8,"
@@ -133,6 +133,7 @@ def test_a_sweep_scores_text_and_the_report_ranks_by_bits_per_byte(compose_confi
     cfg = compose_config("config", *overrides, entry, "sweep.variants=[full,linear,nystrom]", "sweep.seq_lens=[32]")
     cfg.sweep.causal = True
     run_sweep(cfg)
+    assert "bits/byte (far hits" in capsys.readouterr().out  # the console line of a text run
     records = [r for r in store.read_records(tmp_path / "store") if r["probe"] == "accuracy"]
     by_variant = {r["variant"]: r for r in records}
     assert by_variant["nystrom"]["status"] == "unsupported"  # cannot be causal

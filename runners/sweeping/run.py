@@ -84,6 +84,12 @@ def describe(record: dict[str, Any]) -> str:
             f"train {record['train_tokens_per_s']:,.0f} tok/s, infer {record['infer_tokens_per_s']:,.0f} tok/s, "
             f"peak {record['peak_memory_mib']:,.1f} MiB{paired(record, 'train_tokens_per_s')}"
         )
+    if "test_bpb" in record:  # language modelling on text: bits per byte, on far recall hits and other bytes
+        return (
+            f"test {record['test_bpb']:.3f} bits/byte (far hits {record.get('test_bpb_far', float('nan')):.3f}, "
+            f"other {record['test_bpb_other']:.3f}; unigram {record['unigram_entropy_bits']:.2f}) "
+            f"({record['steps']} steps)"
+        )
     return f"test acc {record['test_acc']:.3f} ({record['steps']} steps)"
 
 
