@@ -133,7 +133,7 @@ def test_a_sweep_scores_text_and_the_report_ranks_by_bits_per_byte(compose_confi
     cfg = compose_config("config", *overrides, entry, "sweep.variants=[full,linear,nystrom]", "sweep.seq_lens=[32]")
     cfg.sweep.causal = True
     run_sweep(cfg)
-    assert "bits/byte (far hits" in capsys.readouterr().out  # the console line of a text run
+    assert "bits/byte (far hits" in capsys.readouterr().err  # the console line of a text run
     records = [r for r in store.read_records(tmp_path / "store") if r["probe"] == "accuracy"]
     by_variant = {r["variant"]: r for r in records}
     assert by_variant["nystrom"]["status"] == "unsupported"  # cannot be causal
