@@ -4,6 +4,7 @@
     python -m runners.report task=MQAR hardware=cpu            # filters (column=value)
     python -m runners.report sweep_id=sweep-20261122-2300 --results results/store --out reports/x
     python -m runners.report --results reports/<machine>/results.csv --out /tmp/again   # from a committed table
+    python -m runners.report --results reports/<machine>/results.csv results/store --out /tmp/both   # merged
 
 Writes ``report.md`` (readable on GitHub), PNG plots and ``results.csv`` (the
 flat table the report was built from). Failed points appear in the tables as
@@ -41,17 +42,22 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("filters", nargs="*", help="column=value, e.g. task=MQAR hardware=cpu sweep_id=...")
     parser.add_argument(
-        "--results", type=Path, default=Path("results/store"), help="a store, a report folder or a results.csv"
+        "--results",
+        type=Path,
+        nargs="+",
+        default=[Path("results/store")],
+        help="one or more stores, report folders or results.csv files: one report from all of them",
     )
     parser.add_argument("--out", type=Path, default=Path("results/report"))
     parser.add_argument("--baselines", nargs="*", default=["full"], help="variants the report marks as baselines")
     args = parser.parse_args(argv)
     try:
-        frame = apply_filters(load_results(args.results), args.filters)
+        frame = apply_filters(pd.concat([load_results(path) for path in args.results], ignore_index=True), args.filters)
     except FileNotFoundError as missing:
         raise SystemExit(f"runners.report: {missing}") from None
     if frame.empty:
-        raise SystemExit(f"no results in {args.results} match {args.filters or 'anything'}")
+        where = ", ".join(str(path) for path in args.results)
+        raise SystemExit(f"no results in {where} match {args.filters or 'anything'}")
     report = build_report(frame, args.out, baselines=args.baselines)
     print(f"report: {report.resolve()}")
     return report

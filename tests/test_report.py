@@ -362,3 +362,13 @@ def test_recall_section_puts_accuracy_beside_state_bytes_per_number_of_pairs_wit
 
     warn_unlearned(tables.flat_results(store.read_records(tmp_path / "store")))  # the sweep says it when it ends
     assert "warning: `full` did not learn the task at every size" in capsys.readouterr().err
+
+
+def test_one_report_from_a_committed_table_and_a_store(built, tmp_path):
+    """A committed results.csv and a new store (another probe measured later) make one report."""
+    path, _ = built
+    store.write_point(tmp_path / "later", speed("full", 4096, 100.0, 6400.0) | {"key": "later"})
+    merged = report.main(
+        ["--results", str(path.parent / "results.csv"), str(tmp_path / "later"), "--out", str(tmp_path / "m")]
+    )
+    assert "Built from **16 results**" in merged.read_text()
