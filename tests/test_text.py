@@ -6,8 +6,9 @@ import math
 import random
 
 import pytest
-from helpers import TINY_SWEEP
+from helpers import TINY_SWEEP, accuracy_records, speed_record
 
+from runners import report
 from runners.checks import ConfigError, instantiate_task
 from runners.hydra_glue.configs import task_config
 from runners.results import store
@@ -154,3 +155,18 @@ def test_a_sweep_scores_text_and_the_report_ranks_by_bits_per_byte(compose_confi
     run_sweep(cfg)
     records = store.read_records(tmp_path / "store")
     assert len({r["config"]["data"]["corpus_digest"] for r in records if "data" in r["config"]}) == 2
+
+
+def test_the_choice_links_point_at_the_sections_that_exist(tmp_path):
+    """Text trained on one machine (no speed section there), speed on another: links name the first sections."""
+    speeds = (("full", 1e4), ("linear", 2e4))
+    records = [speed_record(name, 256, tok, 10.0, fp="cpu-B", causal=True) for name, tok in speeds]
+    for name, bpbs in (("full", (2.0, 2.1)), ("linear", (2.5, 2.6))):
+        for run in accuracy_records(name, bpbs, n=256, direction="causal", fp="cpu-A"):
+            run |= {"task": "text", "test_bpb": run["test_acc"], "unigram_entropy_bits": 4.6, "steps": 100}
+            records.append(run)
+    for i, record in enumerate(records):
+        store.write_point(tmp_path / "store", record | {"key": f"k{i}"})
+    text = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "out")]).read_text()
+    assert "[speed](#speed-and-memory)" in text and "#speed-and-memory-1" not in text
+    assert "[bits per byte](#language-modelling-on-real-text)" in text

@@ -207,15 +207,21 @@ def choice_section(frame: pd.DataFrame) -> list[str]:
     ]
     stats = accuracy_settings(frame[frame.status != "unsupported"])  # a property of the config: every machine's
     timed = set(frame[frame.probe == "speed"].fingerprint)
+    # the machines whose part of the report has a speed section (the report writes one wherever a speed point ran)
+    speed_sections = set(frame[(frame.probe == "speed") & (frame.status != "unsupported")].fingerprint)
+    scored = frame[(frame.probe == "accuracy") & (frame.status != "unsupported") & (frame.task != "text")]
+    accuracy_sections = set(scored.fingerprint)  # ... and an accuracy section wherever other tasks were trained
     for index, (fingerprint, whole) in enumerate(frame.groupby("fingerprint", sort=True)):
         part = whole[whole.status != "unsupported"]
         speed = speed_rows(part)
         if speed.empty and (timed or stats.empty or index > 0):
             continue  # accuracy alone is shown once, under the first machine, where no machine timed anything
         lines += [f"### On {fingerprint}", ""]
-        links = (
-            f"[speed]({anchor('Speed and memory', index)}), "
-            f"[crossovers]({anchor('Crossover lengths: from which n a variant beats full', index)})"
+        ordered = sorted(speed_sections)
+        speed_index = ordered.index(fingerprint) if fingerprint in speed_sections else 0
+        links = (  # the n-th "Speed and memory" heading is the n-th machine with speed points, not the n-th machine
+            f"[speed]({anchor('Speed and memory', speed_index)}), "
+            f"[crossovers]({anchor('Crossover lengths: from which n a variant beats full', speed_index)})"
         )
         settings = sorted(
             set(zip(speed.seq_len, speed.direction, strict=True))
@@ -234,6 +240,8 @@ def choice_section(frame: pd.DataFrame) -> list[str]:
                 if task == "text":  # one section, under the machine that trained the runs (usually one)
                     accuracy_link = f"[bits per byte]({anchor(TEXT_HEADING, 0)})"
                 else:
-                    accuracy_link = f"[accuracy]({anchor('Accuracy', index)})"
+                    ordered = sorted(accuracy_sections)
+                    position = ordered.index(fingerprint) if fingerprint in accuracy_sections else 0
+                    accuracy_link = f"[accuracy]({anchor('Accuracy', position)})"
                 lines += setting_lines(rows, title, f"{accuracy_link}, {links}", with_accuracy=True)
     return lines
