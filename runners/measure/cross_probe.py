@@ -74,27 +74,24 @@ def cross_speed_probe(
     ``paired_attention``: the reference cross-attention, timed step by step in turn with this one.
     """
     device = torch.device(device)
-    torch.manual_seed(seed)
-    model = build_encoder_decoder(
-        model_cfg=model_cfg,
-        self_attention=self_attention,
-        cross_attention=attention,
-        vocab_size=vocab_size,
-        seq_len=max(source_len, target_len),
-    ).to(device)
+
+    def seeded(cross_attention: dict[str, Any]) -> models.Transformer:
+        torch.manual_seed(seed)
+        return build_encoder_decoder(
+            model_cfg=model_cfg,
+            self_attention=self_attention,
+            cross_attention=cross_attention,
+            vocab_size=vocab_size,
+            seq_len=max(source_len, target_len),
+        ).to(device)
+
+    model = seeded(attention)
     source = torch.randint(0, vocab_size, (batch_size, source_len), device=device)
     decoder_in = torch.randint(0, vocab_size, (batch_size, target_len), device=device)
     targets = torch.randint(0, vocab_size, (batch_size, target_len), device=device)
     reference = None
     if paired_attention is not None and "time" in parts:
-        torch.manual_seed(seed)
-        twin = build_encoder_decoder(
-            model_cfg=model_cfg,
-            self_attention=self_attention,
-            cross_attention=paired_attention,
-            vocab_size=vocab_size,
-            seq_len=max(source_len, target_len),
-        ).to(device)
+        twin = seeded(paired_attention)
         reference = (twin, lambda: twin(decoder_in, None, source))
     return measure_model(
         model,

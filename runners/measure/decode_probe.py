@@ -45,27 +45,23 @@ def decode_probe(
     """
     # a variant that cannot decode is refused by the model's prefill, naming those that can
     device = torch.device(device)
-    torch.manual_seed(seed)
-    model = build_model(
-        model_cfg=model_cfg,
-        attention=attention,
-        vocab_size=vocab_size,
-        seq_len=context + warmup + repeats + 1,
-        causal=True,
-    )
-    model = model.to(device).eval()
-    prompt = torch.randint(0, vocab_size, (batch_size, context), device=device)
-    twin = None
-    if paired_attention is not None:
+
+    def seeded(with_attention: dict[str, Any]) -> Transformer:
         torch.manual_seed(seed)
-        reference = build_model(
+        built = build_model(
             model_cfg=model_cfg,
-            attention=paired_attention,
+            attention=with_attention,
             vocab_size=vocab_size,
             seq_len=context + warmup + repeats + 1,
             causal=True,
         )
-        reference = reference.to(device).eval()
+        return built.to(device).eval()
+
+    model = seeded(attention)
+    prompt = torch.randint(0, vocab_size, (batch_size, context), device=device)
+    twin = None
+    if paired_attention is not None:
+        reference = seeded(paired_attention)
         twin = (reference, lambda: reference.prefill(prompt))
 
     def after_prompt(state: DecodingState) -> dict[str, Any]:

@@ -70,18 +70,19 @@ def speed_probe(
     The sweep calls it through :func:`runners.measure.worker.measure_isolated`, one worker process per part.
     """
     device = torch.device(device)
-    torch.manual_seed(seed)
-    model = build_model(
-        model_cfg=model_cfg, attention=attention, vocab_size=vocab_size, seq_len=seq_len, causal=causal
-    ).to(device)
+
+    def seeded(with_attention: dict[str, Any]) -> models.Transformer:
+        torch.manual_seed(seed)
+        return build_model(
+            model_cfg=model_cfg, attention=with_attention, vocab_size=vocab_size, seq_len=seq_len, causal=causal
+        ).to(device)
+
+    model = seeded(attention)
     tokens = torch.randint(0, vocab_size, (batch_size, seq_len), device=device)
     targets = torch.randint(0, vocab_size, (batch_size, seq_len), device=device)
     reference = None
     if paired_attention is not None and "time" in parts:
-        torch.manual_seed(seed)
-        twin = build_model(
-            model_cfg=model_cfg, attention=paired_attention, vocab_size=vocab_size, seq_len=seq_len, causal=causal
-        ).to(device)
+        twin = seeded(paired_attention)
         reference = (twin, lambda: twin(tokens))
     return measure_model(
         model,
