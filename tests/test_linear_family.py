@@ -160,3 +160,27 @@ def test_based_linear_part_matches_flash_linear_attention_naive_parallel_based()
     ours = attn.linear_attend(q, k, v, None)
     theirs = naive_parallel_based(qp, kp, v)  # normalizes with + 1e-6 where we clamp: a relative 1e-6 apart
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_retention_state_scan_across_blocks_of_chunks_matches_its_definition(causal, monkeypatch):
+    """With blocks of two chunks the across-chunk scan carries states over three blocks (five chunks of 16)."""
+    import variants.retention
+
+    monkeypatch.setattr(variants.retention, "SCAN_BLOCK", 2)
+    attn = build_variant("retention", causal=causal, chunk_size=16)
+    q, k, v = qkv(2, SEQ)
+    weights = torch.randn_like(q)
+    ours = values_and_grads(lambda q, k, v: attn(q, k, v), q, k, v, None, weights)
+    dense = values_and_grads(lambda q, k, v: retention_dense(attn, q, k, v, None, causal), q, k, v, None, weights)
+    assert_same(ours, dense, None)
+
+
+def test_retention_training_keeps_only_its_inputs_for_the_backward_pass():
+    """Recomputed in the backward pass: what autograd saves is q, k, v, not the per-chunk scores and states."""
+    attn = build_variant("retention", causal=False, chunk_size=16)
+    q, k, v = (t.requires_grad_() for t in qkv(2, 256))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        attn(q, k, v).sum().backward()
+    assert sum(saved) <= 4 * q.numel(), f"saved {sum(saved)} elements for inputs of {q.numel()} each"

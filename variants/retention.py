@@ -24,27 +24,92 @@ import math
 import torch
 
 import variants
+from variants._recompute import recomputed
+
+SCAN_BLOCK = 64  # chunks per block of the across-chunk scan: one (G, G) product inside, a loop over blocks
 
 
-def chunkwise_retention(q, k, v, gammas: torch.Tensor, chunk: int, *, include_self: bool = True) -> torch.Tensor:
-    """Causal retention ``(B, H, N, Dh)``, ``q`` pre-scaled; ``include_self=False``: keys strictly before."""
+def decayed_prefix(summaries: torch.Tensor, log_decay: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    """``S_c = sum_{c' < c} r^(c - 1 - c') X_c'`` for ``X = summaries (B, H, C, F)``, ``log r = log_decay (H,)``.
+
+    The state each chunk starts from. Inside blocks of ``block`` chunks it is one matrix product with a
+    ``(G, G)`` decay matrix; across blocks a loop carries the block's total: time and memory O(C x G).
+    """
+    block = block or SCAN_BLOCK
+    batch, heads, count, features = summaries.shape
+    size = min(block, count)
+    padded = -count % size
+    if padded:
+        summaries = torch.nn.functional.pad(summaries, (0, 0, 0, padded))
+    blocks = summaries.view(batch, heads, -1, size, features)  # (B, H, nb, G, F)
+    index = torch.arange(size, device=summaries.device, dtype=summaries.dtype)
+    gap = index[:, None] - index[None, :] - 1  # whole chunks between c' and c, -1 where c' >= c
+    rate = log_decay[:, None, None]
+    inside = (gap.clamp_min(0) * rate).exp() * (gap >= 0)  # (H, G, G), strictly lower
+    states = inside[:, None] @ blocks  # (B, H, nb, G, F): sums from inside the block
+    if blocks.shape[2] > 1:
+        to_chunk = (index * log_decay[:, None]).exp()[:, :, None]  # (H, G, 1): r^g from the block's start
+        to_end = ((size - 1 - index) * log_decay[:, None]).exp()[:, None, :]  # (H, 1, G): to the block's last chunk
+        totals = (to_end[:, None] @ blocks).squeeze(-2)  # (B, H, nb, F): each block, decayed to its last chunk
+        step = (size * log_decay).exp()[:, None]  # r^G
+        carried = [torch.zeros_like(totals[:, :, 0])]
+        for number in range(1, blocks.shape[2]):  # the state at each block's first chunk
+            carried.append(carried[-1] * step + totals[:, :, number - 1])
+        states = states + to_chunk[:, None] * torch.stack(carried, dim=2)[:, :, :, None, :]
+    return states.reshape(batch, heads, -1, features)[:, :, :count]
+
+
+def _from_other_chunks(q_decayed, k_decayed, v, chunk_log_decay, *, later: bool) -> torch.Tensor:
+    """What each chunk's queries get from the keys of the earlier (or ``later``) chunks, through the states."""
+    summaries = k_decayed.transpose(-2, -1) @ v  # (B, H, C, Dh, Dh): each chunk's keys and values
+    flat = summaries.flatten(-2)
+    if later:
+        flat = flat.flip(2)
+    states = decayed_prefix(flat, chunk_log_decay)
+    if later:
+        states = states.flip(2)
+    return q_decayed @ states.view(summaries.shape)
+
+
+def chunked_retention(q, k, v, log_gammas: torch.Tensor, chunk: int, *, causal: bool) -> torch.Tensor:
+    """Retention ``(B, H, N, Dh)``, ``q`` pre-scaled, every chunk at once; ``log_gammas (H,)``.
+
+    Inside a chunk: the parallel form with the ``(L, L)`` decay matrix. Across chunks: each chunk's
+    ``(Dh, Dh)`` summary, a decayed prefix sum of them (:func:`decayed_prefix`), and the queries decayed
+    from their chunk's start. Bidirectionally the same runs over the later chunks with the decay mirrored.
+    """
     batch, heads, seq, dim = q.shape
-    out = torch.empty_like(v)
-    state = v.new_zeros(batch, heads, dim, dim)
-    log_gamma = gammas.log()[:, None, None]  # (H, 1, 1)
-    offset = 0 if include_self else 1
-    for start in range(0, seq, chunk):
-        end = min(start + chunk, seq)
-        length = end - start
-        index = torch.arange(length, device=v.device, dtype=v.dtype)
-        distance = index[:, None] - index[None, :]
-        inside = (distance.clamp_min(0) * log_gamma).exp() * (distance >= offset)  # (H, L, L)
-        qc, kc, vc = q[:, :, start:end], k[:, :, start:end], v[:, :, start:end]
-        from_before = qc * ((index + 1)[:, None] * log_gamma).exp()  # queries decayed back to the chunk's start
-        out[:, :, start:end] = ((qc @ kc.transpose(-2, -1)) * inside) @ vc + from_before @ state
-        decayed_keys = kc * ((length - 1 - index)[:, None] * log_gamma).exp()
-        state = state * (length * log_gamma).exp() + decayed_keys.transpose(-2, -1) @ vc
-    return out
+    size = min(chunk, seq)
+    padded = -seq % size
+    if padded:  # zero keys and values add nothing; the padded queries are cut off below
+        q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, padded)) for t in (q, k, v))
+    qc, kc, vc = (t.reshape(batch, heads, -1, size, dim) for t in (q, k, v))
+    index = torch.arange(size, device=q.device, dtype=q.dtype)
+    distance = index[:, None] - index[None, :]
+    inside = (distance.abs() * log_gammas[:, None, None]).exp()  # (H, L, L)
+    if causal:
+        inside = inside * (distance >= 0)
+    out = ((qc @ kc.transpose(-2, -1)) * inside[:, None]) @ vc
+    if qc.shape[2] > 1:
+        position = index * log_gammas[:, None]  # (H, L): log gamma^index
+        chunk_log_decay = size * log_gammas
+
+        def decayed(x: torch.Tensor, log_weight: torch.Tensor) -> torch.Tensor:
+            return x * log_weight.exp()[:, None, :, None]
+
+        last = (size - 1) * log_gammas[:, None]
+        out = out + _from_other_chunks(
+            decayed(qc, position + log_gammas[:, None]), decayed(kc, last - position), vc, chunk_log_decay, later=False
+        )
+        if not causal:
+            out = out + _from_other_chunks(
+                decayed(qc, last - position + log_gammas[:, None]),
+                decayed(kc, position),
+                vc,
+                chunk_log_decay,
+                later=True,
+            )
+    return out.reshape(batch, heads, -1, dim)[:, :, :seq]
 
 
 @variants.register("retention")
@@ -77,11 +142,8 @@ class RetentionAttention(variants.Attention):
             q = q * (1.0 / math.sqrt(self.dim_head))
             if mask is not None:
                 k = k * mask[:, None, :, None]  # a zero key gets zero weight
-            gammas = self.gammas().to(device=q.device, dtype=dtype)
-            out = chunkwise_retention(q, k, v, gammas, self.chunk_size)
-            if not self.causal:  # the strictly later tokens: the same recurrence, run backwards
-                flipped = (t.flip(2) for t in (q, k, v))
-                out = out + chunkwise_retention(*flipped, gammas, self.chunk_size, include_self=False).flip(2)
+            log_gammas = self.gammas().log().to(device=q.device, dtype=dtype)
+            out = recomputed(chunked_retention, q, k, v, log_gammas, self.chunk_size, causal=self.causal)
         return out.to(out_dtype)
 
     def init_state(self, batch, *, device="cpu", dtype=torch.float32):
