@@ -163,11 +163,11 @@ def test_based_linear_part_matches_flash_linear_attention_naive_parallel_based()
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_retention_state_scan_across_blocks_of_chunks_matches_its_definition(causal, monkeypatch):
-    """With blocks of two chunks the across-chunk scan carries states over three blocks (five chunks of 16)."""
+def test_retention_states_carried_across_groups_of_chunks_match_its_definition(causal, monkeypatch):
+    """With groups of two chunks the states are carried across three groups (five chunks of 16)."""
     import variants.retention
 
-    monkeypatch.setattr(variants.retention, "SCAN_BLOCK", 2)
+    monkeypatch.setattr(variants.retention, "CHUNK_ELEMENTS", 2 * 2 * 16 * 16 * 2)  # batch x heads x 16 x 16, twice
     attn = build_variant("retention", causal=causal, chunk_size=16)
     q, k, v = qkv(2, SEQ)
     weights = torch.randn_like(q)

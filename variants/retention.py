@@ -26,57 +26,83 @@ import torch
 import variants
 from variants._recompute import recomputed
 
-SCAN_BLOCK = 64  # chunks per block of the across-chunk scan: one (G, G) product inside, a loop over blocks
+CHUNK_ELEMENTS = 2**18  # (L, L) scores per group of chunks that one recomputation holds (2**17: 25% slower)
 
 
-def decayed_prefix(summaries: torch.Tensor, log_decay: torch.Tensor, block: int | None = None) -> torch.Tensor:
-    """``S_c = sum_{c' < c} r^(c - 1 - c') X_c'`` for ``X = summaries (B, H, C, F)``, ``log r = log_decay (H,)``.
+class _Decays:
+    """The decay factors of one chunk length, per head, in log space: ``log gamma^m`` is ``m * log gamma``."""
 
-    The state each chunk starts from. Inside blocks of ``block`` chunks it is one matrix product with a
-    ``(G, G)`` decay matrix; across blocks a loop carries the block's total: time and memory O(C x G).
-    """
-    block = block or SCAN_BLOCK
-    batch, heads, count, features = summaries.shape
-    size = min(block, count)
-    padded = -count % size
-    if padded:
-        summaries = torch.nn.functional.pad(summaries, (0, 0, 0, padded))
-    blocks = summaries.view(batch, heads, -1, size, features)  # (B, H, nb, G, F)
-    index = torch.arange(size, device=summaries.device, dtype=summaries.dtype)
-    gap = index[:, None] - index[None, :] - 1  # whole chunks between c' and c, -1 where c' >= c
-    rate = log_decay[:, None, None]
-    inside = (gap.clamp_min(0) * rate).exp() * (gap >= 0)  # (H, G, G), strictly lower
-    states = inside[:, None] @ blocks  # (B, H, nb, G, F): sums from inside the block
-    if blocks.shape[2] > 1:
-        to_chunk = (index * log_decay[:, None]).exp()[:, :, None]  # (H, G, 1): r^g from the block's start
-        to_end = ((size - 1 - index) * log_decay[:, None]).exp()[:, None, :]  # (H, 1, G): to the block's last chunk
-        totals = (to_end[:, None] @ blocks).squeeze(-2)  # (B, H, nb, F): each block, decayed to its last chunk
-        step = (size * log_decay).exp()[:, None]  # r^G
-        carried = [torch.zeros_like(totals[:, :, 0])]
-        for number in range(1, blocks.shape[2]):  # the state at each block's first chunk
-            carried.append(carried[-1] * step + totals[:, :, number - 1])
-        states = states + to_chunk[:, None] * torch.stack(carried, dim=2)[:, :, :, None, :]
-    return states.reshape(batch, heads, -1, features)[:, :, :count]
+    def __init__(self, log_gammas: torch.Tensor, size: int, count: int) -> None:
+        index = torch.arange(size, device=log_gammas.device, dtype=log_gammas.dtype)
+        rate = log_gammas[:, None]  # (H, 1)
+        self.rate, self.size = rate, size
+        self.to_chunk_end = ((size - 1 - index) * rate).exp()[:, None, :, None]  # (H, 1, L, 1): gamma^(L-1-b)
+        self.from_chunk_start = (index * rate).exp()[:, None, :, None]  # gamma^b
+        chunks = torch.arange(count, device=log_gammas.device, dtype=log_gammas.dtype)
+        gap = chunks[:, None] - chunks[None, :] - 1  # whole chunks between c' and c; -1 where c' >= c
+        self.across = (gap.clamp_min(0) * size * log_gammas[:, None, None]).exp() * (gap >= 0)  # (H, g, g)
+        self.chunks = chunks
+
+    def inside(self, causal: bool) -> torch.Tensor:
+        """``(H, 1, L, L)``: ``gamma^(i - j)`` for ``j <= i`` (causal) or ``gamma^|i - j|``."""
+        index = torch.arange(self.size, device=self.rate.device, dtype=self.rate.dtype)
+        distance = index[:, None] - index[None, :]
+        weights = (distance.abs() * self.rate[:, :, None]).exp()
+        return (weights * (distance >= 0) if causal else weights)[:, None]
+
+    def chunk_power(self, exponent: torch.Tensor) -> torch.Tensor:
+        """``(H, g, 1, 1)``: ``(gamma^L)^exponent`` per chunk of the group."""
+        return (exponent * self.size * self.rate).exp()[:, :, None, None]
 
 
-def _from_other_chunks(q_decayed, k_decayed, v, chunk_log_decay, *, later: bool) -> torch.Tensor:
-    """What each chunk's queries get from the keys of the earlier (or ``later``) chunks, through the states."""
-    summaries = k_decayed.transpose(-2, -1) @ v  # (B, H, C, Dh, Dh): each chunk's keys and values
-    flat = summaries.flatten(-2)
-    if later:
-        flat = flat.flip(2)
-    states = decayed_prefix(flat, chunk_log_decay)
-    if later:
-        states = states.flip(2)
-    return q_decayed @ states.view(summaries.shape)
+def _summaries(kc: torch.Tensor, vc: torch.Tensor, key_decay: torch.Tensor) -> torch.Tensor:
+    """``(B, H, g, Dh, Dh)``: each chunk's keys (decayed to one end of their chunk) times its values."""
+    return (kc * key_decay).transpose(-2, -1) @ vc
 
 
-def chunked_retention(q, k, v, log_gammas: torch.Tensor, chunk: int, *, causal: bool) -> torch.Tensor:
-    """Retention ``(B, H, N, Dh)``, ``q`` pre-scaled, every chunk at once; ``log_gammas (H,)``.
+def _carry(state, kc, vc, log_gammas, *, later: bool) -> torch.Tensor:
+    """The state past one group of chunks, from the state before it (in the direction of travel)."""
+    count, size = kc.shape[2], kc.shape[3]
+    decays = _Decays(log_gammas, size, count)
+    if later:  # travelling backwards: keys decayed to their chunk's start, the group's first chunk last
+        summaries = _summaries(kc, vc, decays.from_chunk_start)
+        weights = decays.chunk_power(decays.chunks)
+    else:
+        summaries = _summaries(kc, vc, decays.to_chunk_end)
+        weights = decays.chunk_power(count - 1 - decays.chunks)
+    return state * (count * size * log_gammas).exp()[:, None, None] + (summaries * weights).sum(2)
 
-    Inside a chunk: the parallel form with the ``(L, L)`` decay matrix. Across chunks: each chunk's
-    ``(Dh, Dh)`` summary, a decayed prefix sum of them (:func:`decayed_prefix`), and the queries decayed
-    from their chunk's start. Bidirectionally the same runs over the later chunks with the decay mirrored.
+
+def _group_out(qc, kc, vc, before, after, log_gammas, *, causal: bool, scale: float) -> torch.Tensor:
+    """One group's outputs ``(B, H, g, L, Dh)``: its own chunks plus the states from before (and after) it."""
+    count, size = qc.shape[2], qc.shape[3]
+    decays = _Decays(log_gammas, size, count)
+    out = ((qc @ kc.transpose(-2, -1)) * (decays.inside(causal) * scale)) @ vc  # the scale on (L, L), not q
+    # Earlier chunks: S_c = (gamma^L)^c before + sum_{c' < c} (gamma^L)^(c-1-c') X_c'; query i sees gamma^(i+1) S_c.
+    summaries = _summaries(kc, vc, decays.to_chunk_end).flatten(-2)
+    dim = before.shape[-1]
+    states = decays.chunk_power(decays.chunks) * before[:, :, None]
+    states = states + (decays.across @ summaries).view(*summaries.shape[:3], dim, dim)
+    out = out + (qc * (decays.from_chunk_start * (decays.rate.exp()[:, None, :, None] * scale))) @ states
+    if not causal:  # later chunks, mirrored: query i sees gamma^(L-i) times the state after its chunk
+        summaries = _summaries(kc, vc, decays.from_chunk_start).flatten(-2)
+        states = decays.chunk_power(count - 1 - decays.chunks) * after[:, :, None]
+        states = states + (decays.across.transpose(-2, -1) @ summaries).view(*summaries.shape[:3], dim, dim)
+        out = out + (qc * (decays.to_chunk_end * (decays.rate.exp()[:, None, :, None] * scale))) @ states
+    return out
+
+
+def chunked_retention(
+    q, k, v, log_gammas: torch.Tensor, chunk: int, *, causal: bool, scale: float = 1.0
+) -> torch.Tensor:
+    """Retention ``(B, H, N, Dh)``, scores times ``scale``; ``log_gammas (H,)``. O(n) memory in training.
+
+    Chunks of ``chunk`` tokens go in groups: inside a group, every chunk at once (the parallel form with
+    the ``(L, L)`` decay matrix, and each chunk's ``(Dh, Dh)`` state as a decayed sum of the earlier
+    chunks' summaries: one product with a ``(g, g)`` matrix); across groups, the state is carried in a
+    loop. Each group is recomputed in the backward pass (:func:`variants._recompute.recomputed`), so
+    training keeps q, k, v and one ``(Dh, Dh)`` state per group, and holds one group's scores at a time.
+    Bidirectionally a second state travels from the end over the strictly later chunks.
     """
     batch, heads, seq, dim = q.shape
     size = min(chunk, seq)
@@ -84,32 +110,24 @@ def chunked_retention(q, k, v, log_gammas: torch.Tensor, chunk: int, *, causal: 
     if padded:  # zero keys and values add nothing; the padded queries are cut off below
         q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, padded)) for t in (q, k, v))
     qc, kc, vc = (t.reshape(batch, heads, -1, size, dim) for t in (q, k, v))
-    index = torch.arange(size, device=q.device, dtype=q.dtype)
-    distance = index[:, None] - index[None, :]
-    inside = (distance.abs() * log_gammas[:, None, None]).exp()  # (H, L, L)
-    if causal:
-        inside = inside * (distance >= 0)
-    out = ((qc @ kc.transpose(-2, -1)) * inside[:, None]) @ vc
-    if qc.shape[2] > 1:
-        position = index * log_gammas[:, None]  # (H, L): log gamma^index
-        chunk_log_decay = size * log_gammas
-
-        def decayed(x: torch.Tensor, log_weight: torch.Tensor) -> torch.Tensor:
-            return x * log_weight.exp()[:, None, :, None]
-
-        last = (size - 1) * log_gammas[:, None]
-        out = out + _from_other_chunks(
-            decayed(qc, position + log_gammas[:, None]), decayed(kc, last - position), vc, chunk_log_decay, later=False
-        )
-        if not causal:
-            out = out + _from_other_chunks(
-                decayed(qc, last - position + log_gammas[:, None]),
-                decayed(kc, position),
-                vc,
-                chunk_log_decay,
-                later=True,
+    per_group = max(1, CHUNK_ELEMENTS // (batch * heads * size * size))
+    # split, not slices: its backward joins the groups' gradients once (a slice's pads each to full size)
+    qs, ks, vs = (t.split(per_group, dim=2) for t in (qc, kc, vc))
+    zero = q.new_zeros(batch, heads, dim, dim)
+    before = [zero]
+    for kg, vg in zip(ks[:-1], vs[:-1], strict=True):
+        before.append(recomputed(_carry, before[-1], kg, vg, log_gammas, later=False))
+    after = [zero] * len(qs)
+    if not causal:
+        for number in reversed(range(len(qs) - 1)):
+            after[number] = recomputed(
+                _carry, after[number + 1], ks[number + 1], vs[number + 1], log_gammas, later=True
             )
-    return out.reshape(batch, heads, -1, dim)[:, :, :seq]
+    outs = [
+        recomputed(_group_out, *group, log_gammas, causal=causal, scale=scale)
+        for group in zip(qs, ks, vs, before, after, strict=True)
+    ]
+    return torch.cat(outs, dim=2).reshape(batch, heads, -1, dim)[:, :, :seq]
 
 
 @variants.register("retention")
@@ -139,11 +157,11 @@ class RetentionAttention(variants.Attention):
             out_dtype = q.dtype
             dtype = torch.promote_types(q.dtype, torch.float32)
             q, k, v = (t.to(dtype) for t in (q, k, v))
-            q = q * (1.0 / math.sqrt(self.dim_head))
             if mask is not None:
                 k = k * mask[:, None, :, None]  # a zero key gets zero weight
             log_gammas = self.gammas().log().to(device=q.device, dtype=dtype)
-            out = recomputed(chunked_retention, q, k, v, log_gammas, self.chunk_size, causal=self.causal)
+            scale = 1.0 / math.sqrt(self.dim_head)
+            out = chunked_retention(q, k, v, log_gammas, self.chunk_size, causal=self.causal, scale=scale)
         return out.to(out_dtype)
 
     def init_state(self, batch, *, device="cpu", dtype=torch.float32):
