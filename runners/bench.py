@@ -4,6 +4,7 @@
     python -m runners.bench --peers               # + the public reference packages (".[peers]")
     python -m runners.bench --variants local performer --seq-lens 1024 4096
     python -m runners.bench --dtype bf16          # cores in bf16 (parameters stay fp32)
+    python -m runners.bench --profile --variants retention --seq-lens 2048   # where the time goes
 
 Only the mixing core is measured (no projections): q, k, v of shape
 ``(batch, heads, n, dim_head)``, by :func:`runners.measure.core_probe.core_probe`.
@@ -17,7 +18,9 @@ warm-up), the peak memory of one forward+backward step (see
 (:mod:`runners.measure.flops`) as a share of the machine's measured matmul
 peak in the same dtype (:mod:`runners.measure.matmul_peak`, measured first
 with the same threads and kept in every record's ``hardware``). Every finished
-point is appended to a JSON-lines file.
+point is appended to a JSON-lines file. ``--profile`` measures nothing of the
+above: it prints each core's top operators and achieved GFLOP/s against the
+peak instead (:mod:`runners.measure.core_profile`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import pandas as pd
 import variants
 from runners.measure.bf16 import EmulatedBF16Error, check_bf16
 from runners.measure.core_probe import OURS
+from runners.measure.core_profile import format_profile
+from runners.measure.failures import PointFailed
 from runners.measure.matmul_peak import DTYPES, describe_peak
 from runners.measure.peers import PEERS
 from runners.measure.worker import run_isolated
@@ -46,6 +51,7 @@ from runners.sweeping.execute import TimedCall
 from runners.sweeping.plan import TimingSettings
 
 CORE_PROBE = "runners.measure.core_probe:core_probe"
+CORE_PROFILE = "runners.measure.core_profile:profile_core"
 FINGERPRINT = "runners.results.context:hardware_fingerprint"
 DEFAULT_SEQ_LENS = [256, 512, 1024, 2048, 4096, 8192]
 
@@ -256,8 +262,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure --dtype bf16 even where this CPU only emulates it (refused otherwise: ~500x slower)",
     )
     parser.add_argument("--peers", action="store_true", help="also run the reference packages (.[peers])")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print each core's top operators (torch.profiler) and GFLOP/s against the peak; measures nothing else",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/bench.jsonl"), help="JSON lines, appended")
     return parser.parse_args(argv)
+
+
+def profile_cases(cases: list[Case], args: argparse.Namespace, *, peak: float | None) -> None:
+    """Print every case's profile at every length, each measured in a process of its own."""
+    for seq_len in sorted(args.seq_lens):
+        for case in cases:
+            kwargs = asdict(case) | {"seq_len": seq_len, "batch": args.batch, "heads": args.heads}
+            kwargs |= {"dim_head": args.dim_head, "dtype": args.dtype}
+            try:
+                result = run_isolated(
+                    CORE_PROFILE, kwargs, threads=args.threads, timeout_s=args.timeout, malloc="timing"
+                )
+            except PointFailed as failure:
+                print(f"{case.label} n={seq_len}: {failure.status}: {failure}\n", flush=True)
+                continue
+            print(format_profile(case.label, seq_len, result, peak) + "\n", flush=True)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -282,6 +309,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     machine = hardware(args)
     peaks = describe_peak(machine["matmul_gflops"], bf16_native=machine.get("bf16_native"))
     print(f"{machine['fingerprint']}, {args.dtype}; matmul peak: {peaks}", file=sys.stderr)
+    if args.profile:
+        profile_cases(cases, args, peak=machine["matmul_gflops"].get(args.dtype))
+        return []
     records = []
     total = len(cases) * len(args.seq_lens)
     started = time.perf_counter()

@@ -237,3 +237,26 @@ def test_reformer_adapter_runs_the_peer_on_shared_qk():
     _, peer = _peer("reformer", heads=2, dim_head=16, seq_len=64, causal=False, hparams=hparams)
     out = peer(q, k, v)
     assert out.shape == q.shape and torch.isfinite(out).all()
+
+
+def test_bench_profile_prints_top_operators_and_achieved_gflops_against_the_peak(tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    records = bench.main(["--profile", "--variants", "retention", "--seq-lens", "128", *TINY, "--out", str(out)])
+    assert records == [] and not out.exists()  # a profile measures nothing for the records
+    printed = capsys.readouterr().out
+    for label in ("retention (bidir) n=128", "retention (causal) n=128"):
+        assert label in printed
+    assert printed.count("% of the measured matmul peak") == 2
+    assert "aten::bmm" in printed or "aten::matmul" in printed  # the operators the core spends its time in
+
+
+def test_profile_core_counts_the_steps_matmul_flops_and_ranks_operators_by_self_time():
+    from runners.measure.core_profile import profile_core
+
+    result = profile_core(
+        variant="full", impl="ours", causal=False, hparams={}, seq_len=64, batch=1, heads=2, dim_head=8, top=5
+    )
+    assert result["fwd_bwd_flops"] > 0 and result["gflops_per_s"] > 0
+    rows = result["operators"]
+    assert 0 < len(rows) <= 5 and all(row["calls"] > 0 for row in rows)
+    assert [row["self_ms"] for row in rows] == sorted((row["self_ms"] for row in rows), reverse=True)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import variants
+from variants._recompute import recomputed
 
 
 @variants.register("sinkhorn")
@@ -69,32 +70,44 @@ class SinkhornAttention(variants.Attention):
         return scores.softmax(dim=-1).masked_fill(~pairs, 0.0)  # rows: distributions over real blocks
 
     def attend(self, q, k, v, mask):
+        # Recomputed in the backward pass: training keeps q, k, v, not the sorted key and value blocks.
+        return recomputed(self._sorted_attention, q, k, v, mask, random=self.dropout_p > 0)
+
+    def _sorted_attention(self, q, k, v, mask):
         batch, heads, seq, dim = q.shape
         b = self.block
         padded = seq + (-seq % b)
         nb = padded // b
         valid = torch.ones(batch, seq, dtype=torch.bool, device=q.device) if mask is None else mask
         valid = F.pad(valid, (0, padded - seq), value=False)
-        keep = valid[:, None, :, None].to(q.dtype)
-        q, k, v = (F.pad(t, (0, 0, 0, padded - seq)) * keep for t in (q, k, v))  # padded tokens are zeros
-        q_blocks, k_blocks, v_blocks = (t.view(batch, heads, nb, b, dim) for t in (q, k, v))
+        if mask is not None or padded > seq:  # padded tokens are zeros
+            keep = valid[:, None, :, None].to(q.dtype)
+            q, k, v = (F.pad(t, (0, 0, 0, padded - seq)) * keep for t in (q, k, v))
+        q_blocks, k_blocks, v_blocks = (t.reshape(batch, heads, nb, b, dim) for t in (q, k, v))
         block_ok = valid.view(batch, 1, nb, b)
         sort = self.sorting_matrix(q_blocks, k_blocks, block_ok).to(q.dtype)  # (B, H, nb, nb)
-        # Each block's soft partner: slot t mixes the t-th tokens of all blocks, renormalized over the real ones,
-        # so a slot's weight goes to real tokens only and every row of the attention matrix sums to 1.
-        slot_mass = torch.einsum("bhij,bhjt->bhit", sort, block_ok.to(sort.dtype))  # (B, H, nb, b)
-        slot_ok = slot_mass > 0
-        scale = 1.0 / slot_mass.clamp_min(torch.finfo(slot_mass.dtype).tiny)[..., None]
-        k_sorted = torch.einsum("bhij,bhjtd->bhitd", sort, k_blocks) * scale
-        v_sorted = torch.einsum("bhij,bhjtd->bhitd", sort, v_blocks) * scale
-        keys = torch.cat([k_blocks, k_sorted], dim=3)  # (B, H, nb, 2b, Dh)
-        values = torch.cat([v_blocks, v_sorted], dim=3)
-        allowed = torch.cat([block_ok.expand(-1, heads, -1, -1), slot_ok], dim=-1)  # (B, H, nb, 2b)
-        scores = (q_blocks @ keys.transpose(-1, -2) * dim**-0.5).float()  # (B, H, nb, b, 2b)
-        scores = scores.masked_fill(~allowed[:, :, :, None, :], torch.finfo(scores.dtype).min)
-        probs = F.dropout(scores.softmax(dim=-1), p=self.dropout_p).to(values.dtype)
-        out = (probs @ values).view(batch, heads, padded, dim)
-        return out[:, :, :seq]
+        k_sorted = torch.einsum("bhij,bhjtd->bhitd", sort, k_blocks)
+        v_sorted = torch.einsum("bhij,bhjtd->bhitd", sort, v_blocks)
+        allowed = block_ok.expand(-1, heads, -1, -1)
+        if mask is not None or padded > seq:
+            # Each block's soft partner: slot t mixes the t-th tokens of all blocks, renormalized over the real
+            # ones, so a slot's weight goes to real tokens only and every row of the attention matrix sums to 1.
+            # (Without padding every slot's mass is a row sum of the doubly stochastic matrix: 1.)
+            slot_mass = torch.einsum("bhij,bhjt->bhit", sort, block_ok.to(sort.dtype))  # (B, H, nb, b)
+            scale = 1.0 / slot_mass.clamp_min(torch.finfo(slot_mass.dtype).tiny)[..., None]
+            k_sorted, v_sorted = k_sorted * scale, v_sorted * scale
+            allowed = torch.cat([allowed, slot_mass > 0], dim=-1)  # (B, H, nb, 2b)
+            allowed = allowed | ~allowed.any(dim=-1, keepdim=True)  # a block of padding: any keys (all zero)
+            allowed = allowed.reshape(batch, heads * nb, 1, 2 * b)
+        else:
+            allowed = None
+        keys = torch.cat([k_blocks, k_sorted], dim=3).view(batch, heads * nb, 2 * b, dim)
+        values = torch.cat([v_blocks, v_sorted], dim=3).view(batch, heads * nb, 2 * b, dim)
+        # One fused softmax attention per query block over its own block and its partner: no scores kept.
+        out = F.scaled_dot_product_attention(
+            q_blocks.reshape(batch, heads * nb, b, dim), keys, values, attn_mask=allowed, dropout_p=self.dropout_p
+        )
+        return out.view(batch, heads, padded, dim)[:, :, :seq]
 
     def extra_repr(self) -> str:
         return (
