@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import variants
+from variants._recompute import recomputed
 
 
 def iterative_pinv(x: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -78,7 +79,8 @@ class NystromAttention(variants.Attention):
         with torch.autocast(device_type=q.device.type, enabled=False):
             out_dtype = q.dtype
             dtype = torch.promote_types(q.dtype, torch.float32)  # the iterative inverse needs fp32 at least
-            out = self._nystrom(*(t.to(dtype) for t in (q, k, v)), mask)
+            # Recomputed in the backward pass: training keeps q, k, v, not the landmarks' intermediates.
+            out = recomputed(self._nystrom, *(t.to(dtype) for t in (q, k, v)), mask)
         return out.to(out_dtype)
 
     def _nystrom(self, q, k, v, mask):
@@ -91,26 +93,33 @@ class NystromAttention(variants.Attention):
             valid = torch.ones(batch, seq, dtype=torch.bool, device=q.device) if mask is None else mask
             valid = F.pad(valid, (pad, 0), value=False)
             q, k, v = (F.pad(t, (0, 0, pad, 0)) * valid[:, None, :, None] for t in (q, k, v))
-        q = q * dim**-0.5
+        scale = dim**-0.5
         q_marks = q.view(batch, heads, m, segment, dim).sum(dim=3)  # (B, H, m, Dh)
         k_marks = k.view(batch, heads, m, segment, dim).sum(dim=3)
         if valid is None:
-            q_marks, k_marks = q_marks / segment, k_marks / segment
+            q_marks, k_marks = q_marks * (scale / segment), k_marks / segment
+            near = far = None
         else:
             counts = valid.view(batch, 1, m, segment).sum(dim=-1)  # (B, 1, m) real tokens per landmark
-            q_marks, k_marks = q_marks / (counts[..., None] + self.eps), k_marks / (counts[..., None] + self.eps)
-        kernel_1 = q @ k_marks.transpose(-1, -2)  # (B, H, n, m)
-        kernel_2 = q_marks @ k_marks.transpose(-1, -2)  # (B, H, m, m)
-        kernel_3 = q_marks @ k.transpose(-1, -2)  # (B, H, m, n)
-        if valid is not None:
-            low = torch.finfo(q.dtype).min
+            q_marks, k_marks = (
+                q_marks * scale / (counts[..., None] + self.eps),
+                k_marks / (counts[..., None] + self.eps),
+            )
             marks_ok = counts > 0  # (B, 1, m)
             tokens_ok = valid[:, None, :]  # (B, 1, n)
-            kernel_1 = kernel_1.masked_fill(~(tokens_ok[..., :, None] & marks_ok[..., None, :]), low)
-            kernel_2 = kernel_2.masked_fill(~(marks_ok[..., :, None] & marks_ok[..., None, :]), low)
-            kernel_3 = kernel_3.masked_fill(~(marks_ok[..., :, None] & tokens_ok[..., None, :]), low)
+            # A row with nothing allowed is uniform over every column, as a softmax of all-equal scores is.
+            near = (tokens_ok[..., :, None] & marks_ok[..., None, :]) | ~tokens_ok[..., :, None]  # (B, 1, n, m)
+            far = (marks_ok[..., :, None] & tokens_ok[..., None, :]) | ~marks_ok[..., :, None]  # (B, 1, m, n)
+        kernel_2 = q_marks @ k_marks.transpose(-1, -2)  # (B, H, m, m)
+        if valid is not None:
+            kernel_2 = kernel_2.masked_fill(
+                ~(marks_ok[..., :, None] & marks_ok[..., None, :]), torch.finfo(q.dtype).min
+            )
         inverse = iterative_pinv(kernel_2.softmax(dim=-1), self.pinv_iterations)
-        out = kernel_1.softmax(dim=-1) @ (inverse @ (kernel_3.softmax(dim=-1) @ v))  # never an (n, m) @ (m, m)
+        # softmax(q k_marks^T) @ (inverse @ (softmax(q_marks k^T) @ v)): the two (n, m) softmaxes as fused
+        # attention calls, which keep no (n, m) matrix (and never an (n, m) @ (m, m) product).
+        summary = F.scaled_dot_product_attention(q_marks, k, v, attn_mask=far, scale=1.0)  # (B, H, m, Dh)
+        out = F.scaled_dot_product_attention(q, k_marks, inverse @ summary, attn_mask=near, scale=scale)
         if self.residual is not None:
             out = out + F.conv2d(v, self.residual.to(v.dtype), padding=(self.residual_kernel // 2, 0), groups=heads)
         return out[:, :, pad:]
