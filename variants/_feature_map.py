@@ -22,6 +22,7 @@ import torch
 from variants._base import Attention, State
 from variants._decoding import add_to_summary, empty_summary, read_summary
 from variants._linear import FeatureFn, linear_attention
+from variants._recompute import recomputed
 
 
 class FeatureMapAttention(Attention):
@@ -34,6 +35,9 @@ class FeatureMapAttention(Attention):
     supports_dropout = False
     supports_decoding = True
     signed_features: ClassVar[bool] = False  # key_logit_rows gives the features themselves (see linear_attention)
+    # Learned maps (feature_inputs) keep their projected q and k, and their outputs, for the backward pass under
+    # plain autograd: True recomputes the whole parallel form there instead (variants._recompute).
+    recompute_features: ClassVar[bool] = False
     num_features: int
     chunk_size: int
 
@@ -56,6 +60,11 @@ class FeatureMapAttention(Attention):
 
     def linear_attend(self, q, k, v, mask):
         """The parallel form (bidirectional or causal) with padded keys given no weight."""
+        if self.recompute_features:  # keep q, k, v for the backward pass, not the learned maps' inputs
+            return recomputed(self._linear_parallel, q, k, v, mask)
+        return self._linear_parallel(q, k, v, mask)
+
+    def _linear_parallel(self, q, k, v, mask):
         with torch.autocast(device_type=q.device.type, enabled=False):
             out_dtype = q.dtype
             dtype = torch.promote_types(q.dtype, torch.float32)  # sums over n keys: fp32 at least

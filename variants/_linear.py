@@ -27,7 +27,8 @@ from collections.abc import Callable
 
 import torch
 
-CHUNK_ELEMENTS = 2**19  # feature-matrix elements per chunk in the bidirectional passes (2 MiB in fp32)
+CHUNK_ELEMENTS = 2**17  # feature-matrix elements per chunk in the bidirectional passes (0.5 MiB in fp32; 2**19
+# made performer's n = 2048 training step 15% faster and its peak 1.22x full's instead of 1.05x)
 TINY = 1e-30  # normalizers below this are clamped: a row whose features all underflowed gives zeros
 
 FeatureFn = Callable[[torch.Tensor, int, int], torch.Tensor]

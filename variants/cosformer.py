@@ -53,6 +53,7 @@ class CosformerAttention(FeatureMapAttention):
     """ReLU features re-weighted by ``cos(pi/2 (i - j) / M)``: O(n d^2), a constant decoding state; no dropout."""
 
     family = "kernel"
+    recompute_features = True  # keeps q, k, v only: its learned projections and maps are recomputed
     needs_max_seq_len = True  # the causal horizon M
 
     def __init__(self, *, chunk_size: int = 128, **common) -> None:

@@ -26,6 +26,7 @@ class HedgehogAttention(FeatureMapAttention):
     """Normalized ``phi(Q) (phi(K)^T V)`` with a learned per-head map: O(n d^2), a constant decoding state."""
 
     family = "kernel"
+    recompute_features = True  # keeps q, k, v only: its learned projections and maps are recomputed
     supports_cross = True  # position-free learned features: queries over keys of another length
 
     def __init__(self, *, chunk_size: int = 128, **common) -> None:
