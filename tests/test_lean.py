@@ -116,6 +116,7 @@ def performer_dense(attn, q, k, v, mask):
 @pytest.mark.parametrize("causal", [False, True])
 def test_performer_values_and_gradients_match_dense_weights(causal, with_mask, monkeypatch):
     monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 1000)  # several chunks in the bidirectional passes
+    monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
     torch.manual_seed(0)
     attn = build_variant("performer", causal=causal, nb_features=24, chunk_size=16).double()
     seq = 75  # chunks of 16 with a ragged end
@@ -131,6 +132,7 @@ def test_performer_values_and_gradients_match_dense_weights(causal, with_mask, m
 @pytest.mark.parametrize("causal", [False, True])
 def test_performer_gradcheck_in_float64(causal, monkeypatch):
     monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 50)
+    monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
     torch.manual_seed(0)
     attn = build_variant("performer", causal=causal, nb_features=6, chunk_size=4, heads=1, dim_head=4).double()
     mask = torch.ones(2, 11, dtype=torch.bool)

@@ -100,6 +100,7 @@ def perturbed(attn):
 @pytest.mark.parametrize("name", list(REFERENCES))
 def test_matches_its_materialized_definition(name, causal, with_mask, monkeypatch):
     monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 1000)  # several chunks in the bidirectional passes
+    monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
     reference, hparams = REFERENCES[name]
     attn = perturbed(build_variant(name, causal=causal, **hparams))
     q, k, v = qkv(2, SEQ, scale=1.5)
@@ -113,6 +114,7 @@ def test_matches_its_materialized_definition(name, causal, with_mask, monkeypatc
 @pytest.mark.parametrize("name", list(REFERENCES))
 def test_gradcheck_in_float64(name, monkeypatch):
     monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 50)
+    monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
     hparams = {key: 4 for key in REFERENCES[name][1]}  # chunks and windows of 4
     attn = perturbed(build_variant(name, causal=True, heads=1, dim_head=4, **hparams)).double()
     mask = torch.ones(2, 11, dtype=torch.bool)

@@ -53,7 +53,6 @@ class CosformerAttention(FeatureMapAttention):
     """ReLU features re-weighted by ``cos(pi/2 (i - j) / M)``: O(n d^2), a constant decoding state; no dropout."""
 
     family = "kernel"
-    recompute_features = True  # keeps q, k, v only: its learned projections and maps are recomputed
     needs_max_seq_len = True  # the causal horizon M
 
     def __init__(self, *, chunk_size: int = 128, **common) -> None:
@@ -61,6 +60,11 @@ class CosformerAttention(FeatureMapAttention):
         variants.check_range("chunk_size", chunk_size, low=1)
         self.chunk_size = chunk_size
         self.num_features = 2 * self.dim_head
+
+    @property
+    def recompute_features(self) -> bool:
+        """Bidirectionally (peak 1.33x full's at n = 2048 without); causally it keeps little and 20% speed."""
+        return not self.causal
 
     def horizon(self, seq: int | None) -> int:
         """``M``: the length bidirectionally (the paper), ``max_seq_len`` causally and when decoding."""
