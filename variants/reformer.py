@@ -73,8 +73,9 @@ class ReformerAttention(variants.Attention):
 
     def hash_order(self, x: torch.Tensor, rotations: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """``(BH, n_hashes, P)``: positions sorted by (bucket, position) in each round, padding (``~valid``) last."""
-        rotated = torch.einsum("bnd,drk->brnk", x, rotations.to(x.dtype))
-        buckets = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)  # (BH, R, P)
+        with torch.no_grad():  # buckets are integers: no graph through the rotations
+            rotated = torch.einsum("bnd,drk->brnk", x, rotations.to(x.dtype))
+            buckets = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)  # (BH, R, P)
         if valid is not None:  # a bucket after every real one: padding never shares a sorted slot with a real token
             buckets = buckets.masked_fill(~valid[:, None, :], 2 * rotations.shape[-1])
         positions = torch.arange(x.shape[1], device=x.device)
