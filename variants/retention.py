@@ -35,7 +35,7 @@ class _Decays:
     def __init__(self, log_gammas: torch.Tensor, size: int, count: int) -> None:
         index = torch.arange(size, device=log_gammas.device, dtype=log_gammas.dtype)
         rate = log_gammas[:, None]  # (H, 1)
-        self.rate, self.size = rate, size
+        self.rate, self.size, self.index = rate, size, index
         self.to_chunk_end = ((size - 1 - index) * rate).exp()[:, None, :, None]  # (H, 1, L, 1): gamma^(L-1-b)
         self.from_chunk_start = (index * rate).exp()[:, None, :, None]  # gamma^b
         chunks = torch.arange(count, device=log_gammas.device, dtype=log_gammas.dtype)
@@ -45,8 +45,7 @@ class _Decays:
 
     def inside(self, causal: bool) -> torch.Tensor:
         """``(H, 1, L, L)``: ``gamma^(i - j)`` for ``j <= i`` (causal) or ``gamma^|i - j|``."""
-        index = torch.arange(self.size, device=self.rate.device, dtype=self.rate.dtype)
-        distance = index[:, None] - index[None, :]
+        distance = self.index[:, None] - self.index[None, :]
         weights = (distance.abs() * self.rate[:, :, None]).exp()
         return (weights * (distance >= 0) if causal else weights)[:, None]
 
@@ -81,14 +80,15 @@ def _group_out(qc, kc, vc, before, after, log_gammas, *, causal: bool, scale: fl
     # Earlier chunks: S_c = (gamma^L)^c before + sum_{c' < c} (gamma^L)^(c-1-c') X_c'; query i sees gamma^(i+1) S_c.
     summaries = _summaries(kc, vc, decays.to_chunk_end).flatten(-2)
     dim = before.shape[-1]
+    one_more = decays.rate.exp()[:, None, :, None] * scale  # a query's step past its chunk's edge, and the scale
     states = decays.chunk_power(decays.chunks) * before[:, :, None]
     states = states + (decays.across @ summaries).view(*summaries.shape[:3], dim, dim)
-    out = out + (qc * (decays.from_chunk_start * (decays.rate.exp()[:, None, :, None] * scale))) @ states
+    out = out + (qc * (decays.from_chunk_start * one_more)) @ states
     if not causal:  # later chunks, mirrored: query i sees gamma^(L-i) times the state after its chunk
         summaries = _summaries(kc, vc, decays.from_chunk_start).flatten(-2)
         states = decays.chunk_power(count - 1 - decays.chunks) * after[:, :, None]
         states = states + (decays.across.transpose(-2, -1) @ summaries).view(*summaries.shape[:3], dim, dim)
-        out = out + (qc * (decays.to_chunk_end * (decays.rate.exp()[:, None, :, None] * scale))) @ states
+        out = out + (qc * (decays.to_chunk_end * one_more)) @ states
     return out
 
 

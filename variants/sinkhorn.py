@@ -80,7 +80,8 @@ class SinkhornAttention(variants.Attention):
         nb = padded // b
         valid = torch.ones(batch, seq, dtype=torch.bool, device=q.device) if mask is None else mask
         valid = F.pad(valid, (0, padded - seq), value=False)
-        if mask is not None or padded > seq:  # padded tokens are zeros
+        padding = mask is not None or padded > seq
+        if padding:  # padded tokens are zeros
             keep = valid[:, None, :, None].to(q.dtype)
             q, k, v = (F.pad(t, (0, 0, 0, padded - seq)) * keep for t in (q, k, v))
         q_blocks, k_blocks, v_blocks = (t.reshape(batch, heads, nb, b, dim) for t in (q, k, v))
@@ -88,19 +89,17 @@ class SinkhornAttention(variants.Attention):
         sort = self.sorting_matrix(q_blocks, k_blocks, block_ok).to(q.dtype)  # (B, H, nb, nb)
         k_sorted = torch.einsum("bhij,bhjtd->bhitd", sort, k_blocks)
         v_sorted = torch.einsum("bhij,bhjtd->bhitd", sort, v_blocks)
-        allowed = block_ok.expand(-1, heads, -1, -1)
-        if mask is not None or padded > seq:
+        allowed = None
+        if padding:
             # Each block's soft partner: slot t mixes the t-th tokens of all blocks, renormalized over the real
             # ones, so a slot's weight goes to real tokens only and every row of the attention matrix sums to 1.
             # (Without padding every slot's mass is a row sum of the doubly stochastic matrix: 1.)
             slot_mass = torch.einsum("bhij,bhjt->bhit", sort, block_ok.to(sort.dtype))  # (B, H, nb, b)
             scale = 1.0 / slot_mass.clamp_min(torch.finfo(slot_mass.dtype).tiny)[..., None]
             k_sorted, v_sorted = k_sorted * scale, v_sorted * scale
-            allowed = torch.cat([allowed, slot_mass > 0], dim=-1)  # (B, H, nb, 2b)
+            allowed = torch.cat([block_ok.expand(-1, heads, -1, -1), slot_mass > 0], dim=-1)  # (B, H, nb, 2b)
             allowed = allowed | ~allowed.any(dim=-1, keepdim=True)  # a block of padding: any keys (all zero)
             allowed = allowed.reshape(batch, heads * nb, 1, 2 * b)
-        else:
-            allowed = None
         keys = torch.cat([k_blocks, k_sorted], dim=3).view(batch, heads * nb, 2 * b, dim)
         values = torch.cat([v_blocks, v_sorted], dim=3).view(batch, heads * nb, 2 * b, dim)
         # One fused softmax attention per query block over its own block and its partner: no scores kept.

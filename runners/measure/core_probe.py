@@ -35,6 +35,31 @@ def build_core(
     return PEERS[variant].build(heads=heads, dim_head=dim_head, seq_len=seq_len, causal=causal, hparams=hparams)
 
 
+def prepare_core(
+    *,
+    variant: str,
+    impl: str,
+    causal: bool,
+    hparams: dict[str, Any],
+    seq_len: int,
+    batch: int,
+    heads: int,
+    dim_head: int,
+    device: torch.device,
+    dtype: str,
+) -> tuple[nn.Module, Callable, tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The seeded core on ``device`` with its call, random q, k, v in ``dtype`` (leaves) and an output gradient."""
+    torch.manual_seed(0)
+    module, call = build_core(
+        variant=variant, impl=impl, causal=causal, hparams=hparams, heads=heads, dim_head=dim_head, seq_len=seq_len
+    )
+    module.to(device)
+    shape = (batch, heads, seq_len, dim_head)
+    q, k, v = (torch.randn(shape, device=device).to(DTYPES[dtype]).requires_grad_() for _ in range(3))
+    grad_out = torch.randn(shape, device=device).to(DTYPES[dtype])
+    return module, call, (q, k, v), grad_out
+
+
 def core_steps(
     module: nn.Module, call: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad_out: torch.Tensor
 ) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -85,15 +110,18 @@ def core_probe(
     and ``*_paired_ratio`` is the median per-call ratio of this core's time to the reference's.
     """
     device_ = torch.device(device)
-    torch.manual_seed(0)
-    module, call = build_core(
-        variant=variant, impl=impl, causal=causal, hparams=hparams, heads=heads, dim_head=dim_head, seq_len=seq_len
+    module, call, (q, k, v), grad_out = prepare_core(
+        variant=variant,
+        impl=impl,
+        causal=causal,
+        hparams=hparams,
+        seq_len=seq_len,
+        batch=batch,
+        heads=heads,
+        dim_head=dim_head,
+        device=device_,
+        dtype=dtype,
     )
-    module.to(device_)
-    shape = (batch, heads, seq_len, dim_head)
-    dtype_ = DTYPES[dtype]
-    q, k, v = (torch.randn(shape, device=device_).to(dtype_).requires_grad_() for _ in range(3))
-    grad_out = torch.randn(shape, device=device_).to(dtype_)
 
     forward, forward_backward = core_steps(module, call, q, k, v, grad_out)
 

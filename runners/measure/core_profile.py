@@ -11,17 +11,14 @@ is set against the machine's measured matmul peak by the caller.
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from runners.measure.core_probe import build_core, core_steps
+from runners.measure.core_probe import core_steps, prepare_core
 from runners.measure.flops import count_flops
-from runners.measure.matmul_peak import DTYPES
-from runners.measure.timing import synchronize
+from runners.measure.timing import synchronize, time_calls
 
 
 def _operator_rows(profiler: profile, *, steps: int, top: int, on_cuda: bool) -> list[dict[str, Any]]:
@@ -61,23 +58,20 @@ def profile_core(
 ) -> dict[str, Any]:
     """One forward+backward step of a core: median time unprofiled, matmul FLOPs, and its top operators."""
     device_ = torch.device(device)
-    torch.manual_seed(0)
-    module, call = build_core(
-        variant=variant, impl=impl, causal=causal, hparams=hparams, heads=heads, dim_head=dim_head, seq_len=seq_len
+    module, call, (q, k, v), grad_out = prepare_core(
+        variant=variant,
+        impl=impl,
+        causal=causal,
+        hparams=hparams,
+        seq_len=seq_len,
+        batch=batch,
+        heads=heads,
+        dim_head=dim_head,
+        device=device_,
+        dtype=dtype,
     )
-    module.to(device_)
-    shape = (batch, heads, seq_len, dim_head)
-    q, k, v = (torch.randn(shape, device=device_).to(DTYPES[dtype]).requires_grad_() for _ in range(3))
-    grad_out = torch.randn(shape, device=device_).to(DTYPES[dtype])
     _, step = core_steps(module, call, q, k, v, grad_out)
-    step()  # warm-up: lazily built state and first-call dispatch are not the step's
-    times = []
-    for _ in range(steps):
-        synchronize(device_)
-        started = time.perf_counter()
-        step()
-        synchronize(device_)
-        times.append(time.perf_counter() - started)
+    step_s = time_calls(step, device=device_, warmup=1, repeats=steps).median_s  # unprofiled
     on_cuda = device_.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
     with profile(activities=activities, with_flops=True) as profiler:
@@ -85,7 +79,6 @@ def profile_core(
             step()
         synchronize(device_)
     flops = count_flops(step)
-    step_s = statistics.median(times)
     return {
         "fwd_bwd_ms": step_s * 1e3,
         "fwd_bwd_flops": flops,
