@@ -90,10 +90,13 @@ def measure_length(cases: list[Case], seq_len: int, args: argparse.Namespace) ->
         # full's peers do not exist, so the one member named full is ours: the reference
         point = {"probe": "core", "attention": {"name": case.variant if case.impl == OURS else case.label}}
         members.append(rounds.Member(case.label, point, write=True, call=call))
-    by_direction = {}
-    for causal in sorted({case.causal for case in cases}):
-        group = [m for m, case in zip(members, cases, strict=True) if case.causal == causal]
-        by_direction |= rounds.measure_comparison(None, group, TimingSettings(args.rounds, args.max_rounds, 0.1))
+    comparisons = [
+        rounds.Comparison([m for m, case in zip(members, cases, strict=True) if case.causal == causal])
+        for causal in sorted({case.causal for case in cases})
+    ]
+    settings = TimingSettings(args.rounds, args.max_rounds, 0.1)
+    rounds.measure_in_rounds(None, comparisons, settings)  # the directions' rounds interleaved too
+    by_direction = {key: result for c in comparisons for key, result in c.results(settings).items()}
     results = {}
     for case in cases:
         result = by_direction[case.label]

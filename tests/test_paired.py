@@ -119,6 +119,37 @@ def test_a_reference_already_in_the_store_is_timed_for_pairing_but_not_returned(
     assert results["linear"]["train_tokens_per_s_ratio"] == pytest.approx(0.5)
 
 
+def test_rounds_go_over_every_comparison_before_the_next_round_of_any(monkeypatch):
+    """asv's rounds: a point's rounds are spread over the whole timing phase, not the seconds of its own length;
+    results are offered after every round, the last one marked final."""
+    fake = Drifting({"full": 100.0, "linear": 250.0, "local": 80.0}, noisy={"local"})
+    monkeypatch.setattr(rounds, "run_part", fake)
+    monkeypatch.setattr(
+        rounds, "timed_call", lambda cfg, point: TimedCall("x:y", {"name": point["attention"]["name"]}, 1, 9.0, False)
+    )
+    by_length = {
+        n: rounds.Comparison(
+            [
+                rounds.Member(f"{name}{n}", {"probe": "speed", "seq_len": n, "attention": {"name": name}}, True)
+                for name in names
+            ]
+        )
+        for n, names in ((64, ["full", "linear"]), (128, ["full", "local"]))
+    }
+    started, offered = [], []
+    rounds.measure_in_rounds(
+        OmegaConf.create({}),
+        list(by_length.values()),
+        TimingSettings(2, 4, 0.1),
+        on_round=lambda index, comparison, points: started.append((index, comparison.members[0].point["seq_len"])),
+        on_results=lambda comparison, final: offered.append((comparison.rounds_run, final)),
+    )
+    # both lengths' first two rounds alternate; only the noisy length gets the extra rounds
+    assert started == [(1, 64), (1, 128), (2, 64), (2, 128), (3, 128), (4, 128)]
+    assert offered == [(1, False), (1, False), (2, True), (2, False), (3, False), (4, True)]
+    assert by_length[128].results(TimingSettings(2, 4, 0.1))["local128"]["unstable"]
+
+
 @pytest.mark.parametrize(
     ("timing", "message"),
     [

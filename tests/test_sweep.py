@@ -100,6 +100,36 @@ def test_resume_skips_done_points_and_force_remeasures(tmp_path, sweep_config):
     assert len(point_files(tmp_path)) == 2, "only the new length was added"
 
 
+def test_an_interrupted_timing_phase_keeps_partial_points_and_a_resume_times_them_again(
+    tmp_path, sweep_config, monkeypatch
+):
+    real, calls = rounds.run_part, []
+
+    def interrupted(call, parts, malloc, **pairing):
+        calls.append(parts)
+        if len(calls) == 7:  # memory of both points, two rounds of both, then the third round's first process
+            raise KeyboardInterrupt
+        return real(call, parts, malloc, **pairing)
+
+    overrides = (
+        "attention=local",
+        "sweep.accuracy=null",
+        "sweep.seq_lens=[32]",
+        "sweep.timing={rounds:3,max_rounds:3}",
+        "sweep.baselines=[full]",
+    )
+    monkeypatch.setattr(rounds, "run_part", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep_config(*overrides))
+    partial = store.read_records(tmp_path / "store")
+    assert sorted(r["variant"] for r in partial) == ["full", "local"]
+    assert all(r["partial_rounds"] and r["rounds"] == 2 and r["train_tokens_per_s_ratio"] for r in partial)
+    monkeypatch.setattr(rounds, "run_part", real)
+    run_sweep(sweep_config(*overrides))  # the partial points are not "in the store": timed again, in full
+    final = store.read_records(tmp_path / "store")
+    assert len(final) == 2 and all(not r["partial_rounds"] and r["rounds"] >= 3 for r in final), final
+
+
 def test_an_injected_failure_is_recorded_and_the_sweep_goes_on(tmp_path, sweep_config, monkeypatch):
     real = rounds.run_part
 
@@ -306,9 +336,9 @@ def test_console_shows_one_line_per_point_and_the_report_path_and_nothing_else(t
         r"\[2/2\] full accuracy n=32 mqar causal seed=0 lr=0.003 \.\.\. test acc [\d.]+ \(20 steps\) \(\d+ s\)"
     )
     assert re.fullmatch(accuracy_line, progress[1])
-    headers = [line for line in lines if line.startswith("speed n=")]
-    assert headers == ["speed n=32: 1 point(s), in rounds 1 2"], lines  # the comparison's rounds as they run
-    rest = [line for line in lines if not line.startswith(("[", "speed n="))]
+    timing = [line for line in lines if line.startswith(("timing ", "round "))]
+    assert timing[1:] == ["round 1: speed n=32,", "round 2: speed n=32,"], lines  # each round's comparisons
+    rest = [line for line in lines if not line.startswith(("[", "timing ", "round "))]
     # 20 steps of mqar teach exact attention nothing: the sweep says its ranking is not informative
     warning = "warning: The reference did not learn this setting; its ranking is not informative (bar: mean >= 0.95"
     assert rest[0].startswith(warning) and "mqar causal n=32: `full` " in rest[0], lines

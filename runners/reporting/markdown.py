@@ -33,7 +33,8 @@ from runners.reporting.text import text_runs, text_section
 
 PAIRED = (
     "Each ratio is the median of per-round ratios: every point of a length is timed once per round, in its own "
-    "process, in interleaved order (`sweep.timing`), so the machine's drift hits both sides of a round's ratio; "
+    "process, beside `full` in the same process, and each round goes over every length before the next begins "
+    "(`sweep.timing`), so the machine's drift over the run hits both sides of a ratio; "
     "in brackets the distribution-free interval of that median over the rounds (coverage in `results.csv`, "
     "`interval_coverage`: 75% for 3 rounds, 94% for 5). `unstable`: still wider than `sweep.timing.max_spread` "
     "after `max_rounds`."

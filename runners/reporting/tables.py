@@ -45,6 +45,7 @@ COLUMNS = {
     "ratio_reference": "ratio_reference",
     "unstable": "unstable",
     "unstable_why": "unstable_why",
+    "partial_rounds": "partial_rounds",  # an interrupted sweep: fewer rounds than planned; a resume times it again
     "train_tokens_per_s_lo": "train_tokens_per_s_lo",
     "train_tokens_per_s_hi": "train_tokens_per_s_hi",
     "train_tokens_per_s_ratio": "train_tokens_per_s_ratio",

@@ -2,8 +2,9 @@
 
 Points of one *comparison* (same probe, length, direction, batch, machine:
 everything but the variant) are timed together. Each round runs every point
-once, each in a fresh worker process, in an order rotated from round to round;
-the next round starts when the last point of this one is done. A point's
+once, each in a fresh worker process, in an order rotated from round to round,
+and goes over every comparison of the run before the next round begins
+(:func:`measure_in_rounds`), so a point's rounds sample the whole run. A point's
 figure is the median over its rounds, and its ratio to ``full`` is the median
 of the per-round ratios (the reference is timed in every round, even when its
 own record is already in the store). Drift of the machine between rounds hits
@@ -175,6 +176,104 @@ def result_of(member: Member, reference: Member | None, settings: TimingSettings
     return result
 
 
+@dataclass(eq=False)
+class Comparison:
+    """The members of one comparison and where their timing stands: the reference, the members still timed
+    (after the first ``timing.rounds``, only the wide ones beside the reference) and the rounds run so far."""
+
+    members: list[Member]
+    reference: Member | None = None
+    timed: list[Member] = field(default_factory=list)
+    rounds_run: int = 0
+
+    def prepare(self, cfg: DictConfig | None) -> None:
+        """Each member's call and, once, alone, its memory (an out-of-memory point is not timed)."""
+        for member in self.members:
+            if member.call is not None:  # given by the caller (runners.bench)
+                continue
+            try:
+                member.call = timed_call(cfg, member.point)
+            except Exception as error:  # unsupported (causal, decoding, cross) or a machine without the device
+                member.failure = failed_record(error)
+        for member in self.members:
+            if member.live and member.call.memory:
+                try:
+                    member.memory = run_part(member.call, ["memory"], malloc=None)
+                except Exception as failed:  # a point's failure is its status; the comparison goes on
+                    member.failure = failed_record(failed)
+        live = [m for m in self.members if m.live]
+        self.reference = next((m for m in live if m.name == REFERENCE), None) if len(live) > 1 else None
+        self.timed = live
+
+    def wide(self, settings: TimingSettings) -> list[Member]:
+        return [m for m in self.timed if m.live and too_wide(m, self.reference, settings)]
+
+    def finished(self, settings: TimingSettings) -> bool:
+        """No round left: every member failed, the cap is reached, or every interval is narrow enough."""
+        if not any(m.live for m in self.timed) or self.rounds_run >= settings.max_rounds:
+            return True
+        return self.rounds_run >= settings.rounds and not self.wide(settings)
+
+    def run_round(self, settings: TimingSettings) -> int:
+        """One round: every member still timed once, in an order rotated from the last round; returns the number
+        of points it timed. Beyond ``timing.rounds``, only the wide members are timed, beside the reference."""
+        index = self.rounds_run
+        if index >= settings.rounds:
+            wide = self.wide(settings)
+            self.timed = [m for m in self.timed if m in wide or m is self.reference]
+        shift = index % max(1, len(self.timed))
+        order = [m for m in self.timed[shift:] + self.timed[:shift] if m.live]
+        for member in order:
+            first = not member.rounds
+            parts = (["time", "flops"] if first else ["time"]) if member.call.memory else None
+            reference = self.reference
+            pair = reference is not None and member is not reference and member.point["probe"] in PAIRED_IN_PROCESS
+            try:
+                member.rounds[index] = run_part(
+                    member.call, parts, malloc="timing", paired_with=pairing(member, reference) if pair else None
+                )
+            except Exception as failed:  # a point's failure is its status; the comparison goes on
+                member.failure = failed_record(failed)
+        self.rounds_run += 1
+        return len(order)
+
+    def results(self, settings: TimingSettings) -> dict[str, dict[str, Any]]:
+        """The result of every member whose record is written, by key (so far, if rounds are still to come)."""
+        return {m.key: result_of(m, self.reference, settings) for m in self.members if m.write}
+
+
+def measure_in_rounds(
+    cfg: DictConfig | None,
+    comparisons: list[Comparison],
+    settings: TimingSettings,
+    *,
+    on_round: Callable[[int, Comparison, int], None] | None = None,
+    on_results: Callable[[Comparison, bool], None] | None = None,
+) -> None:
+    """Time several comparisons in rounds that go over all of them, as asv's rounds go over a whole suite.
+
+    Round ``r`` of every comparison runs before round ``r + 1`` of any, so a point's rounds are spread over the
+    whole timing phase rather than the seconds of its own length: its median samples the machine's slow and fast
+    phases alike (on a shared VM a ratio drifts by ~10% over minutes while steps agree within a round).
+    ``on_round(round, comparison, points)`` is called as a comparison's round starts, ``on_results(comparison,
+    final)`` after it (``final``: its last), so the caller can keep what was timed should the run be interrupted.
+    """
+    for comparison in comparisons:
+        comparison.prepare(cfg)
+        if comparison.finished(settings) and on_results is not None:  # every member failed before timing
+            on_results(comparison, True)
+    for index in range(settings.max_rounds):
+        due = [c for c in comparisons if c.rounds_run == index and not c.finished(settings)]
+        if not due:
+            break
+        for comparison in due:
+            if on_round is not None:
+                on_round(index + 1, comparison, len([m for m in comparison.timed if m.live]))
+            comparison.run_round(settings)
+            if on_results is not None:
+                on_results(comparison, comparison.finished(settings))
+
+
 def measure_comparison(
     cfg: DictConfig | None,
     members: list[Member],
@@ -182,44 +281,13 @@ def measure_comparison(
     *,
     on_round: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Time the members in interleaved rounds; the result of every member whose record is written, by key.
-
-    ``on_round(round, points)`` is called as each round starts (the console's progress).
-    """
-    for member in members:
-        if member.call is not None:  # given by the caller (runners.bench)
-            continue
-        try:
-            member.call = timed_call(cfg, member.point)
-        except Exception as error:  # unsupported (causal, decoding, cross) or a machine without the device
-            member.failure = failed_record(error)
-    for member in members:
-        if member.live and member.call.memory:  # once, alone, before any timing: an OOM point is not timed
-            try:
-                member.memory = run_part(member.call, ["memory"], malloc=None)
-            except Exception as failed:  # a point's failure is its status; the comparison goes on
-                member.failure = failed_record(failed)
-    live = [m for m in members if m.live]
-    reference = next((m for m in live if m.name == REFERENCE), None) if len(live) > 1 else None  # alone: no pairing
-    timed = [m for m in members if m.live]
-    for round_index in range(settings.max_rounds):
-        if round_index >= settings.rounds:  # extra rounds for the members still too wide, beside the reference
-            wide = [m for m in timed if m.live and too_wide(m, reference, settings)]
-            if not wide:
-                break
-            timed = [m for m in timed if m in wide or m is reference]
-        shift = round_index % max(1, len(timed))
-        order = [m for m in timed[shift:] + timed[:shift] if m.live]
-        if on_round is not None:
-            on_round(round_index + 1, len(order))
-        for member in order:
-            first = not member.rounds
-            parts = (["time", "flops"] if first else ["time"]) if member.call.memory else None
-            pair = reference is not None and member is not reference and member.point["probe"] in PAIRED_IN_PROCESS
-            try:
-                member.rounds[round_index] = run_part(
-                    member.call, parts, malloc="timing", paired_with=pairing(member, reference) if pair else None
-                )
-            except Exception as failed:  # a point's failure is its status; the comparison goes on
-                member.failure = failed_record(failed)
-    return {m.key: result_of(m, reference, settings) for m in members if m.write}
+    """Time one comparison's members in interleaved rounds; the result of every member whose record is written,
+    by key. ``on_round(round, points)`` is called as each round starts."""
+    comparison = Comparison(members)
+    measure_in_rounds(
+        cfg,
+        [comparison],
+        settings,
+        on_round=None if on_round is None else lambda index, _, points: on_round(index, points),
+    )
+    return comparison.results(settings)

@@ -151,8 +151,16 @@ class RecordWriter:
         self.cfg, self.results_dir, self.sweep_id, self.fixed_context = cfg, results_dir, sweep_id, fixed_context
 
     def __call__(
-        self, point: dict[str, Any], key: str, result: dict[str, Any], elapsed: float, *, concurrent_runs: int = 1
+        self,
+        point: dict[str, Any],
+        key: str,
+        result: dict[str, Any],
+        elapsed: float,
+        *,
+        concurrent_runs: int = 1,
+        log: bool = True,
     ) -> dict[str, Any]:
+        """Write the record (``log``: to wandb too; off for a timed point's records before its last round)."""
         record = (
             {
                 "key": key,
@@ -175,7 +183,7 @@ class RecordWriter:
             | result
         )
         store.write_point(self.results_dir, record)
-        if self.cfg.logger == "wandb":
+        if log and self.cfg.logger == "wandb":
             log_to_wandb(self.cfg, record, self.sweep_id)
         return record
 
@@ -247,24 +255,60 @@ def time_in_rounds(
     record: RecordWriter,
     progress: Progress,
 ) -> None:
-    """Every timed point still to measure, a comparison at a time in interleaved rounds; recorded as each ends."""
+    """Every timed point still to measure, in rounds over all comparisons (:func:`rounds.measure_in_rounds`);
+    each point's record is written after its second round and rewritten after each later one, ``partial_rounds``
+    until its last (a resumed sweep times a partial point again)."""
     settings = timing_settings(cfg)
-    for group in comparisons(points, keys, todo):
-        written = [item for item in group if item[0] is not None]
-        first = written[0][1]
+    groups = comparisons(points, keys, todo)
+    if not groups:
+        return
+    labels = {key: label for group in groups for label, _, key in group if label is not None}
+    timing = [
+        rounds.Comparison([rounds.Member(key, point, write=key in labels) for _, point, key in group])
+        for group in groups
+    ]
+    print(
+        f"timing {len(labels)} point(s) of {len(groups)} comparison(s), in rounds that go over all of them "
+        f"({settings.rounds}, up to {settings.max_rounds} where an interval is wider than {settings.max_spread:.0%})",
+        file=sys.stderr,
+        flush=True,
+    )
+    seconds: dict[int, float] = {}  # per comparison: the time its rounds took so far
+    state = {"round": 0, "started": time.perf_counter()}
+    finished: list[str] = []  # the progress lines of points whose last round ended, shown as the round line ends
+
+    def end_round_line() -> None:
+        if state["round"]:
+            print(file=sys.stderr, flush=True)
+        for line in finished:
+            print(line, file=sys.stderr, flush=True)
+        finished.clear()
+
+    def on_round(index: int, comparison: rounds.Comparison, timed: int) -> None:
+        if index != state["round"]:
+            end_round_line()
+            state["round"] = index
+            print(f"round {index}:", end="", file=sys.stderr, flush=True)
+        state["started"] = time.perf_counter()
+        first = comparison.members[0].point
         what = f"{first['probe']} n={first['seq_len']}" + (" causal" if first.get("causal") else "")
-        again = " and the reference (in the store), timed again beside them" if len(group) > len(written) else ""
-        print(f"{what}: {len(written)} point(s){again}, in rounds", end="", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        members = [rounds.Member(key, point, write=label is not None) for label, point, key in group]
-        results = rounds.measure_comparison(
-            cfg, members, settings, on_round=lambda index, _: print(f" {index}", end="", file=sys.stderr, flush=True)
-        )
-        print(file=sys.stderr, flush=True)
-        elapsed = (time.perf_counter() - started) / len(written)
-        for label, point, key in written:
-            stored = record(point, key, results[key], elapsed)
-            print(f"{label} ... {progress.done(stored)}", file=sys.stderr, flush=True)
+        print(f" {what}" + (f" ({timed})" if timed > 1 else ""), end=",", file=sys.stderr, flush=True)
+
+    def on_results(comparison: rounds.Comparison, final: bool) -> None:
+        seconds[id(comparison)] = seconds.get(id(comparison), 0.0) + time.perf_counter() - state["started"]
+        if not final and comparison.rounds_run < 2:  # one round has no interval yet: nothing worth keeping
+            return
+        written = [m for m in comparison.members if m.write]
+        elapsed = seconds[id(comparison)] / max(1, len(written))
+        results = comparison.results(settings)
+        for member in written:
+            result = results[member.key] | {"partial_rounds": not final}
+            stored = record(member.point, member.key, result, elapsed, log=final)
+            if final:
+                finished.append(f"{labels[member.key]} ... {progress.done(stored)}")
+
+    rounds.measure_in_rounds(cfg, timing, settings, on_round=on_round, on_results=on_results)
+    end_round_line()
 
 
 def run_sweep(cfg: DictConfig) -> pd.DataFrame:
@@ -281,7 +325,8 @@ def run_sweep(cfg: DictConfig) -> pd.DataFrame:
         )
     torch.set_num_threads(cfg.hardware.threads)
     points = plan_points(cfg, attentions)
-    done = set() if cfg.force else {r.get("key") for r in store.read_records(results_dir)}
+    stored = [] if cfg.force else store.read_records(results_dir)
+    done = {r.get("key") for r in stored if not r.get("partial_rounds")}  # a partial point is timed again
     sweep_id = cfg.sweep_id or launch.multirun_id() or dt.datetime.now(dt.UTC).strftime("sweep-%Y%m%d-%H%M%S")
     fixed_context = context.collect(cfg)
     keys = [store.point_key(point) for point in points]
