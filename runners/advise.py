@@ -241,7 +241,8 @@ def tie_note(best: pd.DataFrame, first: str) -> str:
     return f"Tied on accuracy within the seed spread: {', '.join(tied)} (ranked by training speed)."
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Constraints]:
+def build_parser() -> OneLineParser:
+    """The command's flags (the docs' command reference is generated from this parser)."""
     parser = OneLineParser(prog="python -m runners.advise", description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, required=True, help="a results store, report folder or results.csv")
     parser.add_argument("--seq-len", type=int, required=True, help="your sequence length")
@@ -254,6 +255,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Constraints]
     parser.add_argument("--task", help="the accuracy task, where several were scored at the length")
     parser.add_argument("--hardware", help="a hardware fingerprint (or part of one) in the results")
     parser.add_argument("--accuracy-seq-len", type=int, help="take accuracy measured at this length instead")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Constraints]:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.seq_len < 1 or (args.accuracy_seq_len is not None and args.accuracy_seq_len < 1):
         parser.error(f"--seq-len and --accuracy-seq-len must be positive integers; got {args.seq_len}")

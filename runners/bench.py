@@ -243,13 +243,14 @@ def summarize(records: list[dict[str, Any]], seq_lens: list[int]) -> str:
     return "\n".join(out)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags (the docs' command reference is generated from this parser)."""
+    parser = argparse.ArgumentParser(prog="python -m runners.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", help="registered names (default: all)")
-    parser.add_argument("--seq-lens", nargs="+", type=int, default=DEFAULT_SEQ_LENS)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--dim-head", type=int, default=64)
+    parser.add_argument("--seq-lens", nargs="+", type=int, default=DEFAULT_SEQ_LENS, help="sequence lengths")
+    parser.add_argument("--batch", type=int, default=4, help="batch size")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads")
+    parser.add_argument("--dim-head", type=int, default=64, help="width of each head")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per process (their median)")
     parser.add_argument(
         "--min-time-s", type=float, default=0.2, help="timed calls per process add up to at least this (seconds)"
@@ -271,7 +272,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="print each core's top operators (torch.profiler) and GFLOP/s against the peak; measures nothing else",
     )
     parser.add_argument("--out", type=Path, default=Path("results/bench.jsonl"), help="JSON lines, appended")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def profile_cases(cases: list[Case], args: argparse.Namespace, *, peak: float | None) -> None:

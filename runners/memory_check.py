@@ -41,12 +41,17 @@ def probe_in_subprocess(variant: str, seq_len: int, batch: int) -> dict:
     return measure_isolated(SPEED_PROBE, kwargs, threads=torch.get_num_threads(), parts=("memory",))
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", default=["full_math", "linformer"])
-    parser.add_argument("--seq-lens", nargs=2, type=int, default=[2048, 4096])
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags (the docs' command reference is generated from this parser)."""
+    parser = argparse.ArgumentParser(prog="python -m runners.memory_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", default=["full_math", "linformer"], help="registered names")
+    parser.add_argument("--seq-lens", nargs=2, type=int, default=[2048, 4096], help="the shorter and longer length")
     parser.add_argument("--batch", type=int, default=4, help="batch size (the default sweep's)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    args = build_parser().parse_args(argv)
     short, long = args.seq_lens
     targets = {"full_math": (">=", 2.5), "linformer": ("<=", 1.5)}
     ratios = {}

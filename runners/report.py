@@ -38,8 +38,9 @@ def apply_filters(frame: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
     return frame
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags (the docs' command reference is generated from this parser)."""
+    parser = argparse.ArgumentParser(prog="python -m runners.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("filters", nargs="*", help="column=value, e.g. task=MQAR hardware=cpu sweep_id=...")
     parser.add_argument(
         "--results",
@@ -48,9 +49,13 @@ def main(argv: list[str] | None = None) -> Path:
         default=[Path("results/store")],
         help="one or more stores, report folders or results.csv files: one report from all of them",
     )
-    parser.add_argument("--out", type=Path, default=Path("results/report"))
+    parser.add_argument("--out", type=Path, default=Path("results/report"), help="the report's folder")
     parser.add_argument("--baselines", nargs="*", default=["full"], help="variants the report marks as baselines")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
     try:
         frame = apply_filters(pd.concat([load_results(path) for path in args.results], ignore_index=True), args.filters)
     except FileNotFoundError as missing:

@@ -91,8 +91,9 @@ def test_derived_presets_state_only_what_differs_from_their_base(group):
 
 
 def documented_commands(module: str) -> list[list[str]]:
-    """Every ``python -m runners.MODULE ...`` line in the README and in the module's docstring, as overrides."""
-    text = (REPO / "README.md").read_text() + (REPO / "runners" / f"{module}.py").read_text()
+    """Every ``python -m runners.MODULE ...`` line in the README, the docs and the module's docstring, as overrides."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")), REPO / "runners" / f"{module}.py"]
+    text = "\n".join(page.read_text() for page in pages)
     text = text.replace("\\\n", " ")
     commands = []
     for line in text.splitlines():
