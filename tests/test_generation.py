@@ -45,7 +45,7 @@ def test_sweep_records_decode_points_and_the_report_shows_generation(tmp_path, c
     assert growth.loc["full", "state bytes ~ n^p"] == pytest.approx(1.0, abs=0.01)
     assert growth.loc["linear", "state bytes ~ n^p"] == pytest.approx(0.0, abs=1e-9)
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "### Generation" in report and "`nystrom`: decode n=16, 64 (" in report  # folded into one line
+    assert "### Generation" in report and "| nystrom | n=16, 64 |" in report  # in the Not scored table, once
     assert (tmp_path / "report" / "decode_state_hw0.png").exists()
 
 

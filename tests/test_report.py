@@ -120,15 +120,31 @@ def test_training_runs_show_throughput_per_device_and_total(built):
     assert "| local | 3,000 (1,500 x 2), 100 steps |" in text
 
 
-def test_failed_points_are_shown_not_dropped_and_what_a_variant_cannot_do_is_one_line(built):
+def test_failed_points_are_shown_not_dropped_and_what_a_variant_cannot_do_is_one_table(built):
     _, text = built
     assert "OOM" in text
     assert "n/a: causal unsupported" not in text  # no row of n/a cells for what the variant cannot do
-    not_scored = [line for line in text.splitlines() if line.startswith("**Not scored**")]
-    assert not_scored == [
-        "**Not scored** where a variant cannot do what a point asks (the records stay in `results.csv`): "
-        "`linformer`: accuracy mqar causal n=128 ('linformer' cannot be causal)."
-    ]
+    block = text[text.index("**Not scored**") :].split("\n\n")
+    assert (
+        block[0]
+        == "**Not scored**: what a variant cannot do, at the lengths asked (the records stay in `results.csv`)."
+    )
+    assert block[1].splitlines() == ["| variant | accuracy mqar causal |", "|---|---|", "| linformer | n=128 |"]
+    assert block[2] == "Why: *accuracy mqar causal*: the variant cannot be causal."
+
+
+def test_the_report_opens_with_its_contents_and_folds_the_long_tables(built):
+    _, text = built
+    lines = text.splitlines()
+    assert lines[0] == "# attnbench comparison report" and lines[2].startswith("**Contents**: ")
+    contents = lines[2]
+    assert "[Which attention for you](#which-attention-for-you)" in contents
+    assert "[cpu-A](#cpu-a): [Speed and memory](#speed-and-memory)" in contents
+    assert "[gpu-B](#gpu-b): [Speed and memory](#speed-and-memory-1)" in contents  # GitHub's anchor of a repeat
+    assert text.index("## Which attention for you") < text.index("<details>")  # the answer is not folded
+    absolute = text.index("<summary><b>Absolute numbers</b>")
+    assert text.index("#### Crossover lengths") < absolute < text.index("</details>", absolute)
+    assert text.count("<details>") == text.count("</details>")
 
 
 def test_speed_summary_picks_fastest_and_leanest(built):
@@ -244,7 +260,20 @@ def test_every_plot_is_a_valid_png_and_csv_is_written(built):
         assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
         assert f"]({png.name})" in text
     csv = pd.read_csv(path.parent / "results.csv")
-    assert len(csv) == 15 and "learning_curve" not in csv.columns
+    assert len(csv) == 15 and "learning_curve" in csv.columns and "heatmaps" not in csv.columns
+
+
+def test_a_report_rebuilt_from_its_results_csv_keeps_the_learning_curves(built, tmp_path):
+    """The nested lists the report reads (learning curves, maps errors and budget curves) are JSON text in
+    results.csv, so a committed report can be rebuilt from it alone with its time to accuracy and curves."""
+    path, text = built
+    frame = tables.flat_results(store.read_records(path.parent.parent / "store"))
+    loaded = tables.load_results(path.parent / "results.csv")
+    curves = sorted(str(c if isinstance(c, list) else []) for c in frame[frame.probe == "accuracy"].learning_curve)
+    assert sorted(map(str, loaded[loaded.probe == "accuracy"].learning_curve)) == curves and any(curves)
+    rebuilt = report.main(["--results", str(path.parent / "results.csv"), "--out", str(tmp_path / "again")])
+    section = text[text.index("#### Time to accuracy") :].split("<details>")[0]
+    assert "steps" in section and section in rebuilt.read_text()
 
 
 def test_filters_select_rows(tmp_path):
@@ -265,7 +294,7 @@ def test_report_from_only_failed_points(tmp_path):
     store.write_point(tmp_path / "store", RECORDS[-1] | {"key": "only"})
     text = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "o")]).read_text()
     assert "Built from **1 results** (0 failed, shown where they belong; 1 not scored" in text
-    assert "`linformer`: accuracy mqar causal n=128 ('linformer' cannot be causal)" in text
+    assert "| linformer | n=128 |" in text and "*accuracy mqar causal*: the variant cannot be causal" in text
 
 
 def test_scaling_table_fits_memory_and_step_time_exponents(built):
@@ -278,7 +307,7 @@ def test_scaling_table_fits_memory_and_step_time_exponents(built):
     assert table.loc["full", "train step time"] == pytest.approx(math.log2(5))  # 2x tokens at 0.4x the rate
     assert table.loc["local", "train step time"] == pytest.approx(1.0)
     assert "linformer" not in table.index  # one ok length: no fit
-    assert "### Scaling with sequence length" in text and "| full | 1024-2048 | 2.00 |" in text
+    assert "<b>Scaling with sequence length</b>" in text and "| full | 1024-2048 | 2.00 |" in text
 
 
 def test_causal_speed_points_get_their_own_rows_relative_to_causal_full():

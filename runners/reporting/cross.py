@@ -18,7 +18,7 @@ import pandas as pd
 from runners.reporting import accuracy as acc_tables
 from runners.reporting.approximation import error_pivot, error_table
 from runners.reporting.crossover import crossover_table
-from runners.reporting.md import md_table
+from runners.reporting.md import folded, md_table
 from runners.reporting.styles import REFERENCE, variant_order
 from runners.reporting.tables import by_variant, cell_table, relative_table
 
@@ -204,15 +204,20 @@ def speed_lines(speed: pd.DataFrame, fingerprint: str) -> list[str]:
         "**Peak memory relative to `full`**",
         "",
         md_table(relative_table(speed, "peak_memory_mib"), empty=f"`{REFERENCE}` was not measured here"),
-        "**Training throughput, tokens/s**",
-        "",
-        md_table(cell_table(speed, "train_tokens_per_s", ",.0f")),
-        "**Peak memory of a training step, MiB**",
-        "",
-        md_table(cell_table(speed, "peak_memory_mib", ",.1f")),
         f"**From which source length a variant beats `{REFERENCE}`** (as in the speed section's crossover table)",
         "",
         md_table(crossover_table(speed), empty=f"no variant shares two or more lengths with `{REFERENCE}`"),
+        *folded(
+            "<b>Absolute numbers</b>: training tokens/s and peak MiB at every source length",
+            [
+                "**Training throughput, tokens/s**",
+                "",
+                md_table(cell_table(speed, "train_tokens_per_s", ",.0f")),
+                "**Peak memory of a training step, MiB**",
+                "",
+                md_table(cell_table(speed, "peak_memory_mib", ",.1f")),
+            ],
+        ),
     ]
 
 

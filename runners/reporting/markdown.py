@@ -11,22 +11,22 @@ import pandas as pd
 from runners.measure.matmul_peak import describe_peak
 from runners.reporting import accuracy as acc_tables
 from runners.reporting.approximation import approximation_section
-from runners.reporting.choice import choice_section
+from runners.reporting.choice import anchor, choice_section
 from runners.reporting.cross import CROSS_PROBES, cross_answer, cross_section
 from runners.reporting.crossover import crossover_table
 from runners.reporting.generation import generation_section
-from runners.reporting.md import md_table
+from runners.reporting.md import folded, md_table
 from runners.reporting.plots import accuracy_plots, speed_plots
 from runners.reporting.recall import recall_runs, recall_section
 from runners.reporting.styles import CAUSAL, REFERENCE, variant_order
 from runners.reporting.tables import (
-    NESTED,
     achieved_gflops,
     cell_table,
     interval_cells,
     relative_table,
     scaling_table,
     speed_summary,
+    to_csv,
     training_run_cells,
 )
 from runners.reporting.text import text_runs, text_section
@@ -62,13 +62,6 @@ def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
         "below 1 is leaner:",
         "",
         md_table(relative_table(speed, "peak_memory_mib"), empty=NO_REFERENCE),
-        "#### Scaling with sequence length",
-        "",
-        "Fitted exponent p of n^p (1 = linear, 2 = quadratic) over the measured lengths. Peak memory "
-        "includes the model state, which does not grow with n, so it bends below the step's own growth "
-        "at short lengths; `python -m runners.bench` measures the attention cores alone.",
-        "",
-        md_table(scaling_table(speed), empty="no variant was measured at two or more lengths"),
         "#### Crossover lengths: from which n a variant beats full",
         "",
         f"The length from which the variant is faster (time per token of a training step, of an inference "
@@ -78,16 +71,25 @@ def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
         "`never` where the ratio does not fall with n. Cores alone: `python -m runners.bench` prints the same.",
         "",
         md_table(crossover_table(speed), empty=f"no variant shares two or more lengths with `{REFERENCE}`"),
-        "#### Absolute numbers",
-        "",
     ]
+    lines += folded(
+        "<b>Scaling with sequence length</b>: the fitted exponent of each variant's time and memory",
+        [
+            "Fitted exponent p of n^p (1 = linear, 2 = quadratic) over the measured lengths. Peak memory "
+            "includes the model state, which does not grow with n, so it bends below the step's own growth "
+            "at short lengths; `python -m runners.bench` measures the attention cores alone.",
+            "",
+            md_table(scaling_table(speed), empty="no variant was measured at two or more lengths"),
+        ],
+    )
+    absolute = []
     for title, value, fmt in [
         ("Training throughput, tokens/s", "train_tokens_per_s", ",.0f"),
         ("Inference throughput, tokens/s", "infer_tokens_per_s", ",.0f"),
         ("Peak memory of a training step, MiB", "peak_memory_mib", ",.1f"),
         ("FLOPs per training step", "flops_per_step", ".3g"),
     ]:
-        lines += [f"**{title}**", "", md_table(cell_table(speed, value, fmt)), ""]
+        absolute += [f"**{title}**", "", md_table(cell_table(speed, value, fmt)), ""]
     efficiency = achieved_gflops(speed)
     if efficiency.pct_of_peak.notna().any():
         latest = efficiency.iloc[-1]
@@ -100,7 +102,7 @@ def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
             bf16_native=None if pd.isna(latest.bf16_native) else bool(latest.bf16_native),
             on_gpu=pd.notna(latest.gpu_name),
         )
-        lines += [
+        absolute += [
             "**Where the time goes: achieved matmul GFLOP/s of a training step, and % of this machine's "
             f"measured matmul peak** ({peaks}; counted "
             "FLOPs / step time, so softmax, feature maps and Python overhead show as a low share)",
@@ -112,6 +114,9 @@ def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
             md_table(cell_table(efficiency, "pct_of_peak", ".1f")),
             "",
         ]
+    lines += folded(
+        "<b>Absolute numbers</b>: tokens/s, peak MiB, FLOPs per step and achieved GFLOP/s at every length", absolute
+    )
     return lines + [f"![{path.stem}]({path.name})\n" for path in speed_plots(speed, out, tag)]
 
 
@@ -149,10 +154,12 @@ def accuracy_section(accuracy: pd.DataFrame, out: Path, tag: str) -> list[str]:
     ]
     unlearned = acc_tables.unlearned_line(stats, REFERENCE)
     lines += [unlearned, ""] if unlearned else []
+    per_setting = []
     for (task, direction), group in stats.groupby(["task", "direction"], sort=True):
         baseline = accuracy[(accuracy.task == task) & (accuracy.direction == direction)].majority_baseline.dropna()
         note = f"; majority-class baseline {baseline.iloc[0]:.3f}" if not baseline.empty else ""
-        lines += [f"**{task}, {direction}**{note}", "", md_table(acc_tables.accuracy_table(group)), ""]
+        per_setting += [f"**{task}, {direction}**{note}", "", md_table(acc_tables.accuracy_table(group)), ""]
+    lines += folded("<b>Per setting</b>: every variant's accuracy with its seeds and steps", per_setting)
     lines += [
         "#### Time to accuracy",
         "",
@@ -160,13 +167,16 @@ def accuracy_section(accuracy: pd.DataFrame, out: Path, tag: str) -> list[str]:
         "reached 50% and 90% of the best mean final validation accuracy of the setting (`targets`)."
         + side_by_side_note(accuracy),
         "",
-        md_table(acc_tables.time_to_accuracy(runs), empty="no run recorded a learning curve"),
-        "#### Training runs: tokens/s in total (per device x devices), optimizer steps",
-        "",
+        md_table(
+            acc_tables.time_to_accuracy(runs),
+            empty="no learning curve in these results (a results.csv written before it kept them has none)",
+        ),
     ]
+    training = []
     for (task, direction), group in runs.groupby(["task", "direction"], sort=True):
         cells = cell_table(group.assign(run=training_run_cells(group)), "run", "s")
-        lines += [f"**{task}, {direction}** (one seed shown)", "", md_table(cells), ""]
+        training += [f"**{task}, {direction}** (one seed shown)", "", md_table(cells), ""]
+    lines += folded("<b>Training runs</b>: tokens/s in total (per device x devices), optimizer steps", training)
     return lines + [f"![{path.stem}]({path.name})\n" for path in accuracy_plots(runs, stats, out, tag)]
 
 
@@ -181,25 +191,43 @@ def maps_lines(frame: pd.DataFrame, out: Path) -> list[str]:
     return lines
 
 
-def not_scored_line(unsupported: pd.DataFrame) -> list[str]:
-    """Points a variant cannot do (causal, decoding, ...), folded into one line instead of rows of ``n/a``."""
+def not_scored_lines(unsupported: pd.DataFrame) -> list[str]:
+    """Points a variant cannot do (causal, decoding, ...): one table, variant x kind of point, with the lengths in
+    its cells and each kind's reason once below, instead of rows of ``n/a`` in every other table."""
     if unsupported.empty:
         return []
-    items = []
-    for variant in variant_order(unsupported.variant):
-        rows = unsupported[unsupported.variant == variant]
-        parts = []
-        for (probe, task, direction), group in rows.groupby(["probe", "task", "direction"], dropna=False, sort=True):
-            what = " ".join(str(x) for x in (probe, task, direction) if pd.notna(x))
-            lengths = ", ".join(str(int(n)) for n in sorted(group.seq_len.dropna().unique()))
-            messages = group.message.dropna()
-            reason = str(messages.iloc[0]).split(";")[0] if not messages.empty else "unsupported"
-            parts.append(f"{what} n={lengths} ({reason})")
-        items.append(f"`{variant}`: {', '.join(parts)}")
+    rows = unsupported.assign(
+        causal_row=unsupported.variant.str.endswith(CAUSAL), variant=unsupported.variant.str.removesuffix(CAUSAL)
+    )
+    kinds, reasons, cells = [], {}, {}
+    for _, row in rows.iterrows():
+        parts = [row.probe, row.task, row.direction, "causal" if row.causal_row else None]
+        kind = " ".join(str(x) for x in parts if isinstance(x, str))
+        if kind not in kinds:
+            kinds.append(kind)
+        if kind not in reasons and isinstance(row.message, str):
+            reason = row.message.removeprefix("UnsupportedError: ").split(";")[0]
+            reasons[kind] = reason.replace(f"'{row.variant}'", "the variant").replace(row.variant, "the variant")
+        if pd.notna(row.seq_len):
+            cells.setdefault((row.variant, kind), set()).add(int(row.seq_len))
+        else:
+            cells.setdefault((row.variant, kind), set())
+    table = pd.DataFrame(
+        [
+            {"variant": variant}
+            | {
+                kind: "n=" + ", ".join(map(str, sorted(cells[variant, kind]))) if (variant, kind) in cells else ""
+                for kind in kinds
+            }
+            for variant in variant_order(rows.variant)
+        ]
+    ).set_index("variant")
+    why = "; ".join(f"*{kind}*: {reasons.get(kind, 'unsupported')}" for kind in kinds)
     return [
-        "**Not scored** where a variant cannot do what a point asks (the records stay in `results.csv`): "
-        + "; ".join(items)
-        + ".",
+        "**Not scored**: what a variant cannot do, at the lengths asked (the records stay in `results.csv`).",
+        "",
+        md_table(table),
+        f"Why: {why}.",
         "",
     ]
 
@@ -207,7 +235,7 @@ def not_scored_line(unsupported: pd.DataFrame) -> list[str]:
 def build_report(frame: pd.DataFrame, out: Path, *, baselines: Sequence[str] = (REFERENCE,)) -> Path:
     """Write report.md, plots and results.csv for ``frame`` into ``out``; ``baselines`` are marked as such."""
     out.mkdir(parents=True, exist_ok=True)
-    frame.drop(columns=list(NESTED), errors="ignore").to_csv(out / "results.csv", index=False)
+    to_csv(frame, out / "results.csv")
     unsupported = frame.status == "unsupported"
     failed = int((frame.status != "ok").sum()) - int(unsupported.sum())
     measured = sorted(set(frame.variant.str.removesuffix(CAUSAL)))
@@ -233,7 +261,7 @@ def build_report(frame: pd.DataFrame, out: Path, *, baselines: Sequence[str] = (
         if whole.probe.isin(CROSS_PROBES).all():
             continue  # the cross section has its own tables per fingerprint
         lines += [f"## {fingerprint}", ""]
-        lines += not_scored_line(whole[(whole.status == "unsupported") & ~whole.probe.isin(CROSS_PROBES)])
+        lines += not_scored_lines(whole[(whole.status == "unsupported") & ~whole.probe.isin(CROSS_PROBES)])
         part = whole[whole.status != "unsupported"]
         speed = part[part.probe == "speed"]
         accuracy = part[part.probe == "accuracy"]
@@ -259,6 +287,28 @@ def build_report(frame: pd.DataFrame, out: Path, *, baselines: Sequence[str] = (
         lines += ["## Across hardware: training tokens/s", "", md_table(cross, "{:,.0f}"), ""]
     lines += cross_section(frame)  # its own list of the variants that cannot cross-attend
     lines += maps_lines(frame[~unsupported], out)
+    lines[1:1] = ["", contents_line(lines)]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def contents_line(lines: list[str]) -> str:
+    """The report's table of contents as one paragraph under its title: every section (##) with its
+    subsections (###) after a colon, linked with GitHub's anchors (a repeated heading gets -1, -2, ...)."""
+    seen: dict[str, int] = {}
+    sections: list[tuple[str, list[str]]] = []
+    for line in lines:
+        level = len(line) - len(line.lstrip("#"))
+        if level not in (2, 3) or not line[level:].startswith(" "):
+            continue
+        title = line[level + 1 :].strip()
+        slug = anchor(title, 0)
+        link = f"[{title}]({anchor(title, seen.get(slug, 0))})"
+        seen[slug] = seen.get(slug, 0) + 1
+        if level == 2:
+            sections.append((link, []))
+        elif sections:
+            sections[-1][1].append(link)
+    parts = [link + (": " + ", ".join(children) if children else "") for link, children in sections]
+    return "**Contents**: " + " · ".join(parts)

@@ -24,3 +24,9 @@ def md_table(frame: pd.DataFrame, floatfmt: str = "{:.2f}", *, empty: str = "no 
         ]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join([header, rule, *rows]) + "\n"
+
+
+def folded(summary: str, lines: list[str]) -> list[str]:
+    """``lines`` inside a collapsed ``<details>`` block titled ``summary``: long per-length tables stay one
+    click away, below what they support, without pushing the next section off the screen."""
+    return [f"<details><summary>{summary}</summary>", "", *lines, "", "</details>", ""]

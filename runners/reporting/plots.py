@@ -140,6 +140,8 @@ def accuracy_plots(runs: pd.DataFrame, stats: pd.DataFrame, out: Path, tag: str)
             )
         )
     for (task, direction, seq_len), group in runs.groupby(["task", "direction", "seq_len"], sort=True):
+        if not any(isinstance(curve, list) and curve for curve in group.learning_curve):
+            continue  # no curve recorded here (or a results.csv written before it kept them): no empty plot
         for x, label in (("step", "optimizer steps"), ("train_s", "seconds in training steps (this hardware)")):
             paths.append(
                 save_plot(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -105,14 +106,25 @@ COLUMNS = {
     "config.model.layers": "model_layers",
     "config.model.dim": "model_dim",
     "config.task.batch_size": "task_batch_size",
-    "learning_curve": "learning_curve",  # a list per accuracy run; left out of results.csv
-    "errors": "errors",  # maps probe: a list of rows per point (one per input case); left out of results.csv
-    "budget_curve": "budget_curve",  # maps probe: a list of rows; left out of results.csv
-    "heatmaps": "heatmaps",  # maps probe: pooled attention maps; left out of results.csv
+    "learning_curve": "learning_curve",  # a list per accuracy run; JSON text in results.csv
+    "errors": "errors",  # maps probe: a list of rows per point (one per input case); JSON text in results.csv
+    "budget_curve": "budget_curve",  # maps probe: a list of rows; JSON text in results.csv
+    "heatmaps": "heatmaps",  # maps probe: pooled attention maps; left out of results.csv (megabytes)
 }
 
 
-NESTED = ("learning_curve", "errors", "budget_curve", "heatmaps")  # lists per point, left out of results.csv
+NESTED = ("learning_curve", "errors", "budget_curve", "heatmaps")  # lists per point
+NESTED_IN_CSV = ("learning_curve", "errors", "budget_curve")  # kept in results.csv as JSON text: a report rebuilt
+# from it has its time to accuracy, learning curves and error tables; the heatmaps are too large to keep
+
+
+def to_csv(frame: pd.DataFrame, path: Path) -> None:
+    """``results.csv``: the flat table, the small nested lists as JSON text, the heatmaps left out."""
+    flat = frame.drop(columns=[c for c in NESTED if c not in NESTED_IN_CSV], errors="ignore").copy()
+    for column in NESTED_IN_CSV:
+        if column in flat:
+            flat[column] = [json.dumps(v, default=str) if isinstance(v, list) and v else "" for v in flat[column]]
+    flat.to_csv(path, index=False)
 
 
 def latest_per_point(records: list[dict]) -> list[dict]:
@@ -162,7 +174,9 @@ def load_results(path: Path) -> pd.DataFrame:
         )
     frame = pd.read_csv(csv, low_memory=False)
     for column in COLUMNS.values():
-        if column in NESTED:  # results.csv leaves the nested lists out: no learning curves, no maps details
+        if column in NESTED and column in frame:  # JSON text (an empty cell: none recorded)
+            frame[column] = [json.loads(v) if isinstance(v, str) and v else [] for v in frame[column]]
+        elif column in NESTED:  # the heatmaps, or a results.csv written before the lists were kept
             frame[column] = [[] for _ in range(len(frame))]
         elif column not in frame.columns:
             frame[column] = np.nan
