@@ -401,3 +401,25 @@ def test_one_report_from_a_committed_table_and_a_store(built, tmp_path):
         ["--results", str(path.parent / "results.csv"), str(tmp_path / "later"), "--out", str(tmp_path / "m")]
     )
     assert "Built from **16 results**" in merged.read_text()
+
+
+def test_the_flop_bound_says_whether_a_slower_variant_is_held_back_by_its_flops_or_its_kernel(tmp_path):
+    """full: 1 s per step. `heavy` does 3x full's FLOPs at the 100 GFLOP/s peak: it needs 150% of the peak to tie
+    (impossible). `slow` does half full's FLOPs but reaches 10% of the peak: it needs 25%; its kernel falls short."""
+    peak = {"matmul_gflops": {"fp32": 100.0}}
+
+    def point(variant, flops, seconds):
+        record = speed(variant, 1000, 1000 / seconds, 10.0) | {"flops_per_step": flops}
+        return record | {"hardware_info": {"fingerprint": "cpu-A", **peak}, "precision": "32-true"}
+
+    records = [point("full", 50e9, 1.0), point("heavy", 150e9, 2.0), point("slow", 25e9, 2.5)]
+    for i, record in enumerate(records):
+        store.write_point(tmp_path / "store", record | {"key": f"k{i}"})
+    frame = tables.flat_results(store.read_records(tmp_path / "store"))
+    bound = tables.flop_bound(frame[frame.probe == "speed"]).set_index("variant")
+    assert bound.loc["heavy", "needed_pct"] == pytest.approx(150.0)
+    assert bound.loc["heavy", "achieved_pct"] == pytest.approx(75.0)
+    assert bound.loc["slow", "needed_pct"] == pytest.approx(25.0) and bound.loc["slow", "ratio"] == pytest.approx(0.4)
+    text = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "r")]).read_text()
+    assert "- `heavy` n=1,000: 0.50x `full`; needs 150% of the peak to tie, reaches 75%: it cannot tie" in text
+    assert "- `slow` n=1,000: 0.40x `full`; needs 25% of the peak to tie, reaches 10%: its FLOPs allow it" in text

@@ -21,7 +21,9 @@ from runners.reporting.recall import recall_runs, recall_section
 from runners.reporting.styles import CAUSAL, REFERENCE, variant_order
 from runners.reporting.tables import (
     achieved_gflops,
+    by_variant,
     cell_table,
+    flop_bound,
     interval_cells,
     relative_table,
     scaling_table,
@@ -72,6 +74,7 @@ def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
         "",
         md_table(crossover_table(speed), empty=f"no variant shares two or more lengths with `{REFERENCE}`"),
     ]
+    lines += flop_bound_lines(speed)
     lines += folded(
         "<b>Scaling with sequence length</b>: the fitted exponent of each variant's time and memory",
         [
@@ -118,6 +121,51 @@ def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
         "<b>Absolute numbers</b>: tokens/s, peak MiB, FLOPs per step and achieved GFLOP/s at every length", absolute
     )
     return lines + [f"![{path.stem}]({path.name})\n" for path in speed_plots(speed, out, tag)]
+
+
+def flop_bound_lines(speed: pd.DataFrame) -> list[str]:
+    """Why a variant is slower than ``full``: its FLOPs or its kernel. For each variant slower than ``full`` at its
+    longest measured length, the share of the measured matmul peak it would need to tie, and the share it reaches;
+    the whole table folded below."""
+    bound = flop_bound(speed)
+    if bound.empty:
+        return []
+    longest = bound.loc[bound.groupby("variant").seq_len.idxmax()]
+    slower = longest[longest.ratio < 1].sort_values("needed_pct", ascending=False)
+    items = []
+    for row in slower.itertuples():
+        verdict = (
+            "it cannot tie `full` here whatever its kernel: its FLOPs per step exceed what the peak does in "
+            "`full`'s step time"
+            if row.needed_pct > 100
+            else "its FLOPs allow it: the kernel falls short of that share"
+        )
+        items.append(
+            f"- `{row.variant}` n={row.seq_len:,}: {row.ratio:.2f}x `{REFERENCE}`; needs {row.needed_pct:.0f}% "
+            f"of the peak to tie, reaches {row.achieved_pct:.0f}%: {verdict}."
+        )
+    table = bound.assign(
+        cell=[f"{n:.0f}% ({a:.0f}%)" for n, a in zip(bound.needed_pct, bound.achieved_pct, strict=True)]
+    ).pivot_table(index="variant", columns="seq_len", values="cell", aggfunc="last")
+    return [
+        f"#### The FLOP bound: can a variant beat `{REFERENCE}` here at all?",
+        "",
+        f"By its own FLOP count per training step (`torch.utils.flop_counter`, recomputation included) at this "
+        f"machine's measured matmul peak, the share of the peak a variant's step would need to take as long as "
+        f"`{REFERENCE}`'s measured step (above 100%: impossible on this machine), beside the share it reaches. "
+        + (
+            "The variants slower than `full` at their longest length:"
+            if items
+            else f"No variant is slower than `{REFERENCE}` at its longest measured length."
+        ),
+        "",
+        *items,
+        "",
+        *folded(
+            "<b>Needed (reached) share of the matmul peak</b> at every length",
+            [md_table(by_variant(table))],
+        ),
+    ]
 
 
 def side_by_side_note(accuracy: pd.DataFrame) -> str:

@@ -306,6 +306,35 @@ def achieved_gflops(speed: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def flop_bound(speed: pd.DataFrame) -> pd.DataFrame:
+    """Can a variant beat ``full`` here at all? Per variant and length: the share of this machine's measured matmul
+    peak its training step would need, by its own FLOP count, to take as long as ``full``'s measured step
+    (``needed_pct``; above 100: it cannot, however good its kernel), beside the share it achieves
+    (``achieved_pct``). Rows: ``variant``, ``seq_len``, ``needed_pct``, ``achieved_pct``, ``ratio`` (speed vs full).
+    """
+    ok = achieved_gflops(speed[(speed.status == "ok") & speed.flops_per_step.notna()])
+    if ok.empty or ok.pct_of_peak.isna().all():
+        return pd.DataFrame(columns=["variant", "seq_len", "needed_pct", "achieved_pct", "ratio"])
+    ok = ok.assign(
+        step_s=ok.seq_len * ok.batch_size.fillna(1) / ok.train_tokens_per_s,
+        peak_flops=ok.train_gflops / (ok.pct_of_peak / 100) * 1e9,
+    )
+    reference = {
+        (row.seq_len, row.variant.endswith(CAUSAL)): row.step_s
+        for row in ok[ok.variant.isin([REFERENCE, REFERENCE + CAUSAL])].itertuples()
+    }
+    ratio = relative_table(speed, "train_tokens_per_s")
+    rows = []
+    for row in ok.itertuples():
+        full_s = reference.get((row.seq_len, row.variant.endswith(CAUSAL)))
+        if full_s is None or row.variant.removesuffix(CAUSAL) == REFERENCE:
+            continue
+        needed = 100 * row.flops_per_step / row.peak_flops / full_s
+        measured = ratio.loc[row.variant, row.seq_len] if row.variant in ratio.index else math.nan
+        rows.append((row.variant, row.seq_len, needed, row.pct_of_peak, measured))
+    return pd.DataFrame(rows, columns=["variant", "seq_len", "needed_pct", "achieved_pct", "ratio"])
+
+
 def scaling_exponent(seq_lens: pd.Series, values: pd.Series) -> float:
     """Slope of log(value) against log(n): 1 = linear, 2 = quadratic."""
     mask = values.notna() & (values > 0)
