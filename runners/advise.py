@@ -28,7 +28,7 @@ from typing import NoReturn
 import pandas as pd
 
 from runners.reporting.accuracy import tied_best
-from runners.reporting.choice import accuracy_settings, speed_rows
+from runners.reporting.choice import accuracy_settings, speed_rows, speed_score
 from runners.reporting.crossover import value_at
 from runners.reporting.styles import variant_order
 from runners.reporting.tables import load_results
@@ -89,6 +89,9 @@ def speed_at(speed: pd.DataFrame, seq_len: int) -> pd.DataFrame:
             "peak_memory_mib": memory[0],
             "speed_evidence": tokens[1] if tokens[1] == memory[1] else f"tok/s {tokens[1]}, MiB {memory[1]}",
             "vs_full": paired_cell(ok, seq_len),
+            "train_tokens_per_s_ratio": ok.at[seq_len, "train_tokens_per_s_ratio"]
+            if seq_len in ok.index and "train_tokens_per_s_ratio" in ok
+            else None,
         }
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -161,22 +164,24 @@ def judge(speed: pd.DataFrame, accuracy: pd.DataFrame, wanted: Constraints, accu
 
 
 def ranked(table: pd.DataFrame, first: str) -> pd.DataFrame:
-    """The variants that meet every constraint, best first by ``first``.
+    """The variants that meet every constraint, best first by ``first`` (speed: the paired ratio to full where
+    every one has it, else tok/s; see :func:`speed_score`).
 
     Speed: tok/s; memory: MiB (ties by tok/s); accuracy: the variants tied with the best (seed spreads
     overlapping its own) first, among them the fastest, then the rest by mean accuracy.
     """
     keep = table[table.ruled_out_by == ""]
+    keep = keep.assign(speed_score=speed_score(keep)) if not keep.empty else keep.assign(speed_score=[])
     if first == "speed":
-        return keep.sort_values("train_tokens_per_s", ascending=False)
+        return keep.sort_values("speed_score", ascending=False)
     if first == "memory":
-        return keep.sort_values(["peak_memory_mib", "train_tokens_per_s"], ascending=[True, False])
+        return keep.sort_values(["peak_memory_mib", "speed_score"], ascending=[True, False])
     tied = keep.index.isin(accuracy_ties(keep))
     lower = bool((keep.get("lower_is_better") == True).any())  # noqa: E712 (bits per byte: the lowest is best)
     return pd.concat(
         [
-            keep[tied].sort_values("train_tokens_per_s", ascending=False),
-            keep[~tied].sort_values(["mean", "train_tokens_per_s"], ascending=[lower, False]),
+            keep[tied].sort_values("speed_score", ascending=False),
+            keep[~tied].sort_values(["mean", "speed_score"], ascending=[lower, False]),
         ]
     )
 

@@ -101,3 +101,19 @@ def test_a_speed_pick_whose_interval_reaches_the_runner_up_names_no_clear_winner
         paired(speed("linear", 1024, 210.0, 40.0), 2.1, 2.0, 2.2),
     ]
     assert "no clear winner" not in "\n".join(choice.choice_section(flat_results(apart)))
+
+
+def test_speed_picks_rank_by_the_paired_ratio_where_every_variant_has_one():
+    """Own processes read linear ahead (120 vs 100 tok/s); timed step by step beside full it is 0.77x: full wins."""
+    records = [
+        speed("full", 256, 100.0, 50.0) | {"train_tokens_per_s_ratio": 1.0},
+        speed("linear", 256, 120.0, 60.0) | {"train_tokens_per_s_ratio": 0.77},
+    ]
+    part = flat_results(records)
+    rows = choice.candidates(choice.speed_rows(part), None)
+    assert choice.picks(rows)["speed"] == "full"
+    assert choice.pareto(rows, with_accuracy=False) == ["full"]  # faster by the pairing and leaner
+    unpaired = choice.candidates(
+        choice.speed_rows(flat_results([speed("full", 256, 100.0, 50.0), speed("linear", 256, 120.0, 60.0)])), None
+    )
+    assert choice.picks(unpaired)["speed"] == "linear"  # no pairing recorded: the medians are all there is

@@ -66,11 +66,24 @@ def accuracy_settings(part: pd.DataFrame) -> pd.DataFrame:
     return stats[stats.status == "ok"]
 
 
+def speed_score(rows: pd.DataFrame) -> pd.Series:
+    """What speed picks, the front and advise's ranking compare: the paired training ratio to ``full`` where every
+    measured row has one (``full``: 1.0), else tokens/s. The ratio was timed step by step beside ``full`` in each
+    process; the tokens/s are medians of separate processes, which drift apart (at n = 256, linformer's and full's
+    own processes put linformer ahead while their paired steps put it at 0.77x, full-vs-full pairs at 1.00)."""
+    measured = rows.train_tokens_per_s.notna()
+    ratio = rows.get("train_tokens_per_s_ratio")
+    if ratio is not None and measured.any() and ratio[measured].notna().all():
+        return ratio.where(measured)
+    return rows.train_tokens_per_s
+
+
 def candidates(speed: pd.DataFrame, stats: pd.DataFrame | None) -> pd.DataFrame:
     """One row per variant with its speed and memory and, where given, its accuracy (mean, min, max, seeds)."""
     rows = speed.drop_duplicates("variant", keep="last").set_index("variant")[SPEED + [c for c in RATIO if c in speed]]
     if stats is not None and not stats.empty:
         rows = rows.join(stats.set_index("variant")[SCORE], how="outer")
+    rows["speed_score"] = speed_score(rows)
     return rows.reindex(variant_order(rows.index))
 
 
@@ -79,8 +92,8 @@ def dominates(a: pd.Series, b: pd.Series, *, with_accuracy: bool) -> bool:
 
     The front is Pareto on means, so it stays transitive; seed-spread ties are named where the picks are made.
     """
-    speed_ok = a.train_tokens_per_s >= b.train_tokens_per_s and a.peak_memory_mib <= b.peak_memory_mib
-    speed_better = a.train_tokens_per_s > b.train_tokens_per_s or a.peak_memory_mib < b.peak_memory_mib
+    speed_ok = a.speed_score >= b.speed_score and a.peak_memory_mib <= b.peak_memory_mib
+    speed_better = a.speed_score > b.speed_score or a.peak_memory_mib < b.peak_memory_mib
     if not with_accuracy:
         return bool(speed_ok and speed_better)
     lower = bool(a.get("lower_is_better", False) == True)  # noqa: E712 (NaN: accuracy)
@@ -90,7 +103,8 @@ def dominates(a: pd.Series, b: pd.Series, *, with_accuracy: bool) -> bool:
 
 def pareto(rows: pd.DataFrame, *, with_accuracy: bool) -> list[str]:
     """The variants no other variant dominates, in report order (rows lacking a needed number are left out)."""
-    needed = ["train_tokens_per_s", "peak_memory_mib"] + (["mean", "min", "max"] if with_accuracy else [])
+    rows = rows if "speed_score" in rows else rows.assign(speed_score=speed_score(rows))
+    needed = ["speed_score", "peak_memory_mib"] + (["mean", "min", "max"] if with_accuracy else [])
     full = rows.dropna(subset=needed)
     return [
         name
@@ -105,6 +119,7 @@ def picks(rows: pd.DataFrame) -> dict[str, object]:
     Returns ``speed`` and ``memory`` (a variant or None), ``accuracy`` (the fastest of the tied best, or
     the best where no speed was measured) and ``ties`` (the variants tied for the best accuracy).
     """
+    rows = rows if "speed_score" in rows else rows.assign(speed_score=speed_score(rows))
     measured = rows.dropna(subset=["train_tokens_per_s", "peak_memory_mib"])
     scored = rows.dropna(subset=["mean"]) if "mean" in rows else rows.iloc[0:0]
     pool = measured
@@ -116,8 +131,8 @@ def picks(rows: pd.DataFrame) -> dict[str, object]:
         pool = measured[measured.index.isin(scored.index[near_best])]
     ties = tied_best(scored.reset_index()) if not scored.empty else []
     tied_measured = measured[measured.index.isin(ties)]
-    best_accuracy = tied_measured.train_tokens_per_s.idxmax() if not tied_measured.empty else (ties or [None])[0]
-    speed = pool.train_tokens_per_s.idxmax() if not pool.empty else None
+    best_accuracy = tied_measured.speed_score.idxmax() if not tied_measured.empty else (ties or [None])[0]
+    speed = pool.speed_score.idxmax() if not pool.empty else None
     return {
         "speed": speed,
         "speed_ties": timing_ties(pool, speed),
