@@ -306,8 +306,8 @@ def build_report(frame: pd.DataFrame, out: Path, *, baselines: Sequence[str] = (
     lines += choice_section(frame)
     lines += cross_answer(frame)
     for index, (fingerprint, whole) in enumerate(frame.groupby("fingerprint", sort=True)):
-        if whole.probe.isin(CROSS_PROBES).all():
-            continue  # the cross section has its own tables per fingerprint
+        if whole.probe.isin([*CROSS_PROBES, "maps"]).all():
+            continue  # the cross and maps sections have their own tables (maps: for every machine at once)
         lines += [f"## {fingerprint}", ""]
         lines += not_scored_lines(whole[(whole.status == "unsupported") & ~whole.probe.isin(CROSS_PROBES)])
         part = whole[whole.status != "unsupported"]
