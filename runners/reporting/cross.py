@@ -120,7 +120,7 @@ def cannot_line(part: pd.DataFrame) -> list[str]:
     return [
         f"**Cannot cross-attend** (not scored here): {names}. Their mixing needs queries and keys of one "
         "sequence (windows, blocks, shared hash buckets, decays or weights by distance, learned position-to-"
-        "position weights), which mean nothing between two unaligned sequences; the README's contract has why.",
+        "position weights), which mean nothing between two unaligned sequences; docs/concepts/skeleton.md has why.",
         "",
     ]
 
