@@ -50,14 +50,14 @@ def split_comment(line: str) -> tuple[str, str]:
     return line.rstrip(), ""
 
 
-def yaml_keys(path: Path) -> tuple[str, list[str], list[YamlKey]]:
+def yaml_keys(path: Path) -> tuple[str, list[tuple[str, str]], list[YamlKey]]:
     """A conf/ file's leading comment, its defaults list and its keys with their comments.
 
     A comment on the lines under a key, indented, continues that key's; a comment block at the left margin
     between keys introduces the next key.
     """
     header: list[str] = []
-    defaults: list[str] = []
+    defaults: list[tuple[str, str]] = []  # (entry, its comment)
     keys: list[YamlKey] = []
     stack: list[tuple[int, str]] = []
     pending: list[str] = []
@@ -80,7 +80,7 @@ def yaml_keys(path: Path) -> tuple[str, list[str], list[YamlKey]]:
         stripped = code.strip()
         if stripped.startswith("- "):
             if in_defaults:
-                defaults.append(stripped[2:] + (f" ({comment})" if comment else ""))
+                defaults.append((stripped[2:], comment))
             continue
         merge = re.match(r"<<:\s*\*(\S+)", stripped)
         if merge and keys:
@@ -124,11 +124,8 @@ def yaml_section(path: Path, prefix: str) -> list[str]:
     if header:
         lines += [header, ""]
     if defaults:
-        lines += [
-            "Selects: "
-            + "; ".join(code(entry.split(" (")[0]) + entry[len(entry.split(" (")[0]) :] for entry in defaults),
-            "",
-        ]
+        selects = (code(entry) + (f" ({comment})" if comment else "") for entry, comment in defaults)
+        lines += ["Selects: " + "; ".join(selects), ""]
     if keys:
         lines += ["| key | value | what |", "| --- | --- | --- |"]
         for key in keys:

@@ -102,8 +102,8 @@ def dominates(a: pd.Series, b: pd.Series, *, with_accuracy: bool) -> bool:
 
 
 def pareto(rows: pd.DataFrame, *, with_accuracy: bool) -> list[str]:
-    """The variants no other variant dominates, in report order (rows lacking a needed number are left out)."""
-    rows = rows if "speed_score" in rows else rows.assign(speed_score=speed_score(rows))
+    """The variants no other variant dominates, in report order (rows lacking a needed number are left out);
+    ``rows`` from :func:`candidates`."""
     needed = ["speed_score", "peak_memory_mib"] + (["mean", "min", "max"] if with_accuracy else [])
     full = rows.dropna(subset=needed)
     return [
@@ -114,12 +114,12 @@ def pareto(rows: pd.DataFrame, *, with_accuracy: bool) -> list[str]:
 
 
 def picks(rows: pd.DataFrame) -> dict[str, object]:
-    """The speed-first, memory-first and accuracy-first picks of one setting, and the accuracy ties.
+    """The speed-first, memory-first and accuracy-first picks of one setting (``rows`` from :func:`candidates`),
+    and the accuracy ties.
 
     Returns ``speed`` and ``memory`` (a variant or None), ``accuracy`` (the fastest of the tied best, or
     the best where no speed was measured) and ``ties`` (the variants tied for the best accuracy).
     """
-    rows = rows if "speed_score" in rows else rows.assign(speed_score=speed_score(rows))
     measured = rows.dropna(subset=["train_tokens_per_s", "peak_memory_mib"])
     scored = rows.dropna(subset=["mean"]) if "mean" in rows else rows.iloc[0:0]
     pool = measured

@@ -256,10 +256,9 @@ def not_scored_lines(unsupported: pd.DataFrame) -> list[str]:
         if kind not in reasons and isinstance(row.message, str):
             reason = row.message.removeprefix("UnsupportedError: ").split(";")[0]
             reasons[kind] = reason.replace(f"'{row.variant}'", "the variant").replace(row.variant, "the variant")
+        lengths = cells.setdefault((row.variant, kind), set())
         if pd.notna(row.seq_len):
-            cells.setdefault((row.variant, kind), set()).add(int(row.seq_len))
-        else:
-            cells.setdefault((row.variant, kind), set())
+            lengths.add(int(row.seq_len))
     table = pd.DataFrame(
         [
             {"variant": variant}

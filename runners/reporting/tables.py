@@ -291,18 +291,19 @@ def interval_cells(frame: pd.DataFrame, value: str, *, ratio: bool, fmt: str) ->
 
 
 def achieved_gflops(speed: pd.DataFrame) -> pd.DataFrame:
-    """``speed`` with ``train_gflops`` (counted matmul FLOPs per step / step time) and ``pct_of_peak``.
+    """``speed`` with ``step_s`` (one training step), ``train_gflops`` (counted matmul FLOPs per step / step time),
+    ``peak_gflops`` and ``pct_of_peak``.
 
     The peak is the machine's measured matmul rate in the dtype the precision
     computes in (bf16 for ``bf16-mixed``, else fp32), from the hardware
     fingerprint; NaN where a record predates the peak probe.
     """
     out = speed.copy()
-    tokens = out.seq_len * out.batch_size.fillna(1)
-    out["train_gflops"] = out.flops_per_step * out.train_tokens_per_s / tokens / 1e9
+    out["step_s"] = out.seq_len * out.batch_size.fillna(1) / out.train_tokens_per_s
+    out["train_gflops"] = out.flops_per_step / out.step_s / 1e9
     in_bf16 = out.precision.astype(str).str.startswith("bf16")
-    peak = out.matmul_bf16_gflops.where(in_bf16, out.matmul_fp32_gflops)
-    out["pct_of_peak"] = 100 * out.train_gflops / peak
+    out["peak_gflops"] = out.matmul_bf16_gflops.where(in_bf16, out.matmul_fp32_gflops)
+    out["pct_of_peak"] = 100 * out.train_gflops / out.peak_gflops
     return out
 
 
@@ -315,10 +316,6 @@ def flop_bound(speed: pd.DataFrame) -> pd.DataFrame:
     ok = achieved_gflops(speed[(speed.status == "ok") & speed.flops_per_step.notna()])
     if ok.empty or ok.pct_of_peak.isna().all():
         return pd.DataFrame(columns=["variant", "seq_len", "needed_pct", "achieved_pct", "ratio"])
-    ok = ok.assign(
-        step_s=ok.seq_len * ok.batch_size.fillna(1) / ok.train_tokens_per_s,
-        peak_flops=ok.train_gflops / (ok.pct_of_peak / 100) * 1e9,
-    )
     reference = {
         (row.seq_len, row.variant.endswith(CAUSAL)): row.step_s
         for row in ok[ok.variant.isin([REFERENCE, REFERENCE + CAUSAL])].itertuples()
@@ -329,7 +326,7 @@ def flop_bound(speed: pd.DataFrame) -> pd.DataFrame:
         full_s = reference.get((row.seq_len, row.variant.endswith(CAUSAL)))
         if full_s is None or row.variant.removesuffix(CAUSAL) == REFERENCE:
             continue
-        needed = 100 * row.flops_per_step / row.peak_flops / full_s
+        needed = 100 * row.flops_per_step / (row.peak_gflops * 1e9) / full_s
         measured = ratio.loc[row.variant, row.seq_len] if row.variant in ratio.index else math.nan
         rows.append((row.variant, row.seq_len, needed, row.pct_of_peak, measured))
     return pd.DataFrame(rows, columns=["variant", "seq_len", "needed_pct", "achieved_pct", "ratio"])
