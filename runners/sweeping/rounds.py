@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,9 +186,11 @@ class Comparison:
     reference: Member | None = None
     timed: list[Member] = field(default_factory=list)
     rounds_run: int = 0
+    seconds: float = 0.0  # spent on this comparison so far: its memory processes and its rounds
 
     def prepare(self, cfg: DictConfig | None) -> None:
         """Each member's call and, once, alone, its memory (an out-of-memory point is not timed)."""
+        started = time.perf_counter()
         for member in self.members:
             if member.call is not None:  # given by the caller (runners.bench)
                 continue
@@ -204,6 +207,7 @@ class Comparison:
         live = [m for m in self.members if m.live]
         self.reference = next((m for m in live if m.name == REFERENCE), None) if len(live) > 1 else None
         self.timed = live
+        self.seconds += time.perf_counter() - started
 
     def wide(self, settings: TimingSettings) -> list[Member]:
         return [m for m in self.timed if m.live and too_wide(m, self.reference, settings)]
@@ -217,7 +221,7 @@ class Comparison:
     def run_round(self, settings: TimingSettings) -> int:
         """One round: every member still timed once, in an order rotated from the last round; returns the number
         of points it timed. Beyond ``timing.rounds``, only the wide members are timed, beside the reference."""
-        index = self.rounds_run
+        started, index = time.perf_counter(), self.rounds_run
         if index >= settings.rounds:
             wide = self.wide(settings)
             self.timed = [m for m in self.timed if m in wide or m is self.reference]
@@ -235,6 +239,7 @@ class Comparison:
             except Exception as failed:  # a point's failure is its status; the comparison goes on
                 member.failure = failed_record(failed)
         self.rounds_run += 1
+        self.seconds += time.perf_counter() - started
         return len(order)
 
     def results(self, settings: TimingSettings) -> dict[str, dict[str, Any]]:

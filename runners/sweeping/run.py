@@ -273,8 +273,7 @@ def time_in_rounds(
         file=sys.stderr,
         flush=True,
     )
-    seconds: dict[int, float] = {}  # per comparison: the time its rounds took so far
-    state = {"round": 0, "started": time.perf_counter()}
+    state = {"round": 0}
     finished: list[str] = []  # the progress lines of points whose last round ended, shown as the round line ends
 
     def end_round_line() -> None:
@@ -289,17 +288,15 @@ def time_in_rounds(
             end_round_line()
             state["round"] = index
             print(f"round {index}:", end="", file=sys.stderr, flush=True)
-        state["started"] = time.perf_counter()
         first = comparison.members[0].point
         what = f"{first['probe']} n={first['seq_len']}" + (" causal" if first.get("causal") else "")
         print(f" {what}" + (f" ({timed})" if timed > 1 else ""), end=",", file=sys.stderr, flush=True)
 
     def on_results(comparison: rounds.Comparison, final: bool) -> None:
-        seconds[id(comparison)] = seconds.get(id(comparison), 0.0) + time.perf_counter() - state["started"]
         if not final and comparison.rounds_run < 2:  # one round has no interval yet: nothing worth keeping
             return
         written = [m for m in comparison.members if m.write]
-        elapsed = seconds[id(comparison)] / max(1, len(written))
+        elapsed = comparison.seconds / max(1, len(written))
         results = comparison.results(settings)
         for member in written:
             result = results[member.key] | {"partial_rounds": not final}
