@@ -20,7 +20,7 @@ from helpers import TINY_SWEEP
 
 from runners import bench
 from runners.measure import bf16, matmul_peak
-from runners.results import store
+from runners.results import context, store
 from runners.sweeping.plan import ConfigError
 from runners.sweeping.run import run_sweep
 from runners.training.run import run_training
@@ -136,6 +136,17 @@ def test_matmul_probe_on_a_hopelessly_slow_device_makes_one_call(monkeypatch):
 def test_matmul_probe_grows_the_size_while_calls_fit():
     rate, size = matmul_peak.matmul_gflops(torch.float32, torch.device("cpu"), budget_s=0.05)
     assert size in matmul_peak.SIZES and size < 2048 and rate > 0  # 2048 would take 17 GFLOP a call
+
+
+def test_the_peak_is_the_fastest_of_its_attempts_and_every_attempt_is_kept(monkeypatch):
+    """One process's probe is a sample (a slow phase of the VM read 103 GFLOP/s beside 165): the fingerprint keeps
+    every attempt, each with fresh operands, and the peak is the fastest."""
+    readings = iter([150.0, 180.0, 103.5])
+    monkeypatch.setattr(matmul_peak, "matmul_gflops", lambda dtype, device, budget_s: (next(readings), 2048))
+    monkeypatch.setattr(matmul_peak, "bf16_native", lambda device="cpu": False)
+    info = context.hardware_fingerprint("cpu")
+    assert info["matmul_gflops_attempts"] == {"fp32": [150.0, 180.0, 103.5]}
+    assert info["matmul_gflops"] == {"fp32": 180.0}
 
 
 def test_peak_in_words_says_when_bf16_was_not_measured():
