@@ -336,9 +336,10 @@ def test_console_shows_one_line_per_point_and_the_report_path_and_nothing_else(t
         r"\[2/2\] full accuracy n=32 mqar causal seed=0 lr=0.003 \.\.\. test acc [\d.]+ \(20 steps\) \(\d+ s\)"
     )
     assert re.fullmatch(accuracy_line, progress[1])
-    timing = [line for line in lines if line.startswith(("timing ", "round "))]
-    assert timing[1:] == ["round 1: speed n=32,", "round 2: speed n=32,"], lines  # each round's comparisons
-    rest = [line for line in lines if not line.startswith(("[", "timing ", "round "))]
+    timing = [line for line in lines if line.startswith(("timing ", "memory, ", "round "))]
+    assert re.fullmatch(r"memory, one process per point: speed n=32 \(1, \d+ s\),", timing[1]), lines
+    assert timing[2:] == ["round 1: speed n=32,", "round 2: speed n=32,"], lines  # each round's comparisons
+    rest = [line for line in lines if not line.startswith(("[", "timing ", "memory, ", "round "))]
     # 20 steps of mqar teach exact attention nothing: the sweep says its ranking is not informative
     warning = "warning: The reference did not learn this setting; its ranking is not informative (bar: mean >= 0.95"
     assert rest[0].startswith(warning) and "mqar causal n=32: `full` " in rest[0], lines

@@ -254,6 +254,7 @@ def measure_in_rounds(
     *,
     on_round: Callable[[int, Comparison, int], None] | None = None,
     on_results: Callable[[Comparison, bool], None] | None = None,
+    on_prepared: Callable[[Comparison], None] | None = None,
 ) -> None:
     """Time several comparisons in rounds that go over all of them, as asv's rounds go over a whole suite.
 
@@ -262,9 +263,12 @@ def measure_in_rounds(
     phases alike (on a shared VM a ratio drifts by ~10% over minutes while steps agree within a round).
     ``on_round(round, comparison, points)`` is called as a comparison's round starts, ``on_results(comparison,
     final)`` after it (``final``: its last), so the caller can keep what was timed should the run be interrupted.
+    ``on_prepared(comparison)`` is called once its memory processes have run (minutes at long lengths).
     """
     for comparison in comparisons:
         comparison.prepare(cfg)
+        if on_prepared is not None:
+            on_prepared(comparison)
         if comparison.finished(settings) and on_results is not None:  # every member failed before timing
             on_results(comparison, True)
     for index in range(settings.max_rounds):

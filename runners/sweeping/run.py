@@ -273,7 +273,7 @@ def time_in_rounds(
         file=sys.stderr,
         flush=True,
     )
-    state = {"round": 0}
+    state = {"round": 0, "memory": False}
     finished: list[str] = []  # the progress lines of points whose last round ended, shown as the round line ends
 
     def end_round_line() -> None:
@@ -283,14 +283,29 @@ def time_in_rounds(
             print(line, file=sys.stderr, flush=True)
         finished.clear()
 
+    def what(comparison: rounds.Comparison) -> str:
+        first = comparison.members[0].point
+        return f"{first['probe']} n={first['seq_len']}" + (" causal" if first.get("causal") else "")
+
+    def on_prepared(comparison: rounds.Comparison) -> None:
+        measured = [m for m in comparison.members if m.memory]
+        if not measured:
+            return
+        if not state["memory"]:
+            print("memory, one process per point:", end="", file=sys.stderr, flush=True)
+            state["memory"] = True
+        print(
+            f" {what(comparison)} ({len(measured)}, {comparison.seconds:.0f} s)", end=",", file=sys.stderr, flush=True
+        )
+
     def on_round(index: int, comparison: rounds.Comparison, timed: int) -> None:
         if index != state["round"]:
+            if state["memory"] and not state["round"]:
+                print(file=sys.stderr, flush=True)
             end_round_line()
             state["round"] = index
             print(f"round {index}:", end="", file=sys.stderr, flush=True)
-        first = comparison.members[0].point
-        what = f"{first['probe']} n={first['seq_len']}" + (" causal" if first.get("causal") else "")
-        print(f" {what}" + (f" ({timed})" if timed > 1 else ""), end=",", file=sys.stderr, flush=True)
+        print(f" {what(comparison)}" + (f" ({timed})" if timed > 1 else ""), end=",", file=sys.stderr, flush=True)
 
     def on_results(comparison: rounds.Comparison, final: bool) -> None:
         if not final and comparison.rounds_run < 2:  # one round has no interval yet: nothing worth keeping
@@ -304,7 +319,7 @@ def time_in_rounds(
             if final:
                 finished.append(f"{labels[member.key]} ... {progress.done(stored)}")
 
-    rounds.measure_in_rounds(cfg, timing, settings, on_round=on_round, on_results=on_results)
+    rounds.measure_in_rounds(cfg, timing, settings, on_round=on_round, on_results=on_results, on_prepared=on_prepared)
     end_round_line()
 
 
