@@ -104,11 +104,6 @@ def matmul_peak_attempts(
     return peak
 
 
-def matmul_peak(device: torch.device | str = "cpu") -> dict[str, float]:
-    """GFLOP/s of the fp32 and bf16 matmul probe, keyed ``"fp32"``/``"bf16"``: the fastest of its attempts."""
-    return {name: max(rates) for name, rates in matmul_peak_attempts(device).items()}
-
-
 def describe_peak(gflops: dict[str, float], *, bf16_native: bool | None, on_gpu: bool = False) -> str:
     """The peak in words, e.g. ``fp32 144 GFLOP/s; bf16: emulated on this CPU, not measured``.
 

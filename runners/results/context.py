@@ -55,7 +55,8 @@ def hardware_fingerprint(accelerator: str, *, with_matmul_peak: bool = True) -> 
     ``machine`` is the identity timed points carry; ``fingerprint`` the label a report's section is headed
     with (the machine and, on a CPU, the threads). ``bf16_native`` says whether bf16 matmuls run in hardware
     here (False: emulated, hundreds of times slower). ``matmul_gflops`` (fp32, and bf16 where native; a few
-    seconds at most on any machine; the fastest of a few attempts, all kept) is the ceiling reports compare each variant's achieved GFLOP/s with.
+    seconds at most on any machine; the fastest of a few attempts, all kept in ``matmul_gflops_attempts``) is the
+    ceiling reports compare each variant's achieved GFLOP/s with.
     """
     identity = machine.machine_identity(accelerator)
     info: dict[str, Any] = {
