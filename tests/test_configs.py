@@ -106,7 +106,7 @@ def documented_commands(module: str) -> list[list[str]]:
             if word == "-m" or "=" not in word:
                 continue
             key, value = word.split("=", 1)
-            if "," in value and not value.startswith("["):
+            if "," in value and not value.startswith(("[", "{")):
                 value = value.split(",")[0]  # a multirun sweeps values; each must compose
             overrides.append(f"{key}={value}")
         commands.append(overrides)
