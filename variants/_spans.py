@@ -31,50 +31,34 @@ def available(q: torch.Tensor) -> bool:
     return q.device.type == "cpu" and _FORWARD is not None and _BACKWARD is not None
 
 
-def chunks(seq: int, window: int, causal: bool) -> Iterator[tuple[int, int, int, int]]:
-    """``(start, end, low, high)``: each chunk of queries and its span of keys."""
+def pieces(
+    seq: int, window: int, causal: bool, like: torch.Tensor
+) -> Iterator[tuple[slice, slice, torch.Tensor | None]]:
+    """Each chunk of queries, its span of keys, and causally its additive mask: query ``r`` of a chunk sees key
+    ``c`` of its span (the chunk before, then its own) where ``c <= r + window``, sliced (a view) from one
+    ``window x 2 window`` matrix made once. Both passes walk the same pieces."""
+    bias = None
+    if causal:
+        rows = torch.arange(window, device=like.device)[:, None]
+        cols = torch.arange(2 * window, device=like.device)[None, :]
+        bias = torch.zeros(window, 2 * window, dtype=like.dtype, device=like.device)
+        bias.masked_fill_(cols > rows + window, -math.inf)
     for start in range(0, seq, window):
         end = min(start + window, seq)
-        yield start, end, max(0, start - window), min(seq, end + (0 if causal else window))
-
-
-class _Bias:
-    """Causally: query ``r`` of a chunk sees key ``c`` of its span (chunk before, then its own) where
-    ``c <= r + window``; an additive ``window x 2 window`` matrix made once, sliced per chunk (views)."""
-
-    def __init__(self, window: int, causal: bool, like: torch.Tensor) -> None:
-        self.window = window
-        self.matrix = None
-        if causal:
-            rows = torch.arange(window, device=like.device)[:, None]
-            cols = torch.arange(2 * window, device=like.device)[None, :]
-            self.matrix = torch.zeros(window, 2 * window, dtype=like.dtype, device=like.device)
-            self.matrix.masked_fill_(cols > rows + window, -math.inf)
-
-    def of(self, start: int, end: int, low: int, high: int) -> torch.Tensor | None:
-        if self.matrix is None:
-            return None
-        w = self.window
-        return self.matrix[: end - start, low - start + w : high - start + w]
+        low, high = max(0, start - window), min(seq, end + (0 if causal else window))
+        mask = None if bias is None else bias[: end - start, low - start + window : high - start + window]
+        yield slice(start, end), slice(low, high), mask
 
 
 class _SpanAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, window: int, causal: bool):
-        bias = _Bias(window, causal, q)
         out = torch.empty_like(q)
         lse = []
-        for start, end, low, high in chunks(q.shape[2], window, causal):
-            o, rows = _FORWARD(
-                q[:, :, start:end],
-                k[:, :, low:high],
-                v[:, :, low:high],
-                0.0,
-                False,
-                attn_mask=bias.of(start, end, low, high),
-            )
-            out[:, :, start:end] = o
-            lse.append(rows)
+        for rows, keys, mask in pieces(q.shape[2], window, causal, q):
+            o, rows_lse = _FORWARD(q[:, :, rows], k[:, :, keys], v[:, :, keys], 0.0, False, attn_mask=mask)
+            out[:, :, rows] = o
+            lse.append(rows_lse)
         ctx.save_for_backward(q, k, v, out, torch.cat(lse, dim=2))
         ctx.window, ctx.causal = window, causal
         return out
@@ -82,24 +66,23 @@ class _SpanAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        bias = _Bias(ctx.window, ctx.causal, q)
         grad_out = grad_out.contiguous()
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for start, end, low, high in chunks(q.shape[2], ctx.window, ctx.causal):
+        for rows, keys, mask in pieces(q.shape[2], ctx.window, ctx.causal, q):
             dq, dk, dv = _BACKWARD(
-                grad_out[:, :, start:end],
-                q[:, :, start:end],
-                k[:, :, low:high],
-                v[:, :, low:high],
-                out[:, :, start:end],
-                lse[:, :, start:end],
+                grad_out[:, :, rows],
+                q[:, :, rows],
+                k[:, :, keys],
+                v[:, :, keys],
+                out[:, :, rows],
+                lse[:, :, rows],
                 0.0,
                 False,
-                attn_mask=bias.of(start, end, low, high),
+                attn_mask=mask,
             )
-            grad_q[:, :, start:end] = dq
-            grad_k[:, :, low:high] += dk
-            grad_v[:, :, low:high] += dv
+            grad_q[:, :, rows] = dq
+            grad_k[:, :, keys] += dk
+            grad_v[:, :, keys] += dv
         return grad_q, grad_k, grad_v, None, None
 
 
