@@ -121,8 +121,21 @@ class NystromAttention(variants.Attention):
         summary = F.scaled_dot_product_attention(q_marks, k, v, attn_mask=far, scale=1.0)  # (B, H, m, Dh)
         out = F.scaled_dot_product_attention(q, k_marks, inverse @ summary, attn_mask=near, scale=scale)
         if self.residual is not None:
-            out = out + F.conv2d(v, self.residual.to(v.dtype), padding=(self.residual_kernel // 2, 0), groups=heads)
+            out = out + self._residual_conv(v)
         return out[:, :, pad:]
+
+    def _residual_conv(self, v: torch.Tensor) -> torch.Tensor:
+        """The package's ``Conv2d(h, h, (k, 1), groups=h)`` over ``v``, as a depthwise conv1d over heads x width.
+
+        Same values. With ``heads`` channels, oneDNN pads them to its block of 8 or 16 and the training
+        step held 17 more q-sized tensors (n = 2048: 21 against 8); one channel per (head, column), each
+        with its head's filter, is a multiple of the block.
+        """
+        batch, heads, seq, dim = v.shape
+        columns = v.transpose(2, 3).reshape(batch, heads * dim, seq)
+        weight = self.residual.to(v.dtype).view(heads, 1, self.residual_kernel).repeat_interleave(dim, dim=0)
+        out = F.conv1d(columns, weight, padding=self.residual_kernel // 2, groups=heads * dim)
+        return out.view(batch, heads, dim, seq).transpose(2, 3)
 
     def extra_repr(self) -> str:
         return (
