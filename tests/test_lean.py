@@ -141,6 +141,28 @@ def test_performer_gradcheck_in_float64(causal, monkeypatch):
     assert torch.autograd.gradcheck(lambda q, k, v: attn(q, k, v, mask), inputs, eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("name", ["based", "hedgehog"])
+def test_learned_feature_maps_gradcheck_in_float64_parameters_included(name, causal, monkeypatch):
+    """The kernel projects q and k chunk by chunk and pulls back the projection's gradient too (no autograd copy)."""
+    monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 50)
+    monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
+    torch.manual_seed(0)
+    extra = {"feature_dim": 3, "window": 4} if name == "based" else {}
+    attn = build_variant(name, causal=causal, chunk_size=4, heads=1, dim_head=4, **extra).double()
+    names = [n for n, _ in attn.named_parameters()]
+    assert names, "a learned map has parameters"
+    mask = torch.ones(2, 11, dtype=torch.bool)
+    mask[1, 8:] = False
+    qkv_inputs = [torch.randn(2, 1, 11, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    parameters = [p.detach().clone().requires_grad_() for p in attn.parameters()]
+
+    def run(q, k, v, *parameters):
+        return torch.func.functional_call(attn, dict(zip(names, parameters, strict=True)), (q, k, v, mask))
+
+    assert torch.autograd.gradcheck(run, (*qkv_inputs, *parameters), eps=1e-6, atol=1e-6)
+
+
 def saved_bytes(fn) -> int:
     """Bytes of the distinct tensors autograd keeps for the backward pass of ``fn()``."""
     storages: dict[int, int] = {}
@@ -169,6 +191,8 @@ def saved_bytes(fn) -> int:
         ("linear", True),
         ("performer", False),
         ("performer", True),
+        ("hedgehog", False),
+        ("hedgehog", True),
         ("reformer", False),
     ],
 )

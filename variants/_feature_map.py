@@ -35,15 +35,26 @@ class FeatureMapAttention(Attention):
     supports_dropout = False
     supports_decoding = True
     signed_features: ClassVar[bool] = False  # key_logit_rows gives the features themselves (see linear_attention)
-    # Learned maps (feature_inputs) keep their projected q and k, and their outputs, for the backward pass under
-    # plain autograd: True recomputes the whole parallel form there instead (variants._recompute).
+    # True: the parallel form keeps only its inputs for the backward pass and runs again there (variants._recompute).
     recompute_features: ClassVar[bool] = False
     num_features: int
     chunk_size: int
 
+    def feature_parameters(self) -> tuple[torch.Tensor, ...]:
+        """Learned tensors :meth:`feature_projection` reads; the kernel pulls back their gradients per chunk."""
+        return ()
+
+    def feature_projection(self, x: torch.Tensor, which: int, *parameters: torch.Tensor) -> torch.Tensor:
+        """Rows of queries (``which=0``) or keys (1) as the feature functions read them: ``x`` itself, or a learned map.
+
+        The parallel kernel applies it chunk by chunk, so training keeps no projected copy of q and k.
+        """
+        return x
+
     def feature_inputs(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the feature functions read: q and k, or the variant's learned projections of them."""
-        return q, k
+        """What the feature functions read: q and k through :meth:`feature_projection` (decoding, cross-attention)."""
+        parameters = tuple(p.to(q.dtype) for p in self.feature_parameters())
+        return self.feature_projection(q, 0, *parameters), self.feature_projection(k, 1, *parameters)
 
     def query_feature_rows(self, q: torch.Tensor, start: int, end: int) -> torch.Tensor:
         raise NotImplementedError
@@ -69,11 +80,14 @@ class FeatureMapAttention(Attention):
             out_dtype = q.dtype
             dtype = torch.promote_types(q.dtype, torch.float32)  # sums over n keys: fp32 at least
             q, k, v = (t.to(dtype) for t in (q, k, v))
-            q, k = self.feature_inputs(q, k)  # plain autograd: O(n d), and the gradient reaches their parameters
+            parameters = tuple(p.to(dtype) for p in self.feature_parameters())
             query_features, key_logits = self.feature_functions(q.shape[2])
 
-            def keys(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
-                logits = key_logits(x, start, end)
+            def queries(x: torch.Tensor, start: int, end: int, *parameters: torch.Tensor) -> torch.Tensor:
+                return query_features(self.feature_projection(x, 0, *parameters), start, end)
+
+            def keys(x: torch.Tensor, start: int, end: int, *parameters: torch.Tensor) -> torch.Tensor:
+                logits = key_logits(self.feature_projection(x, 1, *parameters), start, end)
                 if mask is None:
                     return logits
                 keep = mask[:, None, start:end, None]
@@ -83,12 +97,13 @@ class FeatureMapAttention(Attention):
                 q,
                 k,
                 v,
-                query_features=query_features,
+                query_features=queries,
                 key_logits=keys,
                 num_features=self.num_features,
                 causal=self.causal,
                 chunk=self.chunk_size,
                 signed=self.signed_features,
+                parameters=parameters,
             )
         return out.to(out_dtype)
 

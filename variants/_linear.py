@@ -5,15 +5,17 @@ Attention is ``phi(q_i) . sum_j phi(k_j) v_j^T`` normalized by
 ``i`` (causal). Feature matrices are ``(n, m)`` with ``m`` often larger than
 the head dimension, so plain autograd, which keeps them for the backward pass,
 needs several times the memory of the inputs. :func:`linear_attention` is a
-custom autograd function that keeps only q, k, v, the output, the row
+custom autograd function that keeps only q, k, v, the row
 normalizers and the ``(m, Dh)`` key summary, and recomputes features chunk by
 chunk in the backward pass; the gradients of the feature maps themselves come
 from autograd on one chunk at a time.
 
-Feature maps are given as two functions of a chunk of rows:
-``query_features(q, start, end)`` returns positive features (a per-row factor
-is allowed: it cancels in the normalized ratio) and
-``key_logits(k, start, end)`` returns the *logarithm* of the key features
+Feature maps are given as two functions of a chunk of rows (and of the
+learned ``parameters`` they read, passed after ``end``: their gradients are
+pulled back chunk by chunk too, so a learned map keeps no projected copy of q
+and k): ``query_features(q, start, end, *parameters)`` returns positive
+features (a per-row factor is allowed: it cancels in the normalized ratio) and
+``key_logits(k, start, end, *parameters)`` returns the *logarithm* of the key features
 (``-inf`` for keys that must get no weight). The kernel exponentiates the key
 logits with a stabilizer shared by all keys a query sees, which also cancels:
 one global maximum (bidirectional), or a running maximum over the chunks seen
@@ -31,7 +33,7 @@ CHUNK_ELEMENTS = 2**17  # feature-matrix elements per chunk in the bidirectional
 MIN_ROWS = 256  # ... but at least this many rows: performer's 256 features in chunks of 64 rows trained 25% slower
 TINY = 1e-30  # normalizers below this are clamped: a row whose features all underflowed gives zeros
 
-FeatureFn = Callable[[torch.Tensor, int, int], torch.Tensor]
+FeatureFn = Callable[..., torch.Tensor]  # (rows, start, end, *parameters) -> (B, H, rows, features)
 
 
 def _row_chunks(length: int, rows: int) -> list[tuple[int, int]]:
@@ -53,23 +55,58 @@ def _exp_(logits: torch.Tensor, scale: torch.Tensor, signed: bool) -> torch.Tens
     return logits if signed else logits.sub_(scale).exp_()
 
 
-def _with_grad(fn: FeatureFn, x: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of one chunk, with the chunk as a fresh leaf so their gradient can be pulled back to it."""
-    leaf = x[:, :, start:end].detach().requires_grad_()
-    with torch.enable_grad():
-        return leaf, fn(leaf, start, end)
+class _Maps:
+    """The two feature functions with their learned parameters, and the parameters' gradients as chunks add them."""
+
+    def __init__(self, query_features: FeatureFn, key_logits: FeatureFn, parameters: tuple[torch.Tensor, ...]):
+        self.query_fn, self.key_fn = query_features, key_logits
+        self.parameters = parameters
+        self.leaves: tuple[torch.Tensor, ...] = ()
+        self.grads: list[torch.Tensor | None] = [None] * len(parameters)
+
+    def fresh(self) -> _Maps:
+        """A copy with no gradients yet: each backward pass (a retained graph may run it twice) starts at zero."""
+        return _Maps(self.query_fn, self.key_fn, self.parameters)
+
+    def queries(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        return self.query_fn(x, start, end, *self.parameters)
+
+    def keys(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        return self.key_fn(x, start, end, *self.parameters)
+
+    def with_grad(self, fn: FeatureFn, x: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of one chunk, the chunk a fresh leaf (and the parameters) so their gradient can be pulled back."""
+        if len(self.leaves) != len(self.parameters):
+            self.leaves = tuple(p.detach().requires_grad_(p.requires_grad) for p in self.parameters)
+        leaf = x[:, :, start:end].detach().requires_grad_()
+        with torch.enable_grad():
+            return leaf, fn(leaf, start, end, *self.leaves)
+
+    def pull_back(self, leaf: torch.Tensor, features: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The chunk's gradient; the parameters' gradients are added to :attr:`grads`."""
+        trainable = [i for i, p in enumerate(self.leaves) if p.requires_grad]
+        grads = torch.autograd.grad(features, [leaf, *(self.leaves[i] for i in trainable)], grad, allow_unused=True)
+        for i, g in zip(trainable, grads[1:], strict=True):
+            if g is not None:
+                self.grads[i] = g if self.grads[i] is None else self.grads[i] + g
+        return grads[0]
 
 
-def _pull_back(leaf: torch.Tensor, features: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    return torch.autograd.grad(features, leaf, grad)[0]
+def _safe(den: torch.Tensor) -> torch.Tensor:
+    return den.clamp_min(TINY)
+
+
+def _normalized(numerator: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``numerator / den`` per row, the clamped normalizer (the forward's output, and the backward's rebuilt one)."""
+    return numerator / _safe(den)[..., None]
 
 
 def _normalizer_grads(
     grad_out: torch.Tensor, out: torch.Tensor, den: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients w.r.t. numerator and normalizer of ``out = num / den`` (none where ``den`` was clamped)."""
-    d_num = grad_out / den.clamp_min(TINY)[..., None]
-    d_den = -(grad_out * out).sum(dim=-1) / den.clamp_min(TINY)
+    d_num = grad_out / _safe(den)[..., None]
+    d_den = -(grad_out * out).sum(dim=-1) / _safe(den)
     return d_num, d_den.masked_fill(den < TINY, 0.0)
 
 
@@ -88,14 +125,14 @@ def _rescale(state: torch.Tensor, norm: torch.Tensor, old: torch.Tensor, new: to
 
 class _Bidirectional(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, query_features: FeatureFn, key_logits: FeatureFn, num_features: int, signed: bool):
+    def forward(ctx, q, k, v, maps: _Maps, num_features: int, signed: bool, *parameters):
         batch, heads, keys, _ = v.shape
         queries = q.shape[2]  # cross-attention: another length than the keys'
         rows = max(MIN_ROWS, CHUNK_ELEMENTS // (batch * heads * num_features))
         with torch.no_grad():
             context, norm, running = _zero_state(v, num_features)
             for start, end in _row_chunks(keys, rows):  # keys: the (m, Dh) summary, stabilized online
-                logits = key_logits(k[:, :, start:end], start, end)
+                logits = maps.keys(k[:, :, start:end], start, end)
                 new_running = torch.maximum(running, _stabilizer(logits, signed))
                 context, norm = _rescale(context, norm, running, new_running)
                 key_feat = _exp_(logits, new_running, signed)
@@ -105,40 +142,41 @@ class _Bidirectional(torch.autograd.Function):
             out = v.new_empty(batch, heads, queries, v.shape[-1])
             den = v.new_empty(batch, heads, queries)
             for start, end in _row_chunks(queries, rows):  # queries
-                query_feat = query_features(q[:, :, start:end], start, end)
+                query_feat = maps.queries(q[:, :, start:end], start, end)
                 den[:, :, start:end] = (query_feat @ norm[..., None]).squeeze(-1)
-                out[:, :, start:end] = (query_feat @ context) / den[:, :, start:end].clamp_min(TINY)[..., None]
-        ctx.save_for_backward(q, k, v, out, den, context, norm, running)
-        ctx.query_features, ctx.key_logits, ctx.rows, ctx.signed = query_features, key_logits, rows, signed
+                out[:, :, start:end] = _normalized(query_feat @ context, den[:, :, start:end])
+        ctx.save_for_backward(q, k, v, den, context, norm, running)  # not out: each chunk's is one product away
+        ctx.maps, ctx.rows, ctx.signed = maps, rows, signed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, den, context, norm, running = ctx.saved_tensors
+        q, k, v, den, context, norm, running = ctx.saved_tensors
+        maps = ctx.maps.fresh()
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         d_context, d_norm = torch.zeros_like(context), torch.zeros_like(norm)
         for start, end in _row_chunks(q.shape[2], ctx.rows):  # queries: dq, and the gradient of the key summary
-            d_num, d_den = _normalizer_grads(grad_out[:, :, start:end], out[:, :, start:end], den[:, :, start:end])
-            leaf, query_feat = _with_grad(ctx.query_features, q, start, end)
+            leaf, query_feat = maps.with_grad(maps.query_fn, q, start, end)
+            rows_den = den[:, :, start:end]
+            out = _normalized(query_feat.detach() @ context, rows_den)
+            d_num, d_den = _normalizer_grads(grad_out[:, :, start:end], out, rows_den)
             d_feat = d_num @ context.transpose(-2, -1) + d_den[..., None] * norm[..., None, :]
-            grad_q[:, :, start:end] = _pull_back(leaf, query_feat, d_feat)
+            grad_q[:, :, start:end] = maps.pull_back(leaf, query_feat, d_feat)
             query_feat = query_feat.detach()
             d_context += query_feat.transpose(-2, -1) @ d_num
             d_norm += (query_feat * d_den[..., None]).sum(dim=-2)
         for start, end in _row_chunks(k.shape[2], ctx.rows):  # keys: dk and dv
-            leaf, logits = _with_grad(ctx.key_logits, k, start, end)
+            leaf, logits = maps.with_grad(maps.key_fn, k, start, end)
             key_feat = _exp_(logits.detach().clone(), running, ctx.signed)
             grad_v[:, :, start:end] = key_feat @ d_context
             d_feat = v[:, :, start:end] @ d_context.transpose(-2, -1) + d_norm[..., None, :]
-            grad_k[:, :, start:end] = _pull_back(leaf, logits, d_feat if ctx.signed else d_feat.mul_(key_feat))
-        return grad_q, grad_k, grad_v, None, None, None, None
+            grad_k[:, :, start:end] = maps.pull_back(leaf, logits, d_feat if ctx.signed else d_feat.mul_(key_feat))
+        return grad_q, grad_k, grad_v, None, None, None, *maps.grads
 
 
 class _Causal(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx, q, k, v, query_features: FeatureFn, key_logits: FeatureFn, num_features: int, chunk: int, signed: bool
-    ):
+    def forward(ctx, q, k, v, maps: _Maps, num_features: int, chunk: int, signed: bool, *parameters):
         seq = v.shape[2]
         out = torch.empty_like(v)
         den = v.new_empty(v.shape[:3])
@@ -147,8 +185,8 @@ class _Causal(torch.autograd.Function):
         with torch.no_grad():
             state, norm, running = _zero_state(v, num_features)
             for number, (start, end) in enumerate(chunks):
-                query_feat = query_features(q[:, :, start:end], start, end)
-                logits = key_logits(k[:, :, start:end], start, end)
+                query_feat = maps.queries(q[:, :, start:end], start, end)
+                logits = maps.keys(k[:, :, start:end], start, end)
                 new_running = torch.maximum(running, _stabilizer(logits, signed))
                 state, norm = _rescale(state, norm, running, new_running)
                 running = stabilizers[..., number : number + 1] = new_running
@@ -156,37 +194,39 @@ class _Causal(torch.autograd.Function):
                 v_chunk = v[:, :, start:end]
                 within = (query_feat @ key_feat.transpose(-2, -1)).tril_()  # (B, H, C, C): causal inside the chunk
                 den[:, :, start:end] = (query_feat @ norm[..., None]).squeeze(-1) + within.sum(dim=-1)
-                numerator = query_feat @ state + within @ v_chunk
-                out[:, :, start:end] = numerator / den[:, :, start:end].clamp_min(TINY)[..., None]
+                out[:, :, start:end] = _normalized(query_feat @ state + within @ v_chunk, den[:, :, start:end])
                 state += key_feat.transpose(-2, -1) @ v_chunk
                 norm += key_feat.sum(dim=-2)
-        ctx.save_for_backward(q, k, v, out, den, stabilizers)
-        ctx.query_features, ctx.key_logits = query_features, key_logits
+        ctx.save_for_backward(q, k, v, den, stabilizers)  # not out: the backward's first pass rebuilds each chunk's
+        ctx.maps = maps
         ctx.num_features, ctx.chunk, ctx.signed = num_features, chunk, signed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, den, stabilizers = ctx.saved_tensors
+        q, k, v, den, stabilizers = ctx.saved_tensors
+        maps = ctx.maps.fresh()
         chunks = _row_chunks(v.shape[2], ctx.chunk)
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-        def chunk_grads(start: int, end: int):
-            return _normalizer_grads(grad_out[:, :, start:end], out[:, :, start:end], den[:, :, start:end])
+        d_dens = torch.empty_like(den)  # the first pass's, from the output it rebuilds, for the second
 
         # Forward order: a chunk's queries need the summary of the keys before it (rebuilt, never stored).
         state, norm, previous = _zero_state(v, ctx.num_features)
         for number, (start, end) in enumerate(chunks):
             scale = stabilizers[..., number : number + 1]
             state, norm = _rescale(state, norm, previous, scale)
-            d_num, d_den = chunk_grads(start, end)
-            leaf, query_feat = _with_grad(ctx.query_features, q, start, end)
+            leaf, query_feat = maps.with_grad(maps.query_fn, q, start, end)
             with torch.no_grad():
-                key_feat = _exp_(ctx.key_logits(k[:, :, start:end], start, end), scale, ctx.signed)
+                key_feat = _exp_(maps.keys(k[:, :, start:end], start, end), scale, ctx.signed)
             v_chunk = v[:, :, start:end]
+            features = query_feat.detach()
+            within = (features @ key_feat.transpose(-2, -1)).tril_()
+            out = _normalized(features @ state + within @ v_chunk, den[:, :, start:end])
+            d_num, d_den = _normalizer_grads(grad_out[:, :, start:end], out, den[:, :, start:end])
+            d_dens[:, :, start:end] = d_den
             d_within = (d_num @ v_chunk.transpose(-2, -1) + d_den[..., None]).tril_()  # d(weight_ij), j <= i
             d_feat = d_num @ state.transpose(-2, -1) + d_den[..., None] * norm[..., None, :] + d_within @ key_feat
-            grad_q[:, :, start:end] = _pull_back(leaf, query_feat, d_feat)
+            grad_q[:, :, start:end] = maps.pull_back(leaf, query_feat, d_feat)
             state += key_feat.transpose(-2, -1) @ v_chunk
             norm += key_feat.sum(dim=-2)
             previous = scale
@@ -198,10 +238,10 @@ class _Causal(torch.autograd.Function):
             scale = stabilizers[..., number : number + 1]
             if number < len(chunks) - 1:  # later chunks saw these keys relative to larger stabilizers
                 pulled, pulled_norm = _rescale(pulled, pulled_norm, scale, later)
-            d_num, d_den = chunk_grads(start, end)
+            d_num, d_den = grad_out[:, :, start:end] / _safe(den[:, :, start:end])[..., None], d_dens[:, :, start:end]
             with torch.no_grad():
-                query_feat = ctx.query_features(q[:, :, start:end], start, end)
-            leaf, logits = _with_grad(ctx.key_logits, k, start, end)
+                query_feat = maps.queries(q[:, :, start:end], start, end)
+            leaf, logits = maps.with_grad(maps.key_fn, k, start, end)
             key_feat = _exp_(logits.detach().clone(), scale, ctx.signed)
             v_chunk = v[:, :, start:end]
             within = (query_feat @ key_feat.transpose(-2, -1)).tril_()
@@ -209,11 +249,11 @@ class _Causal(torch.autograd.Function):
             grad_v[:, :, start:end] = key_feat @ pulled + within.transpose(-2, -1) @ d_num
             d_feat = v_chunk @ pulled.transpose(-2, -1) + pulled_norm[..., None, :]
             d_feat += d_within.transpose(-2, -1) @ query_feat
-            grad_k[:, :, start:end] = _pull_back(leaf, logits, d_feat if ctx.signed else d_feat.mul_(key_feat))
+            grad_k[:, :, start:end] = maps.pull_back(leaf, logits, d_feat if ctx.signed else d_feat.mul_(key_feat))
             pulled += query_feat.transpose(-2, -1) @ d_num
             pulled_norm += (query_feat * d_den[..., None]).sum(dim=-2)
             later = scale
-        return grad_q, grad_k, grad_v, None, None, None, None, None
+        return grad_q, grad_k, grad_v, None, None, None, None, *maps.grads
 
 
 def linear_attention(
@@ -227,6 +267,7 @@ def linear_attention(
     causal: bool = False,
     chunk: int = 128,
     signed: bool = False,
+    parameters: tuple[torch.Tensor, ...] = (),
 ) -> torch.Tensor:
     """Normalized feature-map attention ``(B, H, N, Dh)`` in and out, with O(n) memory in training.
 
@@ -234,8 +275,10 @@ def linear_attention(
     ``(chunk, chunk)`` product). See the module docstring for the feature functions.
     ``signed=True``: ``key_logits`` returns the key features themselves, which
     may be negative (a Taylor feature map), with no stabilizer; the caller
-    makes sure every ``phi(q) . phi(k)`` is positive.
+    makes sure every ``phi(q) . phi(k)`` is positive. ``parameters``: learned
+    tensors both functions take after ``end``; their gradients flow as q's do.
     """
+    maps = _Maps(query_features, key_logits, parameters)
     if causal:
-        return _Causal.apply(q, k, v, query_features, key_logits, num_features, chunk, signed)
-    return _Bidirectional.apply(q, k, v, query_features, key_logits, num_features, signed)
+        return _Causal.apply(q, k, v, maps, num_features, chunk, signed, *parameters)
+    return _Bidirectional.apply(q, k, v, maps, num_features, signed, *parameters)

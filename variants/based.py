@@ -51,7 +51,6 @@ class BasedAttention(FeatureMapAttention):
     """
 
     family = "kernel"
-    recompute_features = True  # keeps q, k, v only: its learned projections and maps are recomputed
     signed_features = True
 
     def __init__(self, *, feature_dim: int = 16, window: int = 64, chunk_size: int = 128, **common) -> None:
@@ -66,9 +65,11 @@ class BasedAttention(FeatureMapAttention):
             heads=self.heads, dim_head=self.dim_head, max_seq_len=self.max_seq_len, causal=self.causal, window=window
         )
 
-    def feature_inputs(self, q, k):
-        weight = self.project.weight.to(q.dtype)
-        return q @ weight.T, k @ weight.T
+    def feature_parameters(self):
+        return (self.project.weight,)
+
+    def feature_projection(self, x, which, weight):  # shared by queries and keys
+        return x @ weight.T
 
     def query_feature_rows(self, q, start, end):
         return taylor_features(q)
@@ -77,8 +78,10 @@ class BasedAttention(FeatureMapAttention):
         return taylor_features(k)
 
     def attend(self, q, k, v, mask):
-        linear = self.linear_attend(q, k, v, mask)
+        # The window first: autograd runs the later branch's backward first, and the linear branch's (which
+        # recomputes its features) then runs before the window's gradients exist, 3 q-sized tensors less at its peak.
         window = self.window_attention.attend(q, k, v, mask)
+        linear = self.linear_attend(q, k, v, mask)
         return (linear + window.to(linear.dtype)) / 2
 
     def init_state(self, batch, *, device="cpu", dtype=torch.float32):

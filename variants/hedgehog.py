@@ -26,7 +26,6 @@ class HedgehogAttention(FeatureMapAttention):
     """Normalized ``phi(Q) (phi(K)^T V)`` with a learned per-head map: O(n d^2), a constant decoding state."""
 
     family = "kernel"
-    recompute_features = True  # keeps q, k, v only: its learned projections and maps are recomputed
     supports_cross = True  # position-free learned features: queries over keys of another length
 
     def __init__(self, *, chunk_size: int = 128, **common) -> None:
@@ -38,13 +37,12 @@ class HedgehogAttention(FeatureMapAttention):
         self.weight = nn.Parameter(eye.clone())
         self.bias = nn.Parameter(torch.zeros(2, self.heads, 1, self.dim_head))
 
-    def project(self, x: torch.Tensor, which: int) -> torch.Tensor:
-        """``2 (W x + b)`` per head for queries (``which=0``) or keys (1): ``(B, H, T, Dh)``."""
-        weight, bias = self.weight[which].to(x.dtype), self.bias[which].to(x.dtype)
-        return 2 * (x @ weight.transpose(-2, -1) + bias)
+    def feature_parameters(self):
+        return self.weight, self.bias
 
-    def feature_inputs(self, q, k):
-        return self.project(q, 0), self.project(k, 1)
+    def feature_projection(self, x, which, weight, bias):
+        """``2 (W x + b)`` per head for queries (``which=0``) or keys (1): ``(B, H, T, Dh)``."""
+        return 2 * (x @ weight[which].transpose(-2, -1) + bias[which])
 
     def query_feature_rows(self, q, start, end):
         return torch.cat([q, -q], dim=-1).softmax(dim=-1)
