@@ -5,18 +5,18 @@ Attention is ``phi(q_i) . sum_j phi(k_j) v_j^T`` normalized by
 ``i`` (causal). Feature matrices are ``(n, m)`` with ``m`` often larger than
 the head dimension, so plain autograd, which keeps them for the backward pass,
 needs several times the memory of the inputs. :func:`linear_attention` is a
-custom autograd function that keeps only q, k, v, the row
-normalizers, the ``(m, Dh)`` key summary (and causally the output), and
-recomputes features chunk by chunk in the backward pass; the gradients of the feature maps themselves come
-from autograd on one chunk at a time.
+custom autograd function that keeps only q, k, v, the row normalizers, the
+``(m, Dh)`` key summary (and causally the output), and recomputes features
+chunk by chunk in the backward pass; the gradients of the feature maps
+themselves come from autograd on one chunk at a time.
 
 Feature maps are given as two functions of a chunk of rows (and of the
 learned ``parameters`` they read, passed after ``end``: their gradients are
 pulled back chunk by chunk too, so a learned map keeps no projected copy of q
 and k): ``query_features(q, start, end, *parameters)`` returns positive
 features (a per-row factor is allowed: it cancels in the normalized ratio) and
-``key_logits(k, start, end, *parameters)`` returns the *logarithm* of the key features
-(``-inf`` for keys that must get no weight). The kernel exponentiates the key
+``key_logits(k, start, end, *parameters)`` returns the *logarithm* of the key
+features (``-inf`` for keys that must get no weight). The kernel exponentiates the key
 logits with a stabilizer shared by all keys a query sees, which also cancels:
 one global maximum (bidirectional), or a running maximum over the chunks seen
 so far (causal), rescaling the prefix state when it grows, so no query's
@@ -61,12 +61,14 @@ class _Maps:
     def __init__(self, query_features: FeatureFn, key_logits: FeatureFn, parameters: tuple[torch.Tensor, ...]):
         self.query_fn, self.key_fn = query_features, key_logits
         self.parameters = parameters
-        self.leaves: tuple[torch.Tensor, ...] = ()
+        self.leaves: tuple[torch.Tensor, ...] = ()  # the parameters as leaves of each chunk's graph (backward)
         self.grads: list[torch.Tensor | None] = [None] * len(parameters)
 
-    def fresh(self) -> _Maps:
-        """A copy with no gradients yet: each backward pass (a retained graph may run it twice) starts at zero."""
-        return _Maps(self.query_fn, self.key_fn, self.parameters)
+    def for_backward(self) -> _Maps:
+        """A copy with leaves and no gradients yet: each backward pass (a retained graph may run two) starts at zero."""
+        maps = _Maps(self.query_fn, self.key_fn, self.parameters)
+        maps.leaves = tuple(p.detach().requires_grad_(p.requires_grad) for p in self.parameters)
+        return maps
 
     def queries(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
         return self.query_fn(x, start, end, *self.parameters)
@@ -76,8 +78,6 @@ class _Maps:
 
     def with_grad(self, fn: FeatureFn, x: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of one chunk, the chunk a fresh leaf (and the parameters) so their gradient can be pulled back."""
-        if len(self.leaves) != len(self.parameters):
-            self.leaves = tuple(p.detach().requires_grad_(p.requires_grad) for p in self.parameters)
         leaf = x[:, :, start:end].detach().requires_grad_()
         with torch.enable_grad():
             return leaf, fn(leaf, start, end, *self.leaves)
@@ -92,21 +92,17 @@ class _Maps:
         return grads[0]
 
 
-def _safe(den: torch.Tensor) -> torch.Tensor:
-    return den.clamp_min(TINY)
-
-
 def _normalized(numerator: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     """``numerator / den`` per row, the clamped normalizer (the forward's output, and the backward's rebuilt one)."""
-    return numerator / _safe(den)[..., None]
+    return numerator / den.clamp_min(TINY)[..., None]
 
 
 def _normalizer_grads(
     grad_out: torch.Tensor, out: torch.Tensor, den: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients w.r.t. numerator and normalizer of ``out = num / den`` (none where ``den`` was clamped)."""
-    d_num = grad_out / _safe(den)[..., None]
-    d_den = -(grad_out * out).sum(dim=-1) / _safe(den)
+    d_num = _normalized(grad_out, den)
+    d_den = -(grad_out * out).sum(dim=-1) / den.clamp_min(TINY)
     return d_num, d_den.masked_fill(den < TINY, 0.0)
 
 
@@ -152,19 +148,19 @@ class _Bidirectional(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, den, context, norm, running = ctx.saved_tensors
-        maps = ctx.maps.fresh()
+        maps = ctx.maps.for_backward()
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         d_context, d_norm = torch.zeros_like(context), torch.zeros_like(norm)
         for start, end in _row_chunks(q.shape[2], ctx.rows):  # queries: dq, and the gradient of the key summary
             leaf, query_feat = maps.with_grad(maps.query_fn, q, start, end)
+            features = query_feat.detach()
             rows_den = den[:, :, start:end]
-            out = _normalized(query_feat.detach() @ context, rows_den)
+            out = _normalized(features @ context, rows_den)
             d_num, d_den = _normalizer_grads(grad_out[:, :, start:end], out, rows_den)
             d_feat = d_num @ context.transpose(-2, -1) + d_den[..., None] * norm[..., None, :]
             grad_q[:, :, start:end] = maps.pull_back(leaf, query_feat, d_feat)
-            query_feat = query_feat.detach()
-            d_context += query_feat.transpose(-2, -1) @ d_num
-            d_norm += (query_feat * d_den[..., None]).sum(dim=-2)
+            d_context += features.transpose(-2, -1) @ d_num
+            d_norm += (features * d_den[..., None]).sum(dim=-2)
         for start, end in _row_chunks(k.shape[2], ctx.rows):  # keys: dk and dv
             leaf, logits = maps.with_grad(maps.key_fn, k, start, end)
             key_feat = _exp_(logits.detach().clone(), running, ctx.signed)
@@ -207,7 +203,7 @@ class _Causal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, den, stabilizers = ctx.saved_tensors
-        maps = ctx.maps.fresh()
+        maps = ctx.maps.for_backward()
         chunks = _row_chunks(v.shape[2], ctx.chunk)
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 

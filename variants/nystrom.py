@@ -127,9 +127,9 @@ class NystromAttention(variants.Attention):
     def _residual_conv(self, v: torch.Tensor) -> torch.Tensor:
         """The package's ``Conv2d(h, h, (k, 1), groups=h)`` over ``v``, as a depthwise conv1d over heads x width.
 
-        Same values. With ``heads`` channels, oneDNN pads them to its block of 8 or 16 and the training
-        step held 17 more q-sized tensors (n = 2048: 21 against 8); one channel per (head, column), each
-        with its head's filter, is a multiple of the block.
+        Same values. With ``heads`` channels, oneDNN pads them to its block of 8 or 16: the convolution's
+        forward and backward held 21 q-sized tensors against 8 this way (n = 2048); one channel per
+        (head, column), each with its head's filter, is a multiple of the block.
         """
         batch, heads, seq, dim = v.shape
         columns = v.transpose(2, 3).reshape(batch, heads * dim, seq)
