@@ -129,6 +129,43 @@ def test_cpu_peak_memory_sees_a_step_allocation_and_not_earlier_ones():
     del before
 
 
+def test_cpu_live_peak_counts_a_step_to_the_byte_and_sees_frees_of_what_an_earlier_step_left():
+    mib = 2**20 // 4  # float32 elements per MiB
+    before = torch.ones(32 * mib)  # live before the step: not the step's
+    carried = [torch.ones(16 * mib)]  # what the last step left (like last step's gradients)
+
+    def step():
+        carried[0] = None  # freed first: the step's peak is over what is live *now*, as on CUDA
+        x = torch.ones(64 * mib)
+        carried[0] = torch.ones(16 * mib)
+        return float(x.sum())
+
+    # -16 + 64 + 16: 64 MiB above what was live when it began (80 if the first free went unseen)
+    assert memory.cpu_live_step_mib(step) == pytest.approx(64, abs=0.01)
+    assert memory.cpu_live_step_mib(lambda: None) == 0
+    del before
+
+
+def test_cpu_live_peak_of_a_model_training_step_repeats_exactly_and_reads_below_the_resident_set():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256))
+    optimizer = torch.optim.AdamW(model.parameters())
+    batch = torch.randn(512, 256)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        model(batch).square().mean().backward()
+        optimizer.step()
+
+    step()
+    first, second = memory.cpu_live_step_mib(step), memory.cpu_live_step_mib(step)
+    assert first == second
+    activations = 2 * 512 * 1024 * 4 / 2**20  # the hidden layer before and after GELU, kept for backward
+    assert first >= activations
+    peak = memory.measure_step_peak(step, torch.device("cpu"))
+    assert peak.added_mib == first and peak.resident_added_mib is not None
+
+
 def test_tensor_mib_counts_parameters_gradients_optimizer_state_and_batch_once():
     layer = torch.nn.Linear(1024, 256, bias=False)  # 1 MiB of weights
     optimizer = torch.optim.AdamW(layer.parameters())

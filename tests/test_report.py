@@ -423,3 +423,16 @@ def test_the_flop_bound_says_whether_a_slower_variant_is_held_back_by_its_flops_
     text = report.main(["--results", str(tmp_path / "store"), "--out", str(tmp_path / "r")]).read_text()
     assert "- `heavy` n=1,000: 0.50x `full`; needs 150% of the peak to tie, reaches 75%: it cannot tie" in text
     assert "- `slow` n=1,000: 0.40x `full`; needs 25% of the peak to tie, reaches 10%: its FLOPs allow it" in text
+
+
+def test_the_report_says_what_peak_memory_counts_and_warns_when_a_store_mixes_methods():
+    from runners.measure.memory import LIVE_TENSORS
+    from runners.reporting.markdown import memory_method_sentence
+
+    live = [r | {"memory_method": LIVE_TENSORS} for r in RECORDS if r["probe"] == "speed"]
+    older = [r for r in RECORDS if r["probe"] == "speed"]  # written before the field existed: the resident set
+    for records, expected in ((live, "live tensor bytes"), (older, "resident set")):
+        sentence = memory_method_sentence(tables.flat_results(records))
+        assert sentence.startswith("Peak memory is") and expected in sentence and "mix" not in sentence
+    mixed = memory_method_sentence(tables.flat_results(live[:2] + older[2:]))
+    assert "mix two ways of measuring memory" in mixed and "fresh `results_dir`" in mixed

@@ -3,8 +3,16 @@
 CUDA: the caching allocator's peak statistics (``max_memory_allocated``) over
 the step, minus what was allocated before it.
 
-CPU: the kernel's resident-set high-water mark. Linux lets a process reset
-its peak RSS (``echo 5 > /proc/self/clear_refs``), so we release freed heap
+CPU: the same quantity, counted from the CPU allocator's own reports: under
+``torch.profiler(profile_memory=True)`` every allocation and free of a tensor
+block is an event with its size, so their running sum over the step, at its
+maximum, is the step's peak of live tensor bytes (kernels' internal buffers
+included). It repeats to the byte, run to run and machine to machine, and it
+is what CUDA reports, so CPU and GPU ratios mean the same thing.
+
+CPU, also recorded: the kernel's resident-set high-water mark, which adds what
+the allocator holds beyond live tensors (glibc slack, varying by a few percent
+between processes and by variant). Linux lets a process reset its peak RSS (``echo 5 > /proc/self/clear_refs``), so we release freed heap
 pages (``malloc_trim``), reset the mark, note the resident size, run the step
 and read ``VmHWM``: the difference is the step's peak, everything included
 (activations saved for backward, gradients, temporaries, allocator slack).
@@ -84,12 +92,44 @@ def _prepare_heap() -> None:
     libc.malloc_trim(0)
 
 
+LIVE_TENSORS = "live tensors"  # the allocator's live bytes (CUDA: max_memory_allocated; CPU: torch.profiler)
+RESIDENT_SET = "resident set"  # CPU's resident-set high-water mark (records written before live tensors were)
+
+
 @dataclass(frozen=True)
 class StepPeak:
     """One step's peak: what it adds over the memory live before it, and the process-wide high-water mark."""
 
-    added_mib: float
+    added_mib: float  # live tensor bytes at the step's peak over those live before it (the method: LIVE_TENSORS)
     process_mib: float  # CPU: peak resident set of the process (interpreter and libraries included); CUDA: reserved
+    resident_added_mib: float | None = None  # CPU: the resident set's growth over the step (allocator slack included)
+
+
+def _allocated_bytes_timeline(step: Callable[[], object]) -> list[int]:
+    """Signed sizes of the CPU tensor blocks ``step()`` allocates (+) and frees (-), in order."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step()
+    events = [
+        event
+        for event in profiler.profiler.kineto_results.events()  # every allocation, also those inside operators
+        if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU
+    ]
+    return [event.nbytes() for event in sorted(events, key=lambda event: event.start_ns())]
+
+
+def cpu_live_step_mib(step: Callable[[], object]) -> float:
+    """MiB of CPU tensor memory ``step()`` holds at its peak beyond what was live before it.
+
+    The allocator reports a free only for a block it saw allocated while profiling, so a first step runs
+    under the profiler unmeasured: every block the measured step frees (last step's gradients, say) was
+    allocated under it.
+    """
+    _allocated_bytes_timeline(step)
+    running = peak = 0
+    for nbytes in _allocated_bytes_timeline(step):
+        running += nbytes
+        peak = max(peak, running)
+    return peak / 2**20
 
 
 def cpu_step_peak(step: Callable[[], object]) -> StepPeak:
@@ -154,15 +194,24 @@ def tensor_mib(*holders: object) -> float:
 
 
 def measure_step_peak(step: Callable[[], object], device: torch.device, *, repeats: int = 1) -> StepPeak:
-    """Peak memory of one step on ``device``, by the method that device allows.
+    """Peak memory of one step on ``device``: live tensor bytes (both devices) and the process's high-water mark.
 
-    With ``repeats > 1`` the median of each figure over that many steps: on CPU
-    the order in which Python frees a step's tensors varies a little between
-    steps (we saw +-4%, one activation-sized tensor), and the median removes
-    that noise.
+    With ``repeats > 1`` the resident set is read that many times and its median
+    kept: the order in which Python frees a step's tensors varies a little
+    between steps (we saw +-4%, one activation-sized tensor). Live bytes are
+    counted once (the same on every run). On CPU they are counted first: the
+    resident-set reading re-pins malloc's thresholds for the rest of the process.
     """
-    peaks = [cuda_step_peak(step, device) if device.type == "cuda" else cpu_step_peak(step) for _ in range(repeats)]
+    if device.type == "cuda":
+        peaks = [cuda_step_peak(step, device) for _ in range(repeats)]
+        return StepPeak(
+            added_mib=statistics.median(p.added_mib for p in peaks),
+            process_mib=statistics.median(p.process_mib for p in peaks),
+        )
+    live = cpu_live_step_mib(step)
+    resident = [cpu_step_peak(step) for _ in range(repeats)]
     return StepPeak(
-        added_mib=statistics.median(p.added_mib for p in peaks),
-        process_mib=statistics.median(p.process_mib for p in peaks),
+        added_mib=live,
+        process_mib=statistics.median(p.process_mib for p in resident),
+        resident_added_mib=statistics.median(p.added_mib for p in resident),
     )

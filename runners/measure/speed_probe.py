@@ -7,8 +7,9 @@ memory of one training step and the FLOPs of one step from torch's FLOP
 counter. Peak memory is what a training step needs in total, as CUDA's
 ``max_memory_allocated`` counts it: the state it keeps (parameters, gradients,
 AdamW moments, the batch) plus the most the step adds on top, measured
-(:mod:`runners.measure.memory`); both parts are recorded too, and the process's
-high-water mark (CPU: resident set incl. interpreter; CUDA: allocator reserve).
+(:mod:`runners.measure.memory`: live tensor bytes on both devices); both parts
+are recorded too, and the process's high-water mark (CPU: resident set incl.
+interpreter; CUDA: allocator reserve) with, on CPU, the resident set's growth.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 import models
 from runners.measure.flops import count_flops
-from runners.measure.memory import measure_step_peak, tensor_mib
+from runners.measure.memory import LIVE_TENSORS, measure_step_peak, tensor_mib
 from runners.measure.timing import time_alternating, time_calls, timing_of
 
 
@@ -211,5 +212,8 @@ def measure_model(
             "state_memory_mib": state,
             "step_memory_mib": peak.added_mib,
             "process_peak_mib": peak.process_mib,
+            "memory_method": LIVE_TENSORS,
         }
+        if peak.resident_added_mib is not None:  # CPU: the resident set's reading of the same step, slack included
+            result["step_resident_mib"] = peak.resident_added_mib
     return result

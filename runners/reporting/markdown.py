@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from runners.measure.matmul_peak import describe_peak
+from runners.measure.memory import LIVE_TENSORS, RESIDENT_SET
 from runners.reporting import accuracy as acc_tables
 from runners.reporting.approximation import approximation_section
 from runners.reporting.choice import anchor, choice_section
@@ -41,6 +42,34 @@ PAIRED = (
     "`interval_coverage`: 75% for 3 rounds, 94% for 5). `unstable`: still wider than `sweep.timing.max_spread` "
     "after `max_rounds`."
 )
+MEMORY_METHODS = {
+    LIVE_TENSORS: (
+        "the model's state plus the live tensor bytes a training step holds at its peak (CUDA: the allocator's "
+        "`max_memory_allocated`; CPU: the allocator's allocation and free events under torch.profiler, "
+        "identical run to run; `step_resident_mib` in `results.csv` is the resident set's reading of the same "
+        "step, allocator slack included)"
+    ),
+    RESIDENT_SET: (
+        "the model's state plus the growth of the process's resident set over a training step (CPU records "
+        "written before live tensors were counted: allocator slack included, a few percent between processes)"
+    ),
+}
+
+
+def memory_method_sentence(speed: pd.DataFrame) -> str:
+    """What the peak-memory figures of these points count; a warning where a store mixes methods."""
+    methods = speed.get("memory_method", pd.Series(index=speed.index, dtype=object)).fillna(RESIDENT_SET)
+    present = [method for method in MEMORY_METHODS if (methods == method).any()]
+    if len(present) == 1:
+        return f"Peak memory is {MEMORY_METHODS[present[0]]}."
+    counts = methods.value_counts()
+    return (
+        f"**These points mix two ways of measuring memory**: {counts.get(LIVE_TENSORS, 0)} count "
+        f"{MEMORY_METHODS[LIVE_TENSORS]}, {counts.get(RESIDENT_SET, 0)} count {MEMORY_METHODS[RESIDENT_SET]}; "
+        "a ratio across them is not a like-for-like comparison: measure again into a fresh `results_dir`."
+    )
+
+
 NO_REFERENCE = (
     f"`{REFERENCE}` was not measured at these lengths and directions (it is planned beside any selection "
     "unless `sweep.baselines=[]`)"
@@ -61,7 +90,7 @@ def speed_section(speed: pd.DataFrame, out: Path, tag: str) -> list[str]:
         "",
         md_table(interval_cells(speed, "infer_tokens_per_s", ratio=True, fmt=".2f"), empty=NO_REFERENCE),
         f"Peak memory relative to `{REFERENCE}` at the same length (causal rows: to `{REFERENCE}{CAUSAL}`); "
-        "below 1 is leaner:",
+        f"below 1 is leaner. {memory_method_sentence(speed)}",
         "",
         md_table(relative_table(speed, "peak_memory_mib"), empty=NO_REFERENCE),
         "#### Crossover lengths: from which n a variant beats full",

@@ -33,6 +33,8 @@ COLUMNS = {
     "state_memory_mib": "state_memory_mib",
     "step_memory_mib": "step_memory_mib",
     "process_peak_mib": "process_peak_mib",
+    "memory_method": "memory_method",  # what peak_memory_mib counts (runners/measure/memory.py); older: resident set
+    "step_resident_mib": "step_resident_mib",  # CPU: the resident set's growth over the same step
     "flops_per_step": "flops_per_step",
     "config.hardware.precision": "precision",
     "hardware_info.matmul_gflops.fp32": "matmul_fp32_gflops",
