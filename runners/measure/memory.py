@@ -7,13 +7,15 @@ CPU: the same quantity, counted from the CPU allocator's own reports: under
 ``torch.profiler(profile_memory=True)`` every allocation and free of a tensor
 block is an event with its size, so their running sum over the step, at its
 maximum, is the step's peak of live tensor bytes (kernels' internal buffers
-included). It repeats to the byte, run to run and machine to machine, and it
-is what CUDA reports, so CPU and GPU ratios mean the same thing.
+included). It repeats to the byte from run to run (kernels, and so their
+workspaces, may differ between CPUs), and it is what CUDA reports, so CPU and
+GPU ratios mean the same thing.
 
 CPU, also recorded: the kernel's resident-set high-water mark, which adds what
 the allocator holds beyond live tensors (glibc slack, varying by a few percent
-between processes and by variant). Linux lets a process reset its peak RSS (``echo 5 > /proc/self/clear_refs``), so we release freed heap
-pages (``malloc_trim``), reset the mark, note the resident size, run the step
+between processes and by variant). Linux lets a process reset its peak RSS
+(``echo 5 > /proc/self/clear_refs``), so we release freed heap pages
+(``malloc_trim``), reset the mark, note the resident size, run the step
 and read ``VmHWM``: the difference is the step's peak, everything included
 (activations saved for backward, gradients, temporaries, allocator slack).
 Before measuring we pin glibc's mmap and trim thresholds (``mallopt``) so that
