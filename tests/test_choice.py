@@ -117,3 +117,21 @@ def test_speed_picks_rank_by_the_paired_ratio_where_every_variant_has_one():
         choice.speed_rows(flat_results([speed("full", 256, 100.0, 50.0), speed("linear", 256, 120.0, 60.0)])), None
     )
     assert choice.picks(unpaired)["speed"] == "linear"  # no pairing recorded: the medians are all there is
+
+
+def test_a_memory_pick_within_two_percent_of_others_names_them_and_a_clear_one_stands_alone():
+    records = [
+        speed("full", 2048, 100.0, 82.5),
+        speed("cosformer", 2048, 300.0, 82.3),  # leanest by 0.2 MiB: not a choice that matters
+        speed("local", 2048, 250.0, 83.9),  # within 2% of cosformer's
+        speed("linformer", 2048, 290.0, 120.0),
+    ]
+    text = "\n".join(choice.choice_section(flat_results(records)))
+    assert "Memory first: `cosformer`" in text
+    assert (
+        "no clear winner: within 2% of its peak: `full`, `local`" in text
+        and "`linformer`" not in text.split("Memory first")[1].split("\n")[0]
+    )
+    lean = [speed("full", 2048, 100.0, 82.5), speed("local", 2048, 250.0, 70.0)]
+    text = "\n".join(choice.choice_section(flat_results(lean)))
+    assert "Memory first: `local`" in text and "within 2%" not in text

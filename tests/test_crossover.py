@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from runners.reporting import crossover as cx
+from runners.reporting import tables
 
 
 def costs(lengths, law):
@@ -111,3 +112,25 @@ def test_a_crossover_on_a_length_whose_paired_interval_holds_one_says_it_is_unce
     )
     assert answer.kind == "interpolated" and answer.uncertain == (2048,)
     assert "uncertain: at n=2,048 the timing interval holds 1 (a tie)" in answer.cell()
+
+
+def test_a_memory_ratio_that_ends_within_two_percent_of_full_is_a_tie_not_an_extrapolated_crossover():
+    ratio = pd.Series({384: 1.54, 1024: 1.10, 2048: 1.01, 4096: 0.997, 8192: 0.997})
+    assert cx.crossover_of_ratio(ratio).kind == cx.INTERPOLATED  # without a band: 0.3% leaner read as a crossover
+    answer = cx.crossover_of_ratio(ratio, tie=cx.MEMORY_TIE)
+    assert answer.kind == cx.TIES and answer.lengths == (2048, 4096, 8192)
+    assert answer.cell() == "ties (within 2% at 2,048-8,192)"
+    leaner = cx.crossover_of_ratio(pd.Series({2048: 1.05, 4096: 0.9, 8192: 0.7}), tie=cx.MEMORY_TIE)
+    assert leaner.kind == cx.INTERPOLATED and leaner.lengths == (2048, 4096)  # clearly leaner: a real crossover
+    heavier = cx.crossover_of_ratio(pd.Series({2048: 1.10, 4096: 1.10, 8192: 1.10}), tie=cx.MEMORY_TIE)
+    assert heavier.kind == cx.NEVER
+
+
+def test_the_speed_table_ties_memory_but_never_timing():
+    from helpers import speed_record
+
+    records = [speed_record("full", n, 1000.0 / n, 10.0 * n) for n in (1024, 2048)]
+    records += [speed_record("linear", n, 2000.0 / n, 10.0 * n * 0.999) for n in (1024, 2048)]
+    table = cx.crossover_table(tables.flat_results(records))
+    assert table.loc["linear", "leaner (peak memory) from n ="] == "ties (within 2% at 1,024-2,048)"
+    assert table.loc["linear", "faster training from n ="].startswith("<= 1,024")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import pandas as pd
 
 from runners.reporting.accuracy import LEARNED_SPREAD, accuracy_stats, at_chosen_lr, tied_best
+from runners.reporting.crossover import MEMORY_TIE  # memory picks: peaks within it of the leanest are named beside it
 from runners.reporting.recall import recall_runs
 from runners.reporting.styles import CAUSAL, REFERENCE, variant_order
 from runners.reporting.text import TEXT_HEADING
@@ -133,13 +134,28 @@ def picks(rows: pd.DataFrame) -> dict[str, object]:
     tied_measured = measured[measured.index.isin(ties)]
     best_accuracy = tied_measured.speed_score.idxmax() if not tied_measured.empty else (ties or [None])[0]
     speed = pool.speed_score.idxmax() if not pool.empty else None
+    memory = pool.peak_memory_mib.idxmin() if not pool.empty else None
     return {
         "speed": speed,
         "speed_ties": timing_ties(pool, speed),
-        "memory": pool.peak_memory_mib.idxmin() if not pool.empty else None,
+        "memory": memory,
+        "memory_ties": memory_ties(pool, memory),
         "accuracy": best_accuracy,
         "ties": ties,
     }
+
+
+def memory_ties(pool: pd.DataFrame, pick: str | None) -> list[str]:
+    """The variants whose peak memory is within ``MEMORY_TIE`` of the leanest's.
+
+    Live tensor bytes repeat exactly, so any difference is real; but where the whole model's peak is set
+    outside attention (weights, the feed-forward, the loss), variants differ by fractions of a percent and
+    naming one "leanest" would tell the reader a choice that does not matter.
+    """
+    if pick is None:
+        return []
+    ceiling = pool.at[pick, "peak_memory_mib"] * (1 + MEMORY_TIE)
+    return [name for name, row in pool.iterrows() if name != pick and row.peak_memory_mib <= ceiling]
 
 
 def timing_ties(pool: pd.DataFrame, pick: str | None) -> list[str]:
@@ -194,7 +210,13 @@ def setting_lines(rows: pd.DataFrame, title: str, links: str, *, with_accuracy: 
         tied = chosen["speed_ties"]
         doubt = f"; no clear winner: the timing interval reaches {', '.join(f'`{v}`' for v in tied)}" if tied else ""
         lines.append(f"- Speed first: `{chosen['speed']}`, {evidence(rows, chosen['speed'])}{doubt}")
-        lines.append(f"- Memory first: `{chosen['memory']}`, {evidence(rows, chosen['memory'])}")
+        alike = chosen["memory_ties"]
+        close = (
+            f"; no clear winner: within {MEMORY_TIE:.0%} of its peak: {', '.join(f'`{v}`' for v in alike)}"
+            if alike
+            else ""
+        )
+        lines.append(f"- Memory first: `{chosen['memory']}`, {evidence(rows, chosen['memory'])}{close}")
     if with_accuracy:
         ties = chosen["ties"]
         tie = f"; tied within the seed spread: {', '.join(f'`{v}`' for v in ties)}" if len(ties) > 1 else ""

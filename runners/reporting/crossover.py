@@ -12,7 +12,11 @@ log n, so:
   squares of log r over log n, over the lengths named in the answer), and marked so;
 - where the variant is worse at the longest length and its ratio does not fall
   with n (or would cross only beyond ``HORIZON`` times the longest length), the
-  answer is "never", which is a valid answer.
+  answer is "never", which is a valid answer;
+- memory only: where the ratio ends within ``MEMORY_TIE`` of 1, the answer is a
+  tie over the lengths where it stays there. Live tensor bytes repeat exactly,
+  but a flat ratio of 0.997 or 1.003 is no trend to extrapolate (it gave
+  "leaner from ~0" and "~16,000" for variants whose peak is set outside attention).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ BETTER_EVERYWHERE = "everywhere"  # better at every measured length, and the fit
 INTERPOLATED = "interpolated"
 EXTRAPOLATED = "extrapolated"
 NEVER = "never"
+TIES = "ties"  # memory: within MEMORY_TIE of the reference from some length to the longest
+MEMORY_TIE = 0.02  # the same band as the report's memory picks (runners/reporting/choice.py)
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class Crossover:
     lengths: tuple[int, ...]  # the measured lengths the answer rests on (bracket, or those fitted)
     exponent: float  # fitted p of r ~ n^p over all shared lengths: below 0, the variant gains with n
     uncertain: tuple[int, ...] = ()  # measured lengths where the paired ratio's interval holds 1: no winner there
+    tie: float = 0.0  # TIES: the band around 1
 
     def cell(self) -> str:
         """The answer in a table cell: '~1,400 (between 1,024 and 2,048)', '~9,800 (extrapolated from ...)'."""
@@ -60,6 +67,8 @@ class Crossover:
             return f"~{self.length:,.0f} (between {self.lengths[0]:,} and {self.lengths[-1]:,})"
         if self.kind == EXTRAPOLATED:
             return f"~{self.length:,.0f} (extrapolated from {span}, ratio ~ n^{self.exponent:.2f})"
+        if self.kind == TIES:
+            return f"ties (within {self.tie:.0%} at {span})"
         if self.kind == BETTER_EVERYWHERE:
             return f"<= {self.lengths[0]:,} (at every measured length, {span})"
         return f"never (not up to {self.lengths[-1]:,}; ratio ~ n^{self.exponent:.2f} over {span})"
@@ -88,8 +97,12 @@ def crossover(cost: pd.Series, reference: pd.Series) -> Crossover | None:
     return crossover_of_ratio(cost / reference.reindex(cost.index))
 
 
-def crossover_of_ratio(ratio: pd.Series) -> Crossover | None:
-    """:func:`crossover` from the cost ratio variant / reference by length (below 1: the variant is better)."""
+def crossover_of_ratio(ratio: pd.Series, *, tie: float = 0.0) -> Crossover | None:
+    """:func:`crossover` from the cost ratio variant / reference by length (below 1: the variant is better).
+
+    ``tie`` > 0: a ratio within ``tie`` of 1 at the longest length is a tie (:data:`TIES`) over the lengths
+    where it stays within it, not a trend.
+    """
     ratio = ratio.replace([np.inf, -np.inf], np.nan).dropna()
     ratio = ratio[ratio > 0].sort_index()
     if len(ratio) < 2:
@@ -97,6 +110,12 @@ def crossover_of_ratio(ratio: pd.Series) -> Crossover | None:
     lengths = tuple(int(n) for n in ratio.index)
     log_n, log_r = np.log(np.asarray(lengths, dtype=float)), np.log(ratio.to_numpy(dtype=float))
     slope = _fit(log_n, log_r)[1]
+    within = np.abs(ratio.to_numpy(dtype=float) - 1) <= tie
+    if tie > 0 and within[-1]:
+        first = len(within)
+        while first > 0 and within[first - 1]:
+            first -= 1
+        return Crossover(TIES, None, lengths[first:], slope, tie=tie)
     better = log_r < 0
     if better[-1]:
         first = len(better)
@@ -119,6 +138,7 @@ def crossover_of_ratio(ratio: pd.Series) -> Crossover | None:
 
 
 # metric label -> (column, lower is better?) ; throughputs are inverted into a cost per token
+TIED_METRICS = {"peak_memory_mib": MEMORY_TIE}  # columns whose ratio near 1 is a tie (see the module docstring)
 SPEED_METRICS = {
     "faster training from n =": ("train_tokens_per_s", False),
     "faster inference from n =": ("infer_tokens_per_s", False),
@@ -151,7 +171,7 @@ def paired_crossover(
     paired = f"{column}_ratio"
     ok = group[group.status == "ok"]
     if paired not in ok or ok[paired].isna().all():
-        return crossover_of_ratio(quotient)
+        return crossover_of_ratio(quotient, tie=TIED_METRICS.get(column, 0.0))
     ok = ok.dropna(subset=[paired]).drop_duplicates("seq_len", keep="last").set_index("seq_len")
     ratio = (1.0 / ok[paired].astype(float)).combine_first(quotient)
     holds_one = ok[(ok[f"{paired}_lo"] <= 1.0) & (ok[f"{paired}_hi"] >= 1.0)].index
