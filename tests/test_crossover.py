@@ -122,6 +122,8 @@ def test_a_memory_ratio_that_ends_within_two_percent_of_full_is_a_tie_not_an_ext
     assert answer.cell() == "ties (within 2% at 2,048-8,192)"
     leaner = cx.crossover_of_ratio(pd.Series({2048: 1.05, 4096: 0.9, 8192: 0.7}), tie=cx.MEMORY_TIE)
     assert leaner.kind == cx.INTERPOLATED and leaner.lengths == (2048, 4096)  # clearly leaner: a real crossover
+    last_only = cx.crossover_of_ratio(pd.Series({1024: 1.2, 2048: 1.01}), tie=cx.MEMORY_TIE)
+    assert last_only.cell() == "ties (within 2% at 2,048)"
     heavier = cx.crossover_of_ratio(pd.Series({2048: 1.10, 4096: 1.10, 8192: 1.10}), tie=cx.MEMORY_TIE)
     assert heavier.kind == cx.NEVER
 

@@ -68,7 +68,8 @@ class Crossover:
         if self.kind == EXTRAPOLATED:
             return f"~{self.length:,.0f} (extrapolated from {span}, ratio ~ n^{self.exponent:.2f})"
         if self.kind == TIES:
-            return f"ties (within {self.tie:.0%} at {span})"
+            where = span if len(self.lengths) > 1 else f"{self.lengths[0]:,}"
+            return f"ties (within {self.tie:.0%} at {where})"
         if self.kind == BETTER_EVERYWHERE:
             return f"<= {self.lengths[0]:,} (at every measured length, {span})"
         return f"never (not up to {self.lengths[-1]:,}; ratio ~ n^{self.exponent:.2f} over {span})"
