@@ -126,6 +126,7 @@ def test_cpu_peak_memory_sees_a_step_allocation_and_not_earlier_ones():
     assert 60 < peak.added_mib < 80
     assert memory.cpu_step_peak(lambda: None).added_mib < 8
     assert peak.process_mib > 32 + 60  # the process peak holds what was live before, too
+    assert peak.method == memory.RESIDENT_SET
     del before
 
 
@@ -163,7 +164,7 @@ def test_cpu_live_peak_of_a_model_training_step_repeats_exactly_and_reads_below_
     activations = 2 * 512 * 1024 * 4 / 2**20  # the hidden layer before and after GELU, kept for backward
     assert first >= activations
     peak = memory.measure_step_peak(step, torch.device("cpu"))
-    assert peak.added_mib == first and peak.resident_added_mib is not None
+    assert peak.added_mib == first and peak.resident_added_mib is not None and peak.method == memory.LIVE_TENSORS
 
 
 def test_tensor_mib_counts_parameters_gradients_optimizer_state_and_batch_once():

@@ -18,7 +18,7 @@ from torch import nn
 import variants
 from runners.measure.flops import count_flops
 from runners.measure.matmul_peak import DTYPES
-from runners.measure.memory import LIVE_TENSORS, measure_step_peak
+from runners.measure.memory import measure_step_peak
 from runners.measure.peers import PEERS
 from runners.measure.timing import time_alternating, time_calls, timing_of
 
@@ -158,8 +158,8 @@ def core_probe(
         started = time.perf_counter()
         forward_backward()  # a first step outside the measurement: lazily built state is not the step's
         repeats_memory = 3 if time.perf_counter() - started < 5 else 1  # the median of 3 where affordable
-        result["peak_mib"] = measure_step_peak(forward_backward, device_, repeats=repeats_memory).added_mib
-        result["memory_method"] = LIVE_TENSORS
+        peak = measure_step_peak(forward_backward, device_, repeats=repeats_memory)
+        result |= {"peak_mib": peak.added_mib, "memory_method": peak.method}
         # what any exact-gradient attention must hold at the step's end: the output and the q, k, v gradients
         result["floor_mib"] = 4 * q.numel() * q.element_size() / 2**20
     return result

@@ -95,15 +95,16 @@ def _prepare_heap() -> None:
 
 
 LIVE_TENSORS = "live tensors"  # the allocator's live bytes (CUDA: max_memory_allocated; CPU: torch.profiler)
-RESIDENT_SET = "resident set"  # CPU's resident-set high-water mark (records written before live tensors were)
+RESIDENT_SET = "resident set"  # CPU's resident-set growth (cpu_step_peak; stored records from before live tensors)
 
 
 @dataclass(frozen=True)
 class StepPeak:
     """One step's peak: what it adds over the memory live before it, and the process-wide high-water mark."""
 
-    added_mib: float  # live tensor bytes at the step's peak over those live before it (the method: LIVE_TENSORS)
+    added_mib: float  # the step's peak over what was live before it, counted as ``method`` says
     process_mib: float  # CPU: peak resident set of the process (interpreter and libraries included); CUDA: reserved
+    method: str  # LIVE_TENSORS or RESIDENT_SET: what ``added_mib`` counts (recorded as ``memory_method``)
     resident_added_mib: float | None = None  # CPU: the resident set's growth over the step (allocator slack included)
 
 
@@ -145,7 +146,7 @@ def cpu_step_peak(step: Callable[[], object]) -> StepPeak:
     before = _status_kib("VmRSS")
     step()
     high_water = _status_kib("VmHWM")
-    return StepPeak(added_mib=(high_water - before) / 1024, process_mib=high_water / 1024)
+    return StepPeak(added_mib=(high_water - before) / 1024, process_mib=high_water / 1024, method=RESIDENT_SET)
 
 
 def cuda_step_peak(step: Callable[[], object], device: torch.device) -> StepPeak:
@@ -158,6 +159,7 @@ def cuda_step_peak(step: Callable[[], object], device: torch.device) -> StepPeak
     return StepPeak(
         added_mib=(torch.cuda.max_memory_allocated(device) - before) / 2**20,
         process_mib=torch.cuda.max_memory_reserved(device) / 2**20,
+        method=LIVE_TENSORS,
     )
 
 
@@ -209,11 +211,13 @@ def measure_step_peak(step: Callable[[], object], device: torch.device, *, repea
         return StepPeak(
             added_mib=statistics.median(p.added_mib for p in peaks),
             process_mib=statistics.median(p.process_mib for p in peaks),
+            method=LIVE_TENSORS,
         )
     resident = [cpu_step_peak(step) for _ in range(repeats)]
     live = cpu_live_step_mib(step)  # after: the profiler's own buffers would sit in the resident set's reading
     return StepPeak(
         added_mib=live,
         process_mib=statistics.median(p.process_mib for p in resident),
+        method=LIVE_TENSORS,
         resident_added_mib=statistics.median(p.added_mib for p in resident),
     )

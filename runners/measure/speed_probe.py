@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 import models
 from runners.measure.flops import count_flops
-from runners.measure.memory import LIVE_TENSORS, measure_step_peak, tensor_mib
+from runners.measure.memory import measure_step_peak, tensor_mib
 from runners.measure.timing import time_alternating, time_calls, timing_of
 
 
@@ -212,7 +212,7 @@ def measure_model(
             "state_memory_mib": state,
             "step_memory_mib": peak.added_mib,
             "process_peak_mib": peak.process_mib,
-            "memory_method": LIVE_TENSORS,
+            "memory_method": peak.method,
         }
         if peak.resident_added_mib is not None:  # CPU: the resident set's reading of the same step, slack included
             result["step_resident_mib"] = peak.resident_added_mib
