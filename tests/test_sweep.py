@@ -417,6 +417,19 @@ def test_state_sizes_plan_each_accuracy_point_once_per_knob_value_for_the_decodi
     assert [a["name"] for a in attention_list(chosen)] == ["full", "linear"]
 
 
+def test_a_variant_list_without_full_gets_the_baseline_beside_it_unless_turned_off(sweep_config):
+    from runners.sweeping.plan import attention_list
+
+    with_full = sweep_config("sweep.variants=[linear,local]", "sweep.baselines=[full]")
+    assert [a["name"] for a in attention_list(with_full)] == [
+        "linear",
+        "local",
+        "full",
+    ]
+    off = sweep_config("sweep.variants=[linear]", "sweep.baselines=[]")
+    assert [a["name"] for a in attention_list(off)] == ["linear"]
+
+
 def test_bad_state_sizes_and_variant_lists_are_refused_naming_what_is_allowed(sweep_config):
     with pytest.raises(ConfigError, match=r"sweep\.variants: unknown \['ful'\]; registered: based, "):
         run_sweep(sweep_config("sweep.variants=[ful]"))

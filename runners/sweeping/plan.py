@@ -65,15 +65,16 @@ class AccuracyEntry(NamedTuple):
 
 
 def attention_list(cfg: DictConfig) -> list[dict[str, Any]]:
-    """The selected variant and the baselines (``sweep.baselines``), or every registered variant.
+    """The selected variant (``attention=``) or variants (``sweep.variants``), and the baselines (``sweep.baselines``).
 
     Each with its default hyperparameters, except the selection's overrides. A baseline is planned at the
-    same points as the selection, so a one-variant report compares it with exact attention.
+    same points as the selection, so a report compares whatever was selected with exact attention (without
+    it, a ``sweep.variants`` list that leaves ``full`` out had no ratios at all).
     """
     if cfg.get("attention") is None:
-        return [attention_config(name) for name in sweep_variants(cfg)]
-    selected = OmegaConf.to_container(cfg.attention, resolve=True)
-    chosen = [selected]
+        chosen = [attention_config(name) for name in sweep_variants(cfg)]
+    else:
+        chosen = [OmegaConf.to_container(cfg.attention, resolve=True)]
     for name in OmegaConf.select(cfg, "sweep.baselines", default=None) or []:  # runners.maps has no sweep
         try:
             baseline = attention_config(name)
