@@ -102,12 +102,13 @@ class _Rounds:
         target.view(-1, target.shape[-1]).index_add_(0, flat, rows.reshape(-1, rows.shape[-1]).to(target.dtype))
 
     def add_windows_(self, sorted_grad: torch.Tensor, grad: torch.Tensor, r: int, start: int, rows: torch.Tensor):
-        """Add the ``(BH, c, 2b, Dh)`` window rows of sorted chunks ``start..`` to round ``r``'s gradient in sorted
+        """Put the ``(BH, c, 2b, Dh)`` window rows of sorted chunks ``start..`` into round ``r``'s gradient in sorted
         key order: slices, not scatters (the look-back of chunk 0, the previous round's, goes to ``grad`` at its
-        original positions)."""
+        original positions). Pieces come in order, so a chunk's own rows are its first: they are copied, which
+        spares zeroing ``sorted_grad``, and the look-back rows are added to chunks already written."""
         b, dim = self.b, rows.shape[-1]
         lo, hi = start * b, (start + rows.shape[1]) * b
-        sorted_grad[:, lo:hi].add_(rows[:, :, :b].reshape(self.bh, -1, dim))
+        sorted_grad[:, lo:hi] = rows[:, :, :b].reshape(self.bh, -1, dim)
         back = rows[:, :, b:]
         if start == 0:
             self.scatter_add_(grad, self.layout.order_k[:, r - 1, -b:].long(), back[:, 0])
@@ -214,7 +215,7 @@ def _backward(q, k_raw, v, out, grad_out, lse_rounds, layout: LshLayout, dropout
     rank_q = _ranks(layout.order_q)
     for piece, (r, start, end) in enumerate(rounds.pieces()):
         if start == 0:  # each round's gradients gathered in its sorted orders, taken back once the round is done
-            sorted_q, sorted_k, sorted_v = (torch.zeros(t.shape, dtype=acc, device=t.device) for t in (q, k, v))
+            sorted_q, sorted_k, sorted_v = (torch.empty(t.shape, dtype=acc, device=t.device) for t in (q, k, v))
         query_pos, key_pos = rounds.positions(r, start, end)
         queries, keys, values = rounds.gather(q, query_pos), rounds.gather(k, key_pos), rounds.gather(v, key_pos)
         own, invalid = rounds.own_slots(r, start, query_pos), rounds.invalid(key_pos)
