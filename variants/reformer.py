@@ -48,9 +48,8 @@ from variants._lsh import LshLayout, lsh_attention
 def _bucket(rotated: torch.Tensor) -> torch.Tensor:
     """``argmax([x R; -x R])`` without the concatenation (at n = 2048 it and the rotations of every round at once
     were 12 MiB, the core's largest buffer): the first maximum of ``x R``, or half plus the first minimum."""
-    top, low = rotated.argmax(dim=-1, keepdim=True), rotated.argmin(dim=-1, keepdim=True)
-    first_half = rotated.gather(-1, top) >= -rotated.gather(-1, low)  # a tie goes to the first half, as argmax's
-    return torch.where(first_half, top, low + rotated.shape[-1]).squeeze(-1)
+    (top, top_at), (low, low_at) = rotated.max(dim=-1), rotated.min(dim=-1)  # values and first indices at once
+    return torch.where(top >= -low, top_at, low_at + rotated.shape[-1])  # a tie goes to the first half, as argmax's
 
 
 @variants.register("reformer")
