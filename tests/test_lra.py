@@ -246,6 +246,19 @@ def test_reformer_gradcheck_in_float64(dropout, monkeypatch):
     assert torch.autograd.gradcheck(run, (q, k, v), eps=1e-6, atol=1e-6)
 
 
+def test_reformer_buckets_are_the_argmax_over_both_signs_ties_included():
+    """``_bucket`` (two reductions) gives the reference's ``argmax([xR; -xR])``, whose first maximum wins a tie."""
+    from variants.reformer import _bucket
+
+    rotated = torch.randn(3, 50, 8)
+    rotated[0, 0] = 0.0  # every entry tied: bucket 0
+    rotated[0, 1, 2], rotated[0, 1, 5] = -9.0, 9.0  # +9 at 5 against -9 at 2: the first half wins
+    rotated[0, 2, 1], rotated[0, 2, 6] = 9.0, 9.0  # two equal maxima: the first
+    expected = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+    assert torch.equal(_bucket(rotated), expected)
+    assert expected[0, :3].tolist() == [0, 5, 1]
+
+
 def test_reformer_refuses_causal_and_names_who_can():
     with pytest.raises(variants.UnsupportedError, match="local"):
         build_variant("reformer", causal=True)
