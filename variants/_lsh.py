@@ -181,8 +181,11 @@ def _forward(q, k, v, layout: LshLayout, dropout_p: float, seed: int) -> tuple[t
         query_pos, key_pos = rounds.positions(r, start, end)
         own = rounds.own_slots(r, start, query_pos)
         scores = rounds.scores(rounds.gather(q, query_pos), rounds.gather(k, key_pos), own, rounds.invalid(key_pos))
-        lse = scores.logsumexp(dim=-1)
-        probs = scores.softmax(dim=-1)
+        top = scores.amax(dim=-1, keepdim=True)  # the softmax and its log-sum-exp in one pass of exp, in place
+        probs = scores.sub_(top).exp_()
+        total = probs.sum(dim=-1, keepdim=True)
+        probs.div_(total)
+        lse = (top + total.log()).squeeze(-1)
         if dropout_p > 0:
             probs.mul_(rounds.dropout_keep(probs, dropout_p, seed, piece))
         piece_out = probs.to(v.dtype) @ rounds.gather(v, key_pos)
