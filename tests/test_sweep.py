@@ -503,6 +503,26 @@ def test_the_duration_estimate_counts_planned_steps_at_a_measured_step_time(swee
     assert re.search(r"about [\d.]+ h \(\d+ min\): 1 training runs, 20 steps in all", capsys.readouterr().err)
 
 
+def test_the_estimate_extrapolates_long_steps_from_1024_and_2048_instead_of_timing_them(monkeypatch):
+    from runners.sweeping import estimate
+
+    timed = []
+
+    def step(point, *, seq_len, batch_size, causal, device):
+        timed.append(seq_len)
+        return 1e-6 * seq_len**1.5
+
+    monkeypatch.setattr(estimate, "step_seconds", step)
+    point = {"attention": {"name": "full"}, "model": {}, "probe": "decode", "seq_len": 8192, "batch_size": 1}
+    cache = {}
+    assert estimate._cached(cache, point, (8192, 1, True), "cpu") == pytest.approx(1e-6 * 8192**1.5)
+    assert sorted(timed) == [1024, 2048]  # 8192 itself never run
+    monkeypatch.setattr(estimate, "step_seconds", lambda *a, **k: 2e-9 * k["seq_len"] ** 3)  # held to quadratic
+    assert estimate._cached({}, point, (4096, 1, True), "cpu") == pytest.approx(2e-9 * 2048**3 * 4)
+    seconds, measured = estimate.estimate_seconds([point], device="cpu")
+    assert measured == 2 and seconds > 0
+
+
 def test_the_estimate_times_a_side_by_side_run_with_its_share_of_the_threads(sweep_config, monkeypatch):
     from runners.sweeping import estimate
 

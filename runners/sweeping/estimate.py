@@ -1,7 +1,8 @@
 """How long a sweep will take, from its planned steps and step times measured here before it starts.
 
 For each distinct training configuration (variant, length, direction, batch)
-one optimizer step is timed after a warm-up; an accuracy point costs its
+one optimizer step is timed after a warm-up (beyond 2048 tokens extrapolated
+from 1024 and 2048 instead); an accuracy point costs its
 ``optim.max_steps`` such steps plus its validations, a speed point its warm-up
 and timed steps in two worker processes. It is an estimate (data generation,
 evaluation and process start-up are approximated), printed so that a long
@@ -11,6 +12,7 @@ preset such as ``sweep=lra`` says up front whether it is an hour or a day.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +22,12 @@ import variants
 from runners.measure.speed_probe import speed_probe
 
 PROCESS_START_S = 0.2  # forking a measuring process from the worker server (runners.measure.worker)
+# Steps longer than this are not timed but extrapolated from TIMED_LENS with the growth measured between them
+# (an exponent held to 1-2): timing one step of every configuration of sweep=full up to 8192 (full_math there
+# holds ~20 GB) had not finished after 10 minutes on 2 cores.
+TIMED_MAX_LEN = 2048
+TIMED_LENS = (1024, 2048)
+EXTRAPOLATED = "extrapolated"  # first element of a cache key whose step time was not timed
 
 
 @contextlib.contextmanager
@@ -91,7 +99,7 @@ def estimate_seconds(points: list[dict[str, Any]], *, device: str, accuracy_jobs
         val_steps = validations * -(-task["num_val"] // task["batch_size"]) + -(-task["num_test"] // task["batch_size"])
         seconds = (optim["max_steps"] + val_steps / 3) * _cached(cache, point, shape, device)  # eval: forward only
         total += seconds / accuracy_jobs
-    return total, len(cache)
+    return total, sum(1 for key in cache if key[0] != EXTRAPOLATED)
 
 
 def as_self_attention(point: dict[str, Any]) -> dict[str, Any]:
@@ -124,9 +132,17 @@ def _maps_seconds(cache: dict[tuple, float], point: dict[str, Any], device: str,
 
 
 def _cached(cache: dict[tuple, float], point: dict[str, Any], shape: tuple, device: str) -> float:
+    """A step's seconds, timed once per configuration; beyond ``TIMED_MAX_LEN`` extrapolated (see there)."""
+    seq_len, batch_size, causal = shape
     key = (repr(point["attention"]), repr(point["model"]), point.get("hardware", {}).get("threads"), *shape)
+    if seq_len > TIMED_MAX_LEN:
+        key = (EXTRAPOLATED, *key)
+        if key not in cache:
+            half, top = (_cached(cache, point, (n, batch_size, causal), device) for n in TIMED_LENS)
+            growth = math.log(top / half) / math.log(TIMED_LENS[1] / TIMED_LENS[0]) if half > 0 and top > 0 else 1.0
+            cache[key] = top * (seq_len / TIMED_LENS[1]) ** min(max(growth, 1.0), 2.0)
+        return cache[key]
     if key not in cache:
-        seq_len, batch_size, causal = shape
         try:
             cache[key] = step_seconds(point, seq_len=seq_len, batch_size=batch_size, causal=causal, device=device)
         except (variants.AttentionError, RuntimeError):  # unsupported or out of memory: (almost) free in the sweep
