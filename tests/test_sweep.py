@@ -500,7 +500,11 @@ def test_the_duration_estimate_counts_planned_steps_at_a_measured_step_time(swee
     longer = [p | {"optim": p["optim"] | {"max_steps": 10 * p["optim"]["max_steps"]}} for p in points]
     assert measured == 1 and 0 < short < estimate_seconds(longer, device="cpu")[0] < 20 * short
     print_estimate(points, cfg)
-    assert re.search(r"about [\d.]+ h \(\d+ min\): 1 training runs, 20 steps in all", capsys.readouterr().err)
+    assert re.search(
+        r"about \d+-\d+ min \(2 timing rounds, up to 2 where intervals are wide\): 1 training runs, "
+        r"20 steps in all",
+        capsys.readouterr().err,
+    )
 
 
 def test_the_estimate_extrapolates_long_steps_from_1024_and_2048_instead_of_timing_them(monkeypatch):
@@ -521,6 +525,23 @@ def test_the_estimate_extrapolates_long_steps_from_1024_and_2048_instead_of_timi
     assert estimate._cached({}, point, (4096, 1, True), "cpu") == pytest.approx(2e-9 * 2048**3 * 4)
     seconds, measured = estimate.estimate_seconds([point], device="cpu")
     assert measured == 2 and seconds > 0
+
+
+def test_the_estimate_prices_each_timing_round_with_full_timed_beside_the_variant(monkeypatch):
+    from runners.sweeping import estimate
+
+    steps = {"full": 0.2, "linear": 0.1}
+    monkeypatch.setattr(estimate, "step_seconds", lambda point, **_: steps[point["attention"]["name"]])
+    point = {"probe": "speed", "model": {}, "seq_len": 64, "batch_size": 2, "causal": False, "warmup": 1, "repeats": 3}
+    linear = point | {"attention": {"name": "linear"}, "min_time_s": 0.0}
+    once, per_round, measured = estimate.estimate_parts([linear], device="cpu")
+    paired = 0.1 + 0.2  # linear's step and full's, in turn
+    start = estimate.PROCESS_START_S
+    assert per_round == pytest.approx(start + paired * 4 / 3 + 3 * paired + 3 * paired / 3)
+    assert once == pytest.approx(start + 5 * 0.1) and measured == 2
+    assert estimate.estimate_seconds([linear], device="cpu", rounds=3)[0] == pytest.approx(once + 3 * per_round)
+    slow = linear | {"min_time_s": 2.0}  # each model's steps add up to min_time_s, training and forward each
+    assert estimate.estimate_parts([slow], device="cpu")[1] == pytest.approx(start + paired * 4 / 3 + 4.0 + 4.0)
 
 
 def test_the_estimate_times_a_side_by_side_run_with_its_share_of_the_threads(sweep_config, monkeypatch):

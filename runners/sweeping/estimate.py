@@ -63,34 +63,52 @@ def _timed_step(point: dict[str, Any], *, seq_len: int, batch_size: int, causal:
     return batch_size * seq_len / result["train_tokens_per_s"]
 
 
-def estimate_seconds(points: list[dict[str, Any]], *, device: str, accuracy_jobs: int = 1) -> tuple[float, int]:
-    """Estimated seconds for ``points`` and how many step times were measured to get it.
+def estimate_seconds(
+    points: list[dict[str, Any]], *, device: str, accuracy_jobs: int = 1, rounds: int = 1
+) -> tuple[float, int]:
+    """Estimated seconds for ``points`` with ``rounds`` timing rounds, and how many step times were measured.
 
     Accuracy runs going ``accuracy_jobs`` at a time count for that share of their summed time (an
     optimistic bound: a run with fewer threads is slower, by less than the share on small models).
     """
+    once, per_round, measured = estimate_parts(points, device=device, accuracy_jobs=accuracy_jobs)
+    return once + rounds * per_round, measured
+
+
+def estimate_parts(points: list[dict[str, Any]], *, device: str, accuracy_jobs: int = 1) -> tuple[float, float, int]:
+    """Seconds spent once (training runs, maps, memory processes), seconds per timing round, step times measured.
+
+    A timed point's round is a process that times it and, beside it, ``full`` on the same batch (its pairing;
+    ``full``'s own process times only itself): warm-up, then training and forward steps until there are
+    ``repeats`` of each and ``min_time_s`` of each (a forward pass ~1/3 of a step; decoding priced as one).
+    """
     cache: dict[tuple, float] = {}
-    total = 0.0
+    once = per_round = 0.0
     trained = False  # the maps probe trains its full-attention model once per process
     for point in points:
         if point["probe"].startswith("cross_"):  # as the encoder-decoder's self-attention over source and target
             if not variants.get(point["attention"]["name"]).supports_cross:
                 continue  # recorded as unsupported without a process
             point = as_self_attention(point)
-        if point["probe"] == "speed":
-            shape = (point["seq_len"], point["batch_size"], point["causal"])
-            steps = point["warmup"] + point["repeats"]
-            # two processes; timing runs train and inference steps (+ one counted), memory up to four steps
-            per_step = _cached(cache, point, shape, device)
-            total += 2 * PROCESS_START_S + (steps * 1.4 + 1 + 4) * per_step
-            continue
-        if point["probe"] == "decode":  # a fresh process and one forward pass over the prompt (~1/3 of a step)
-            if variants.get(point["attention"]["name"]).supports_decoding:
-                shape = (point["seq_len"], point["batch_size"], True)
-                total += PROCESS_START_S + _cached(cache, point, shape, device) / 3
+        if point["probe"] in ("speed", "decode"):
+            decode = point["probe"] == "decode"
+            if decode and not variants.get(point["attention"]["name"]).supports_decoding:
+                continue
+            shape = (point["seq_len"], point["batch_size"], True if decode else point["causal"])
+            own = _cached(cache, point, shape, device)
+            paired = point["attention"]["name"] != "full"
+            step = own + (_cached(cache, point | {"attention": {"name": "full"}}, shape, device) if paired else 0.0)
+            if decode:
+                per_round += PROCESS_START_S + step / 3
+                continue
+            at_least = point.get("min_time_s", 0.0) * (2 if paired else 1)  # each model's steps add up to it
+            training = max(point["repeats"] * step, at_least)
+            forward = max(point["repeats"] * step / 3, at_least)
+            per_round += PROCESS_START_S + point["warmup"] * step * 4 / 3 + training + forward
+            once += PROCESS_START_S + 5 * own  # the memory process: up to 5 steps
             continue
         if point["probe"] == "maps":
-            total += _maps_seconds(cache, point, device, trained=trained)
+            once += _maps_seconds(cache, point, device, trained=trained)
             trained = True
             continue
         task, optim = point["task"], point["optim"]
@@ -98,8 +116,8 @@ def estimate_seconds(points: list[dict[str, Any]], *, device: str, accuracy_jobs
         validations = optim["max_steps"] // optim["val_every"] + 1
         val_steps = validations * -(-task["num_val"] // task["batch_size"]) + -(-task["num_test"] // task["batch_size"])
         seconds = (optim["max_steps"] + val_steps / 3) * _cached(cache, point, shape, device)  # eval: forward only
-        total += seconds / accuracy_jobs
-    return total, sum(1 for key in cache if key[0] != EXTRAPOLATED)
+        once += seconds / accuracy_jobs
+    return once, per_round, sum(1 for key in cache if key[0] != EXTRAPOLATED)
 
 
 def as_self_attention(point: dict[str, Any]) -> dict[str, Any]:

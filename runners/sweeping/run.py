@@ -31,7 +31,7 @@ from runners.reporting.tables import flat_results
 from runners.results import context, store
 from runners.results.table import results_table
 from runners.sweeping import rounds
-from runners.sweeping.estimate import estimate_seconds
+from runners.sweeping.estimate import estimate_parts
 from runners.sweeping.execute import accuracy_job, device_for, failed_record, measure_point
 from runners.sweeping.plan import (
     TIMED_PROBES,
@@ -132,13 +132,17 @@ def print_estimate(points: list[dict[str, Any]], cfg: DictConfig) -> None:
         return
     print(f"estimating the duration of {len(points)} points ...", end="", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    seconds, measured = estimate_seconds(points, device=device, accuracy_jobs=accuracy_jobs(cfg))
+    once, per_round, measured = estimate_parts(points, device=device, accuracy_jobs=accuracy_jobs(cfg))
+    timing = timing_settings(cfg)
+    low, high = (once + count * per_round for count in (timing.rounds, timing.max_rounds))
     accuracy = [p for p in points if p["probe"] in TRAINING_PROBES]
     steps = sum(p["optim"]["max_steps"] for p in accuracy)
+    hours = f"{low / 3600:.1f}-{high / 3600:.1f} h, " if high >= 3600 else ""
     print(
-        f" about {seconds / 3600:.1f} h ({seconds / 60:.0f} min): {len(accuracy)} training runs, {steps:,} steps "
-        f"in all, and {len(points) - len(accuracy)} speed points; from {measured} step times measured here in "
-        f"{time.perf_counter() - started:.0f} s",
+        f" about {hours}{low / 60:.0f}-{high / 60:.0f} min ({timing.rounds} timing "
+        f"rounds, up to {timing.max_rounds} where intervals are wide): {len(accuracy)} training runs, {steps:,} "
+        f"steps in all, and {len(points) - len(accuracy)} timed points; from {measured} step times measured here "
+        f"in {time.perf_counter() - started:.0f} s",
         file=sys.stderr,
         flush=True,
     )
