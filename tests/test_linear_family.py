@@ -186,3 +186,31 @@ def test_retention_training_keeps_only_its_inputs_for_the_backward_pass():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         attn(q, k, v).sum().backward()
     assert sum(saved) <= 4 * q.numel(), f"saved {sum(saved)} elements for inputs of {q.numel()} each"
+
+
+def test_based_triangle_and_square_features_give_the_same_taylor_kernel():
+    """Decoding keeps the triangle's 153 features, the causal kernel the square's 273: one kernel, 1 + s + s^2 / 2."""
+    from variants.based import taylor_features, taylor_features_square
+
+    x, y = torch.randn(2, 5, 16, dtype=torch.float64).unbind(0)
+    s = x @ y.T / 4
+    expected = 1 + s + s.square() / 2
+    assert taylor_features(x).shape[-1] == 153 and taylor_features_square(x).shape[-1] == 273
+    torch.testing.assert_close(taylor_features(x) @ taylor_features(y).T, expected)
+    torch.testing.assert_close(taylor_features_square(x) @ taylor_features_square(y).T, expected)
+
+
+def test_closed_form_pairs_need_signed_features():
+    q, k, v = qkv(1, 8)
+    features = lambda x, start, end: x.exp()  # noqa: E731
+    with pytest.raises(ValueError, match="signed=True"):
+        variants._linear.linear_attention(
+            q,
+            k,
+            v,
+            query_features=features,
+            key_logits=features,
+            num_features=q.shape[-1],
+            causal=True,
+            pair_scores=lambda xq, xk, start, end: xq @ xk.transpose(-2, -1),
+        )

@@ -62,6 +62,18 @@ class FeatureMapAttention(Attention):
     def key_logit_rows(self, k: torch.Tensor, start: int, end: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def parallel_num_features(self) -> int:
+        """How many features :meth:`feature_functions` gives for a parallel call (decoding: ``num_features``)."""
+        return self.num_features
+
+    def pair_scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """``phi(q_i) . phi(k_j)`` of projected rows in closed form, ``(B, H, Nq, Nk)``: override where one is cheap.
+
+        The causal kernel then uses it for each chunk's own pairs instead of the ``m``-wide feature product
+        (signed features only). Not overridden: the kernel multiplies the features.
+        """
+        raise NotImplementedError
+
     def feature_functions(self, seq: int | None) -> tuple[FeatureFn, FeatureFn]:
         """The query and key functions for a parallel call over ``seq`` rows, or for decoding (``None``)."""
         return self.query_feature_rows, self.key_logit_rows
@@ -93,17 +105,25 @@ class FeatureMapAttention(Attention):
                 keep = mask[:, None, start:end, None]
                 return logits * keep if self.signed_features else logits.masked_fill(~keep, float("-inf"))
 
+            def pairs(xq: torch.Tensor, xk: torch.Tensor, start: int, end: int, *parameters: torch.Tensor):
+                scores = self.pair_scores(
+                    self.feature_projection(xq, 0, *parameters), self.feature_projection(xk, 1, *parameters)
+                )
+                return scores if mask is None else scores * mask[:, None, None, start:end]
+
+            closed_form = self.signed_features and type(self).pair_scores is not FeatureMapAttention.pair_scores
             out = linear_attention(
                 q,
                 k,
                 v,
                 query_features=queries,
                 key_logits=keys,
-                num_features=self.num_features,
+                num_features=self.parallel_num_features(),
                 causal=self.causal,
                 chunk=self.chunk_size,
                 signed=self.signed_features,
                 parameters=parameters,
+                pair_scores=pairs if closed_form else None,
             )
         return out.to(out_dtype)
 

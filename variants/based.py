@@ -8,7 +8,10 @@ Two branches over the same tokens, averaged:
   ``[1, x / d^1/4, vec(x x^T) / sqrt(2 d)]`` (the upper triangle only:
   ``1 + d + d(d+1)/2`` features, 153 for d = 16). Every ``1 + s + s^2/2`` is
   positive (at least 1/2), so rows normalize safely; the features themselves
-  may be negative (the kernel's ``signed`` mode). O(n d'^2 Dh).
+  may be negative (the kernel's ``signed`` mode). O(n d'^2 Dh). The causal
+  kernel takes all of ``x x^T`` (273 features: fewer, larger operators) and
+  each chunk's own pairs as ``1 + s + s^2 / 2`` from the 16-wide projections,
+  not a 273-wide product: 1.4x faster whole-model training at n = 2048.
 - **Exact sliding-window softmax** over nearby tokens, the ``local`` variant's
   blocked window (each token sees its own block of ``window`` tokens and the
   one before: between ``window`` and ``2 window - 1`` keys).
@@ -41,6 +44,20 @@ def taylor_features(x: torch.Tensor) -> torch.Tensor:
     triangle = [scaled[..., i : i + 1] * scaled[..., i + 1 :] for i in range(dim - 1)]
     diagonal = scaled.square() / math.sqrt(2)  # counted once; the triangle once for both halves
     return torch.cat([torch.ones_like(x[..., :1]), scaled, diagonal, *triangle], dim=-1)
+
+
+def taylor_features_square(x: torch.Tensor) -> torch.Tensor:
+    """The same kernel with all of ``x x^T`` (``1 + d + d^2`` features, as in the paper's code): one product, not d.
+
+    The causal kernel builds features of every chunk six times (forward and both backward scans); with the
+    triangle's d - 1 slices, products and their concatenation, those small operators cost more than the 1.8x
+    wider state products do: whole model, causal, n = 2048, 1.24x faster (0.77x full against 0.62x, in one
+    process, interleaved). Bidirectionally the chunks are large and few: no gain, 4% more peak memory.
+    """
+    dim = x.shape[-1]
+    scaled = x / math.sqrt(math.sqrt(dim))
+    square = (scaled[..., :, None] * (scaled / math.sqrt(2))[..., None, :]).flatten(-2)  # each pair twice, halved
+    return torch.cat([torch.ones_like(x[..., :1]), scaled, square], dim=-1)
 
 
 @variants.register("based")
@@ -76,6 +93,18 @@ class BasedAttention(FeatureMapAttention):
 
     def key_logit_rows(self, k, start, end):  # signed: the features themselves
         return taylor_features(k)
+
+    def feature_functions(self, seq):
+        if seq is None or not self.causal:  # decoding keeps the triangle's smaller (153, Dh) summary
+            return super().feature_functions(seq)
+        return (lambda q, start, end: taylor_features_square(q)), (lambda k, start, end: taylor_features_square(k))
+
+    def parallel_num_features(self) -> int:
+        return 1 + self.feature_dim + self.feature_dim**2 if self.causal else self.num_features
+
+    def pair_scores(self, q, k):  # 1 + s + s^2 / 2 from 16 columns, not the 153 features' product
+        s = (q / math.sqrt(self.feature_dim)) @ k.transpose(-2, -1)
+        return torch.addcmul(s + 1, s, s, value=0.5)  # autograd keeps s alone
 
     def attend(self, q, k, v, mask):
         # The window first: autograd runs the later branch's backward first, so the linear branch's (which rebuilds
