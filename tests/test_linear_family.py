@@ -189,7 +189,7 @@ def test_retention_training_keeps_only_its_inputs_for_the_backward_pass():
 
 
 def test_based_triangle_and_square_features_give_the_same_taylor_kernel():
-    """Decoding keeps the triangle's 153 features, the causal kernel the square's 273: one kernel, 1 + s + s^2 / 2."""
+    """Decoding keeps the triangle's 153 features, training the square's 273: one kernel, 1 + s + s^2 / 2."""
     from variants.based import taylor_features, taylor_features_square
 
     x, y = torch.randn(2, 5, 16, dtype=torch.float64).unbind(0)
