@@ -20,7 +20,7 @@ features (``-inf`` for keys that must get no weight). Optionally, a third functi
 ``pair_scores(q, k, start, end, *parameters)`` gives ``phi(q_i) . phi(k_j)`` of one
 causal chunk's rows directly, when the kernel has a closed form far cheaper than
 the ``m``-wide product (Based's Taylor map: ``1 + s + s^2 / 2`` from a 16-wide
-``s``; its 153 features made the within-chunk products 80% of the causal FLOPs).
+``s``, where the products over its 153-273 features dominated the causal FLOPs).
 The kernel exponentiates the key
 logits with a stabilizer shared by all keys a query sees, which also cancels:
 one global maximum (bidirectional), or a running maximum over the chunks seen

@@ -103,7 +103,7 @@ class BasedAttention(FeatureMapAttention):
     def parallel_num_features(self) -> int:
         return 1 + self.feature_dim + self.feature_dim**2
 
-    def pair_scores(self, q, k):  # 1 + s + s^2 / 2 from 16 columns, not the 153 features' product
+    def pair_scores(self, q, k):  # 1 + s + s^2 / 2 from 16 columns, not a product over 273 features
         s = (q / math.sqrt(self.feature_dim)) @ k.transpose(-2, -1)
         return torch.addcmul(s + 1, s, s, value=0.5)  # autograd keeps s alone
 
