@@ -70,7 +70,7 @@ class PerformerAttention(FeatureMapAttention):
         *,
         nb_features: int = 256,
         redraw_interval: int = 0,
-        chunk_size: int = 128,
+        chunk_size: int = 64,  # causal scan; against 128, interleaved: whole model 1.05-1.24x faster at 512-4096
         **common,
     ) -> None:
         super().__init__(**common)
