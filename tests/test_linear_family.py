@@ -111,6 +111,29 @@ def test_matches_its_materialized_definition(name, causal, with_mask, monkeypatc
     assert_same(ours, dense, mask)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("name", ["based", "hedgehog"])  # the ones whose maps learn
+def test_learned_maps_get_the_gradient_of_their_definition(name, causal, monkeypatch):
+    """The feature maps' own parameters (Based's projection, Hedgehog's MLP), pulled back chunk by chunk by
+    autograd or by closed forms (Based), get the gradient of the materialized definition."""
+    monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 1000)
+    monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
+    reference, hparams = REFERENCES[name]
+    attn = perturbed(build_variant(name, causal=causal, **hparams))
+    q, k, v = qkv(2, SEQ, scale=1.5)
+    mask = padding_mask(2, SEQ)
+    weights = torch.randn_like(q) * mask[:, None, :, None]
+    grads = []
+    for run in (lambda: attn(q, k, v, mask), lambda: reference(attn, q, k, v, mask, causal)):
+        attn.zero_grad()
+        (run() * weights).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in attn.named_parameters() if p.grad is not None})
+    ours, dense = grads
+    assert ours.keys() == dense.keys() and ours, f"parameters with gradients: {sorted(ours)} vs {sorted(dense)}"
+    for n in dense:
+        torch.testing.assert_close(ours[n], dense[n], atol=1e-5, rtol=1e-4, msg=lambda m, n=n: f"{n}: {m}")
+
+
 @pytest.mark.parametrize("name", list(REFERENCES))
 def test_gradcheck_in_float64(name, monkeypatch):
     monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 50)

@@ -21,8 +21,12 @@ import torch
 
 from variants._base import Attention, State
 from variants._decoding import add_to_summary, empty_summary, read_summary
-from variants._linear import FeatureFn, linear_attention
+from variants._linear import AnalyticGradients, FeatureFn, linear_attention
 from variants._recompute import recomputed
+
+
+def _sum(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return a if b is None else b if a is None else a + b
 
 
 class FeatureMapAttention(Attention):
@@ -74,6 +78,38 @@ class FeatureMapAttention(Attention):
         """
         raise NotImplementedError
 
+    def feature_vjp(self, x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """Gradient to projected rows ``x`` of their parallel features (both maps), given as ``left @ right^T``.
+
+        Override with a closed form (signed features; causally with :meth:`pair_scores_vjp` too) and the
+        backward pass runs no autograd graph per chunk (:class:`variants._linear.AnalyticGradients`).
+        """
+        raise NotImplementedError
+
+    def pair_scores_vjp(
+        self, q: torch.Tensor, k: torch.Tensor, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients to projected rows ``q`` and ``k`` of :meth:`pair_scores`, given its output's ``grad``."""
+        raise NotImplementedError
+
+    def feature_projection_vjp(
+        self, x: torch.Tensor, which: int, grad: torch.Tensor, *parameters: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
+        """Gradient of :meth:`feature_projection` to its rows and parameters, given its output's ``grad``."""
+        if parameters:
+            raise NotImplementedError(f"{type(self).__name__} learns a projection: give its feature_projection_vjp")
+        return grad, ()
+
+    def _overrides(self, method: str) -> bool:
+        return getattr(type(self), method) is not getattr(FeatureMapAttention, method)
+
+    def _analytic(self, closed_form_pairs: bool) -> bool:
+        """Whether the parallel kernel gets closed-form gradients: signed features with a feature_vjp, and
+        causally closed-form pairs with theirs."""
+        if not (self.signed_features and self._overrides("feature_vjp")):
+            return False
+        return not self.causal or (closed_form_pairs and self._overrides("pair_scores_vjp"))
+
     def feature_functions(self, seq: int | None) -> tuple[FeatureFn, FeatureFn]:
         """The query and key functions for a parallel call over ``seq`` rows, or for decoding (``None``)."""
         return self.query_feature_rows, self.key_logit_rows
@@ -111,7 +147,24 @@ class FeatureMapAttention(Attention):
                 )
                 return scores if mask is None else scores * mask[:, None, None, start:end]
 
-            closed_form = self.signed_features and type(self).pair_scores is not FeatureMapAttention.pair_scores
+            def query_vjp(x: torch.Tensor, start: int, end: int, left, right, *parameters: torch.Tensor):
+                grad = self.feature_vjp(self.feature_projection(x, 0, *parameters), left, right)
+                return self.feature_projection_vjp(x, 0, grad, *parameters)
+
+            def key_vjp(x: torch.Tensor, start: int, end: int, left, right, *parameters: torch.Tensor):
+                left = left if mask is None else left * mask[:, None, start:end, None]
+                grad = self.feature_vjp(self.feature_projection(x, 1, *parameters), left, right)
+                return self.feature_projection_vjp(x, 1, grad, *parameters)
+
+            def pair_vjp(xq: torch.Tensor, xk: torch.Tensor, start: int, end: int, grad, *parameters: torch.Tensor):
+                grad = grad if mask is None else grad * mask[:, None, None, start:end]
+                projected = self.feature_projection(xq, 0, *parameters), self.feature_projection(xk, 1, *parameters)
+                grad_q, grad_k = self.pair_scores_vjp(*projected, grad)
+                dq, q_parameters = self.feature_projection_vjp(xq, 0, grad_q, *parameters)
+                dk, k_parameters = self.feature_projection_vjp(xk, 1, grad_k, *parameters)
+                return dq, dk, tuple(_sum(a, b) for a, b in zip(q_parameters, k_parameters, strict=True))
+
+            closed_form = self.signed_features and self._overrides("pair_scores")
             out = linear_attention(
                 q,
                 k,
@@ -124,6 +177,7 @@ class FeatureMapAttention(Attention):
                 signed=self.signed_features,
                 parameters=parameters,
                 pair_scores=pairs if closed_form else None,
+                analytic=AnalyticGradients(query_vjp, key_vjp, pair_vjp) if self._analytic(closed_form) else None,
             )
         return out.to(out_dtype)
 

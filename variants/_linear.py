@@ -31,6 +31,7 @@ features underflow because a later key is large.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -40,6 +41,8 @@ TINY = 1e-30  # normalizers below this are clamped: a row whose features all und
 
 FeatureFn = Callable[..., torch.Tensor]  # (rows, start, end, *parameters) -> (B, H, rows, features)
 PairFn = Callable[..., torch.Tensor]  # (query rows, key rows, start, end, *parameters) -> (B, H, rows, rows)
+VjpFn = Callable[..., tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]]
+PairVjpFn = Callable[..., tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...]]]
 
 
 def _row_chunks(length: int, rows: int) -> list[tuple[int, int]]:
@@ -61,8 +64,30 @@ def _exp_(logits: torch.Tensor, scale: torch.Tensor, signed: bool) -> torch.Tens
     return logits if signed else logits.sub_(scale).exp_()
 
 
+@dataclass(frozen=True)
+class AnalyticGradients:
+    """Closed-form vector-Jacobian products of signed feature functions, used instead of autograd in the backward.
+
+    Autograd pulls a chunk's feature gradient back through a graph built for that chunk, then
+    ``autograd.grad``: for Based at 128 rows of 2 x 4 heads that cost 0.96 ms against 0.19 ms for its
+    features alone. The kernels hand a closed form the features' gradient as two factors,
+    ``left @ right^T`` (``left``: ``(B, H, rows, e)``, ``right``: ``(B, H, m, e)``; every feature
+    gradient of the parallel forms is that product, with the normalizer as one more column), so the
+    ``(rows, m)`` gradient need not be formed either.
+
+    ``queries``/``keys``: ``(rows, start, end, left, right, *parameters) -> (grad of the rows, grads of
+    the parameters)``, a grad ``None`` where a parameter gets none. ``pairs`` (causal, with
+    ``pair_scores``): ``(query rows, key rows, start, end, grad of the pairs, *parameters) -> (grad of the
+    query rows, of the key rows, grads of the parameters)``.
+    """
+
+    queries: VjpFn
+    keys: VjpFn
+    pairs: PairVjpFn
+
+
 class _Maps:
-    """The two feature functions with their learned parameters, and the parameters' gradients as chunks add them."""
+    """The feature functions with their learned parameters, and the parameters' gradients as chunks add them."""
 
     def __init__(
         self,
@@ -70,15 +95,16 @@ class _Maps:
         key_logits: FeatureFn,
         parameters: tuple[torch.Tensor, ...],
         pair_scores: PairFn | None = None,
+        analytic: AnalyticGradients | None = None,
     ):
         self.query_fn, self.key_fn, self.pair_fn = query_features, key_logits, pair_scores
-        self.parameters = parameters
+        self.parameters, self.analytic = parameters, analytic
         self.leaves: tuple[torch.Tensor, ...] = ()  # the parameters as leaves of each chunk's graph (backward)
         self.grads: list[torch.Tensor | None] = [None] * len(parameters)
 
     def for_backward(self) -> _Maps:
         """A copy with leaves and no gradients yet: each backward pass (a retained graph may run two) starts at zero."""
-        maps = _Maps(self.query_fn, self.key_fn, self.parameters, self.pair_fn)
+        maps = _Maps(self.query_fn, self.key_fn, self.parameters, self.pair_fn, self.analytic)
         maps.leaves = tuple(p.detach().requires_grad_(p.requires_grad) for p in self.parameters)
         return maps
 
@@ -92,6 +118,8 @@ class _Maps:
         """``(B, H, C, C)`` kernel values of one causal chunk's queries against its keys, lower triangle kept."""
         assert self.pair_fn is not None
         return self.pair_fn(q[:, :, start:end], k[:, :, start:end], start, end, *self.parameters).tril_()
+
+    # Autograd: each chunk's features as the output of a graph on a fresh leaf, pulled back with autograd.grad.
 
     def with_grad(self, fn: FeatureFn, x: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of one chunk, the chunk a fresh leaf (and the parameters) so their gradient can be pulled back."""
@@ -109,10 +137,41 @@ class _Maps:
         """Gradients of ``inputs`` (leaves) from several outputs in one backward pass; parameters' as above."""
         trainable = [i for i, p in enumerate(self.leaves) if p.requires_grad]
         pulled = torch.autograd.grad(outputs, [*inputs, *(self.leaves[i] for i in trainable)], grads, allow_unused=True)
-        for i, g in zip(trainable, pulled[len(inputs) :], strict=True):
-            if g is not None:
-                self.grads[i] = g if self.grads[i] is None else self.grads[i] + g
+        self._add(dict(zip(trainable, pulled[len(inputs) :], strict=True)))
         return list(pulled[: len(inputs)])
+
+    # Closed forms (AnalyticGradients): no graph; the features' gradient comes as two factors.
+
+    def pull_back_factored(
+        self, which: int, x: torch.Tensor, start: int, end: int, left: torch.Tensor, right: torch.Tensor
+    ) -> torch.Tensor:
+        """Gradient of query (``which=0``) or key (1) rows whose features' gradient is ``left @ right^T``."""
+        assert self.analytic is not None
+        vjp = self.analytic.keys if which else self.analytic.queries
+        rows_grad, parameter_grads = vjp(x[:, :, start:end], start, end, left, right, *self.parameters)
+        self._add(dict(enumerate(parameter_grads)))
+        return rows_grad
+
+    def pull_back_pairs(
+        self, q: torch.Tensor, k: torch.Tensor, start: int, end: int, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients of one causal chunk's query and key rows from the gradient of its pairs (lower triangle)."""
+        assert self.analytic is not None
+        dq, dk, parameter_grads = self.analytic.pairs(
+            q[:, :, start:end], k[:, :, start:end], start, end, grad, *self.parameters
+        )
+        self._add(dict(enumerate(parameter_grads)))
+        return dq, dk
+
+    def _add(self, parameter_grads: dict[int, torch.Tensor | None]) -> None:
+        for i, g in parameter_grads.items():
+            if g is not None and self.parameters[i].requires_grad:
+                self.grads[i] = g if self.grads[i] is None else self.grads[i] + g
+
+
+def _with_column(x: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
+    """``x`` with one more last column: a feature gradient ``a @ b^T + c d^T`` as one product of two factors."""
+    return torch.cat([x, column[..., None].expand(*x.shape[:-1], 1)], dim=-1)
 
 
 def _normalized(numerator: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -174,21 +233,38 @@ class _Bidirectional(torch.autograd.Function):
         maps = ctx.maps.for_backward()
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         d_context, d_norm = torch.zeros_like(context), torch.zeros_like(norm)
+        analytic = maps.analytic is not None
         for start, end in _row_chunks(q.shape[2], ctx.rows):  # queries: dq, and the gradient of the key summary
-            leaf, query_feat = maps.with_grad(maps.query_fn, q, start, end)
-            features = query_feat.detach()
+            if analytic:
+                with torch.no_grad():
+                    features = maps.queries(q[:, :, start:end], start, end)
+            else:
+                leaf, query_feat = maps.with_grad(maps.query_fn, q, start, end)
+                features = query_feat.detach()
             rows_den = den[:, :, start:end]
             out = _normalized(features @ context, rows_den)
             d_num, d_den = _normalizer_grads(grad_out[:, :, start:end], out, rows_den)
-            d_feat = d_num @ context.transpose(-2, -1) + d_den[..., None] * norm[..., None, :]
-            grad_q[:, :, start:end] = maps.pull_back(leaf, query_feat, d_feat)
+            if analytic:  # d_feat = d_num @ context^T + d_den norm^T, left as factors
+                left, right = _with_column(d_num, d_den), _with_column(context, norm)
+                grad_q[:, :, start:end] = maps.pull_back_factored(0, q, start, end, left, right)
+            else:
+                d_feat = d_num @ context.transpose(-2, -1) + d_den[..., None] * norm[..., None, :]
+                grad_q[:, :, start:end] = maps.pull_back(leaf, query_feat, d_feat)
             d_context += features.transpose(-2, -1) @ d_num
             d_norm += (features * d_den[..., None]).sum(dim=-2)
         for start, end in _row_chunks(k.shape[2], ctx.rows):  # keys: dk and dv
+            v_chunk = v[:, :, start:end]
+            if analytic:  # signed: the key features are the logits
+                with torch.no_grad():
+                    key_feat = maps.keys(k[:, :, start:end], start, end)
+                grad_v[:, :, start:end] = key_feat @ d_context
+                left, right = _with_column(v_chunk, v_chunk.new_ones(())), _with_column(d_context, d_norm)
+                grad_k[:, :, start:end] = maps.pull_back_factored(1, k, start, end, left, right)
+                continue
             leaf, logits = maps.with_grad(maps.key_fn, k, start, end)
             key_feat = _exp_(logits.detach().clone(), running, ctx.signed)
             grad_v[:, :, start:end] = key_feat @ d_context
-            d_feat = v[:, :, start:end] @ d_context.transpose(-2, -1) + d_norm[..., None, :]
+            d_feat = v_chunk @ d_context.transpose(-2, -1) + d_norm[..., None, :]
             grad_k[:, :, start:end] = maps.pull_back(leaf, logits, d_feat if ctx.signed else d_feat.mul_(key_feat))
         return grad_q, grad_k, grad_v, None, None, None, *maps.grads
 
@@ -236,21 +312,28 @@ class _Causal(torch.autograd.Function):
         def chunk_grads(start: int, end: int):
             return _normalizer_grads(grad_out[:, :, start:end], out[:, :, start:end], den[:, :, start:end])
 
+        # Closed forms (signed features with closed-form pairs): each feature gradient goes to them as two factors,
+        # and the first loop needs no query features.
+        analytic = maps.analytic is not None
         # Forward order: a chunk's queries need the summary of the keys before it (rebuilt, never stored).
         state, norm, previous = _zero_state(v, ctx.num_features)
         for number, (start, end) in enumerate(chunks):
             scale = stabilizers[..., number : number + 1]
             state, norm = _rescale(state, norm, previous, scale)
-            leaf, query_feat = maps.with_grad(maps.query_fn, q, start, end)
             with torch.no_grad():
                 key_feat = _exp_(maps.keys(k[:, :, start:end], start, end), scale, ctx.signed)
             v_chunk = v[:, :, start:end]
             d_num, d_den = chunk_grads(start, end)
-            d_feat = d_num @ state.transpose(-2, -1) + d_den[..., None] * norm[..., None, :]
-            if maps.pair_fn is None:  # else the reverse loop pulls the chunk's own pairs back to q and k at once
-                d_within = (d_num @ v_chunk.transpose(-2, -1) + d_den[..., None]).tril_()  # d(weight_ij), j <= i
-                d_feat += d_within @ key_feat
-            grad_q[:, :, start:end] = maps.pull_back(leaf, query_feat, d_feat)
+            if analytic:  # the chunk's own pairs: in the reverse loop
+                left, right = _with_column(d_num, d_den), _with_column(state, norm)
+                grad_q[:, :, start:end] = maps.pull_back_factored(0, q, start, end, left, right)
+            else:
+                leaf, query_feat = maps.with_grad(maps.query_fn, q, start, end)
+                d_feat = d_num @ state.transpose(-2, -1) + d_den[..., None] * norm[..., None, :]
+                if maps.pair_fn is None:  # else the reverse loop pulls the chunk's own pairs back to q and k at once
+                    d_within = (d_num @ v_chunk.transpose(-2, -1) + d_den[..., None]).tril_()  # d(weight_ij), j <= i
+                    d_feat += d_within @ key_feat
+                grad_q[:, :, start:end] = maps.pull_back(leaf, query_feat, d_feat)
             state += key_feat.transpose(-2, -1) @ v_chunk
             norm += key_feat.sum(dim=-2)
             previous = scale
@@ -263,30 +346,42 @@ class _Causal(torch.autograd.Function):
             if number < len(chunks) - 1:  # later chunks saw these keys relative to larger stabilizers
                 pulled, pulled_norm = _rescale(pulled, pulled_norm, scale, later)
             d_num, d_den = chunk_grads(start, end)
+            v_chunk = v[:, :, start:end]
             with torch.no_grad():
                 query_feat = maps.queries(q[:, :, start:end], start, end)
-            leaf, logits = maps.with_grad(maps.key_fn, k, start, end)
-            key_feat = _exp_(logits.detach().clone(), scale, ctx.signed)
-            v_chunk = v[:, :, start:end]
-            if maps.pair_fn is None:
-                within = (query_feat @ key_feat.transpose(-2, -1)).tril_()
-            else:  # the chunk's own pairs from q and k rows, q as a leaf too
-                query_leaf = q[:, :, start:end].detach().requires_grad_()
-                with torch.enable_grad():
-                    pairs = maps.pair_fn(query_leaf, leaf, start, end, *maps.leaves)
-                # In place: the output itself is not saved for the backward (a pair function whose last op saves
-                # it, like exp, would make autograd.grad raise, not err silently); the upper half gets no gradient.
-                within = pairs.detach().tril_()
+                if analytic:  # signed: the key features are the logits
+                    key_feat, within = maps.keys(k[:, :, start:end], start, end), maps.pairs(q, k, start, end)
+            if not analytic:
+                leaf, logits = maps.with_grad(maps.key_fn, k, start, end)
+                key_feat = _exp_(logits.detach().clone(), scale, ctx.signed)
+                if maps.pair_fn is None:
+                    within = (query_feat @ key_feat.transpose(-2, -1)).tril_()
+                else:  # the chunk's own pairs from q and k rows, q as a leaf too
+                    query_leaf = q[:, :, start:end].detach().requires_grad_()
+                    with torch.enable_grad():
+                        pairs = maps.pair_fn(query_leaf, leaf, start, end, *maps.leaves)
+                    # In place: the output itself is not saved for the backward (a pair function whose last op
+                    # saves it, like exp, would make autograd.grad raise, not err silently); the upper half gets
+                    # no gradient.
+                    within = pairs.detach().tril_()
             d_within = (d_num @ v_chunk.transpose(-2, -1) + d_den[..., None]).tril_()
             grad_v[:, :, start:end] = key_feat @ pulled + within.transpose(-2, -1) @ d_num
-            d_feat = v_chunk @ pulled.transpose(-2, -1) + pulled_norm[..., None, :]
-            if maps.pair_fn is None:
-                d_feat += d_within.transpose(-2, -1) @ query_feat
-                grad_k[:, :, start:end] = maps.pull_back(leaf, logits, d_feat if ctx.signed else d_feat.mul_(key_feat))
-            else:
-                dk, dq = maps.pull_back_all([leaf, query_leaf], [logits, pairs], [d_feat, d_within])
-                grad_k[:, :, start:end] = dk
+            if analytic:
+                left, right = _with_column(v_chunk, v_chunk.new_ones(())), _with_column(pulled, pulled_norm)
+                dq, dk = maps.pull_back_pairs(q, k, start, end, d_within)
+                grad_k[:, :, start:end] = dk + maps.pull_back_factored(1, k, start, end, left, right)
                 grad_q[:, :, start:end] += dq
+            else:
+                d_feat = v_chunk @ pulled.transpose(-2, -1) + pulled_norm[..., None, :]
+                if maps.pair_fn is None:
+                    d_feat += d_within.transpose(-2, -1) @ query_feat
+                    grad_k[:, :, start:end] = maps.pull_back(
+                        leaf, logits, d_feat if ctx.signed else d_feat.mul_(key_feat)
+                    )
+                else:
+                    dk, dq = maps.pull_back_all([leaf, query_leaf], [logits, pairs], [d_feat, d_within])
+                    grad_k[:, :, start:end] = dk
+                    grad_q[:, :, start:end] += dq
             pulled += query_feat.transpose(-2, -1) @ d_num
             pulled_norm += (query_feat * d_den[..., None]).sum(dim=-2)
             later = scale
@@ -306,6 +401,7 @@ def linear_attention(
     signed: bool = False,
     parameters: tuple[torch.Tensor, ...] = (),
     pair_scores: PairFn | None = None,
+    analytic: AnalyticGradients | None = None,
 ) -> torch.Tensor:
     """Normalized feature-map attention ``(B, H, N, Dh)`` in and out, with O(n) memory in training.
 
@@ -317,10 +413,14 @@ def linear_attention(
     tensors both functions take after ``end``; their gradients flow as q's do.
     ``pair_scores``: the causal chunk's ``phi(q) . phi(k)`` in closed form (signed
     features only: the others' key features carry a running stabilizer).
+    ``analytic``: closed-form gradients of the feature (and pair) functions, for
+    the backward pass instead of autograd on every chunk (:class:`AnalyticGradients`).
     """
     if pair_scores is not None and not signed:
         raise ValueError("pair_scores needs signed=True: unsigned key features are stabilized chunk by chunk")
-    maps = _Maps(query_features, key_logits, parameters, pair_scores if causal else None)
+    if analytic is not None and not (signed and (pair_scores is not None or not causal)):
+        raise ValueError("analytic gradients need signed=True, and causally a pair_scores too")
+    maps = _Maps(query_features, key_logits, parameters, pair_scores if causal else None, analytic)
     if causal:
         return _Causal.apply(q, k, v, maps, num_features, chunk, signed, *parameters)
     return _Bidirectional.apply(q, k, v, maps, num_features, signed, *parameters)

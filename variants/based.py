@@ -107,6 +107,28 @@ class BasedAttention(FeatureMapAttention):
         s = (q / math.sqrt(self.feature_dim)) @ k.transpose(-2, -1)
         return torch.addcmul(s + 1, s, s, value=0.5)  # autograd keeps s alone
 
+    def feature_vjp(self, x, left, right):
+        # taylor_features_square's gradient G = left @ right^T, G never formed. Its square part is
+        # s_a s_b / sqrt(2) (s = x / d^1/4), so ds_c = sum_b (G[c, b] + G[b, c]) s_b / sqrt(2)
+        #   = sum_(b, e) (s_b left_e) (R[c, b, e] + R[b, c, e]) / sqrt(2), R the square rows of right:
+        # one product over d * e columns per row instead of a (rows, 273) gradient and its autograd graph.
+        d = x.shape[-1]
+        scaled = x * d**-0.25
+        square = right[..., 1 + d :, :].unflatten(-2, (d, d))  # R: (B, H, d, d, e)
+        symmetric = (square + square.transpose(-3, -2)).transpose(-2, -1).flatten(-3, -2)  # rows (b, e), column c
+        outer = (scaled[..., :, None] * left[..., None, :]).flatten(-2)  # (B, H, rows, d * e): s_b left_e
+        d_scaled = left @ right[..., 1 : 1 + d, :].transpose(-2, -1) + (outer @ symmetric) * 0.5**0.5
+        return d_scaled * d**-0.25
+
+    def pair_scores_vjp(self, q, k, grad):
+        scaled_q = q / math.sqrt(self.feature_dim)
+        s = scaled_q @ k.transpose(-2, -1)
+        grad_s = torch.addcmul(grad, grad, s)  # d(1 + s + s^2 / 2) / ds = 1 + s
+        return (grad_s @ k) / math.sqrt(self.feature_dim), grad_s.transpose(-2, -1) @ scaled_q
+
+    def feature_projection_vjp(self, x, which, grad, weight):
+        return grad @ weight, (grad.flatten(0, -2).T @ x.flatten(0, -2),)
+
     def attend(self, q, k, v, mask):
         # The window first: autograd runs the later branch's backward first, so the linear branch's (which rebuilds
         # its features chunk by chunk) runs before the window's gradients exist: the core's peak at n = 2048 is 21
