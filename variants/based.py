@@ -12,6 +12,11 @@ Two branches over the same tokens, averaged:
   takes all of ``x x^T`` instead (273 features: fewer, larger operators), and
   the causal scan each chunk's own pairs as ``1 + s + s^2 / 2`` from the
   16-wide projections, not a 273-wide product; decoding keeps the triangle.
+  The backward pass takes the gradients of the features, the pairs and the
+  projection in closed form (:meth:`BasedAttention.feature_vjp` and the two
+  after it), not through an autograd graph per chunk: whole model at n = 2048,
+  interleaved with full in one process (Zen 4), causal 0.60-0.64x full -> 0.66-0.79x,
+  bidirectional 1.28x -> 1.55x, the same live peak.
 - **Exact sliding-window softmax** over nearby tokens, the ``local`` variant's
   blocked window (each token sees its own block of ``window`` tokens and the
   one before: between ``window`` and ``2 window - 1`` keys).
