@@ -114,16 +114,17 @@ class BasedAttention(FeatureMapAttention):
 
     def feature_vjp(self, x, left, right):
         # taylor_features_square's gradient G = left @ right^T, G never formed. Its square part is
-        # s_a s_b / sqrt(2) (s = x / d^1/4), so ds_c = sum_b (G[c, b] + G[b, c]) s_b / sqrt(2)
-        #   = sum_(b, e) (s_b left_e) (R[c, b, e] + R[b, c, e]) / sqrt(2), R the square rows of right:
+        # s_a s_b / sqrt(2) (s = x / d^1/4), so dx_c = sum_b (G[c, b] + G[b, c]) x_b / sqrt(2 d)
+        #   = sum_(b, e) (x_b left_e) (R[c, b, e] + R[b, c, e]) / sqrt(2 d), R the square rows of right:
         # one product over d * e columns per row instead of a (rows, 273) gradient and its autograd graph.
         d = x.shape[-1]
-        scaled = x * d**-0.25
         square = right[..., 1 + d :, :].unflatten(-2, (d, d))  # R: (B, H, d, d, e)
-        symmetric = (square + square.transpose(-3, -2)).transpose(-2, -1).flatten(-3, -2)  # rows (b, e), column c
-        outer = (scaled[..., :, None] * left[..., None, :]).flatten(-2)  # (B, H, rows, d * e): s_b left_e
-        d_scaled = left @ right[..., 1 : 1 + d, :].transpose(-2, -1) + (outer @ symmetric) * 0.5**0.5
-        return d_scaled * d**-0.25
+        symmetric = (square + square.transpose(-3, -2)).mul_((2 * d) ** -0.5)
+        symmetric = symmetric.transpose(-2, -1).flatten(-3, -2)  # rows (b, e), column c
+        outer = (x[..., :, None] * left[..., None, :]).flatten(-2)  # (B, H, rows, d * e): x_b left_e
+        linear = left @ right[..., 1 : 1 + d, :].transpose(-2, -1)  # the features x / d^1/4
+        grad = torch.baddbmm(linear.flatten(0, 1), outer.flatten(0, 1), symmetric.flatten(0, 1), beta=d**-0.25)
+        return grad.unflatten(0, x.shape[:2])
 
     def pair_scores_vjp(self, q, k, grad):
         scaled_q = q / math.sqrt(self.feature_dim)
