@@ -237,3 +237,22 @@ def test_closed_form_pairs_need_signed_features():
             causal=True,
             pair_scores=lambda xq, xk, start, end: xq @ xk.transpose(-2, -1),
         )
+
+
+@pytest.mark.parametrize("signed", [False, True])  # True: causal, but no pair_scores
+def test_closed_form_gradients_need_signed_features_and_causally_closed_form_pairs(signed):
+    q, k, v = qkv(1, 8)
+    features = lambda x, start, end: x  # noqa: E731
+    analytic = variants._linear.AnalyticGradients(queries=None, keys=None, pairs=None)
+    with pytest.raises(ValueError, match="analytic gradients need signed=True"):
+        variants._linear.linear_attention(
+            q,
+            k,
+            v,
+            query_features=features,
+            key_logits=features,
+            num_features=q.shape[-1],
+            causal=True,
+            signed=signed,
+            analytic=analytic,
+        )
