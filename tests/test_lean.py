@@ -117,6 +117,7 @@ def performer_dense(attn, q, k, v, mask):
 def test_performer_values_and_gradients_match_dense_weights(causal, with_mask, monkeypatch):
     monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 1000)  # several chunks in the bidirectional passes
     monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
+    monkeypatch.setattr(variants._linear, "chunks_per_group", lambda *shape: 2)  # causal: carried across groups
     torch.manual_seed(0)
     attn = build_variant("performer", causal=causal, nb_features=24, chunk_size=16).double()
     seq = 75  # chunks of 16 with a ragged end
@@ -133,6 +134,7 @@ def test_performer_values_and_gradients_match_dense_weights(causal, with_mask, m
 def test_performer_gradcheck_in_float64(causal, monkeypatch):
     monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 50)
     monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
+    monkeypatch.setattr(variants._linear, "chunks_per_group", lambda *shape: 2)  # causal: carried across groups
     torch.manual_seed(0)
     attn = build_variant("performer", causal=causal, nb_features=6, chunk_size=4, heads=1, dim_head=4).double()
     mask = torch.ones(2, 11, dtype=torch.bool)
@@ -147,6 +149,7 @@ def test_learned_feature_maps_gradcheck_in_float64_parameters_included(name, cau
     """The kernel projects q and k chunk by chunk and pulls back the projection's gradient too (no autograd copy)."""
     monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 50)
     monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
+    monkeypatch.setattr(variants._linear, "chunks_per_group", lambda *shape: 2)  # causal: carried across groups
     torch.manual_seed(0)
     extra = {"feature_dim": 3, "window": 4} if name == "based" else {}
     attn = build_variant(name, causal=causal, chunk_size=4, heads=1, dim_head=4, **extra).double()

@@ -101,6 +101,7 @@ def perturbed(attn):
 def test_matches_its_materialized_definition(name, causal, with_mask, monkeypatch):
     monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 1000)  # several chunks in the bidirectional passes
     monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
+    monkeypatch.setattr(variants._linear, "chunks_per_group", lambda *shape: 2)  # causal: carried across groups
     reference, hparams = REFERENCES[name]
     attn = perturbed(build_variant(name, causal=causal, **hparams))
     q, k, v = qkv(2, SEQ, scale=1.5)
@@ -118,6 +119,7 @@ def test_learned_maps_get_the_gradient_of_their_definition(name, causal, monkeyp
     autograd or by closed forms (Based), get the gradient of the materialized definition."""
     monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 1000)
     monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
+    monkeypatch.setattr(variants._linear, "chunks_per_group", lambda *shape: 2)  # causal: carried across groups
     reference, hparams = REFERENCES[name]
     attn = perturbed(build_variant(name, causal=causal, **hparams))
     q, k, v = qkv(2, SEQ, scale=1.5)
@@ -138,6 +140,7 @@ def test_learned_maps_get_the_gradient_of_their_definition(name, causal, monkeyp
 def test_gradcheck_in_float64(name, monkeypatch):
     monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 50)
     monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
+    monkeypatch.setattr(variants._linear, "chunks_per_group", lambda *shape: 2)  # causal: carried across groups
     hparams = {key: 4 for key in REFERENCES[name][1]}  # chunks and windows of 4
     attn = perturbed(build_variant(name, causal=True, heads=1, dim_head=4, **hparams)).double()
     mask = torch.ones(2, 11, dtype=torch.bool)
@@ -256,3 +259,28 @@ def test_closed_form_gradients_need_signed_features_and_causally_closed_form_pai
             signed=signed,
             analytic=analytic,
         )
+
+
+@pytest.mark.parametrize("per_group", [1, 2, 8])
+def test_causal_stabilizer_leaves_earlier_queries_unharmed_by_a_large_later_key(per_group, monkeypatch):
+    """Each chunk's keys are stabilized by the running maximum up to that chunk, in a group too: a key 100 nats
+    above the others, first in its chunk, must not underflow the features of the queries before it."""
+    monkeypatch.setattr(variants._linear, "chunks_per_group", lambda *shape: per_group)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 70, 8) for _ in range(3))
+    logits = torch.randn(1, 2, 70, 8)
+    logits[:, :, 56] += 100.0  # first of the 8th chunk: inside a group with earlier chunks
+
+    def rows(x, start, end):
+        return x
+
+    def key_rows(x, start, end):
+        return logits[:, :, start:end].clone()  # the kernel exponentiates them in place
+
+    out = variants._linear.linear_attention(
+        q.exp(), k, v, query_features=rows, key_logits=key_rows, num_features=8, causal=True, chunk=8
+    )
+    weights = (q.double().exp() @ logits.double().exp().transpose(-2, -1)).tril()
+    torch.testing.assert_close(
+        out, ((weights @ v.double()) / weights.sum(-1, keepdim=True)).float(), atol=1e-5, rtol=1e-5
+    )

@@ -29,6 +29,13 @@ def _sum(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
     return a if b is None else b if a is None else a + b
 
 
+def _kept(mask: torch.Tensor, start: int, end: int, rows: torch.Tensor) -> torch.Tensor:
+    """The padding mask of rows ``start:end`` shaped like ``rows``' ``(B, [H, g,] C)``: ``(B, [g,] C)``, where the
+    causal kernel hands over a group of chunks as ``(B, H, g, C, ...)``."""
+    keep = mask[:, start:end]
+    return keep.unflatten(1, rows.shape[2:4]) if rows.dim() == 5 else keep
+
+
 class FeatureMapAttention(Attention):
     """Normalized ``phi(Q) (phi(K)^T V)``: O(n m d) time, O(n d) memory, a constant decoding state.
 
@@ -145,19 +152,19 @@ class FeatureMapAttention(Attention):
                 scores = self.pair_scores(
                     self.feature_projection(xq, 0, *parameters), self.feature_projection(xk, 1, *parameters)
                 )
-                return scores if mask is None else scores * mask[:, None, None, start:end]
+                return scores if mask is None else scores * _kept(mask, start, end, xk)[:, None, ..., None, :]
 
             def query_vjp(x: torch.Tensor, start: int, end: int, left, right, *parameters: torch.Tensor):
                 grad = self.feature_vjp(self.feature_projection(x, 0, *parameters), left, right)
                 return self.feature_projection_vjp(x, 0, grad, *parameters)
 
             def key_vjp(x: torch.Tensor, start: int, end: int, left, right, *parameters: torch.Tensor):
-                left = left if mask is None else left * mask[:, None, start:end, None]
+                left = left if mask is None else left * _kept(mask, start, end, x)[:, None, ..., None]
                 grad = self.feature_vjp(self.feature_projection(x, 1, *parameters), left, right)
                 return self.feature_projection_vjp(x, 1, grad, *parameters)
 
             def pair_vjp(xq: torch.Tensor, xk: torch.Tensor, start: int, end: int, grad, *parameters: torch.Tensor):
-                grad = grad if mask is None else grad * mask[:, None, None, start:end]
+                grad = grad if mask is None else grad * _kept(mask, start, end, xk)[:, None, ..., None, :]
                 projected = self.feature_projection(xq, 0, *parameters), self.feature_projection(xk, 1, *parameters)
                 grad_q, grad_k = self.pair_scores_vjp(*projected, grad)
                 dq, q_parameters = self.feature_projection_vjp(xq, 0, grad_q, *parameters)

@@ -8,7 +8,14 @@ needs several times the memory of the inputs. :func:`linear_attention` is a
 custom autograd function that keeps only q, k, v, the row normalizers, the
 ``(m, Dh)`` key summary (and causally the output), and recomputes features
 chunk by chunk in the backward pass; the gradients of the feature maps
-themselves come from autograd on one chunk at a time.
+themselves come from autograd on one chunk at a time (or closed forms).
+
+The causal scan takes its chunks in groups (:data:`GROUP_ELEMENTS`): every
+chunk of a group at once, as batched products over a chunk dimension, each
+chunk's view of the earlier chunks' summaries as one product with a small
+``(g, g)`` matrix, and a summary carried across groups in a loop. A loop over
+single chunks ran ~40 small operators per chunk and was bound by their
+overhead, not by its FLOPs.
 
 Feature maps are given as two functions of a chunk of rows (and of the
 learned ``parameters`` they read, passed after ``end``: their gradients are
@@ -37,6 +44,7 @@ import torch
 
 CHUNK_ELEMENTS = 2**17  # feature-matrix elements per chunk in the bidirectional passes (0.5 MiB in fp32) ...
 MIN_ROWS = 256  # ... but at least this many rows: performer's 256 features in chunks of 64 rows trained 25% slower
+GROUP_ELEMENTS = 2**21  # elements a group of causal chunks holds at once in the backward pass (8 MiB in fp32)
 TINY = 1e-30  # normalizers below this are clamped: a row whose features all underflowed gives zeros
 
 FeatureFn = Callable[..., torch.Tensor]  # (rows, start, end, *parameters) -> (B, H, rows, features)
@@ -114,16 +122,16 @@ class _Maps:
     def keys(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
         return self.key_fn(x, start, end, *self.parameters)
 
-    def pairs(self, q: torch.Tensor, k: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        """``(B, H, C, C)`` kernel values of one causal chunk's queries against its keys, lower triangle kept."""
+    def pairs(self, q_rows: torch.Tensor, k_rows: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """``(B, H, g, C, C)`` kernel values of each causal chunk's queries against its keys, lower triangle kept."""
         assert self.pair_fn is not None
-        return self.pair_fn(q[:, :, start:end], k[:, :, start:end], start, end, *self.parameters).tril_()
+        return self.pair_fn(q_rows, k_rows, start, end, *self.parameters).tril_()
 
     # Autograd: each chunk's features as the output of a graph on a fresh leaf, pulled back with autograd.grad.
 
-    def with_grad(self, fn: FeatureFn, x: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features of one chunk, the chunk a fresh leaf (and the parameters) so their gradient can be pulled back."""
-        leaf = x[:, :, start:end].detach().requires_grad_()
+    def with_grad(self, fn: FeatureFn, rows: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of some rows, the rows a fresh leaf (and the parameters) so their gradient can be pulled back."""
+        leaf = rows.detach().requires_grad_()
         with torch.enable_grad():
             return leaf, fn(leaf, start, end, *self.leaves)
 
@@ -143,23 +151,21 @@ class _Maps:
     # Closed forms (AnalyticGradients): no graph; the features' gradient comes as two factors.
 
     def pull_back_factored(
-        self, which: int, x: torch.Tensor, start: int, end: int, left: torch.Tensor, right: torch.Tensor
+        self, which: int, rows: torch.Tensor, start: int, end: int, left: torch.Tensor, right: torch.Tensor
     ) -> torch.Tensor:
         """Gradient of query (``which=0``) or key (1) rows whose features' gradient is ``left @ right^T``."""
         assert self.analytic is not None
         vjp = self.analytic.keys if which else self.analytic.queries
-        rows_grad, parameter_grads = vjp(x[:, :, start:end], start, end, left, right, *self.parameters)
+        rows_grad, parameter_grads = vjp(rows, start, end, left, right, *self.parameters)
         self._add(dict(enumerate(parameter_grads)))
         return rows_grad
 
     def pull_back_pairs(
-        self, q: torch.Tensor, k: torch.Tensor, start: int, end: int, grad: torch.Tensor
+        self, q_rows: torch.Tensor, k_rows: torch.Tensor, start: int, end: int, grad: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradients of one causal chunk's query and key rows from the gradient of its pairs (lower triangle)."""
+        """Gradients of causal chunks' query and key rows from the gradient of their pairs (lower triangle)."""
         assert self.analytic is not None
-        dq, dk, parameter_grads = self.analytic.pairs(
-            q[:, :, start:end], k[:, :, start:end], start, end, grad, *self.parameters
-        )
+        dq, dk, parameter_grads = self.analytic.pairs(q_rows, k_rows, start, end, grad, *self.parameters)
         self._add(dict(enumerate(parameter_grads)))
         return dq, dk
 
@@ -172,6 +178,14 @@ class _Maps:
 def _with_column(x: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
     """``x`` with one more last column: a feature gradient ``a @ b^T + c d^T`` as one product of two factors."""
     return torch.cat([x, column[..., None].expand(*x.shape[:-1], 1)], dim=-1)
+
+
+def _add_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``out += a @ b^T`` in place, with no ``out``-sized temporary (``out`` a fresh, contiguous ``(..., r, m)``)."""
+    if not out.is_contiguous():
+        return out.add_(a @ b.transpose(-2, -1))
+    out.flatten(0, -3).baddbmm_(a.flatten(0, -3), b.flatten(0, -3).transpose(-2, -1))
+    return out
 
 
 def _normalized(numerator: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -239,14 +253,14 @@ class _Bidirectional(torch.autograd.Function):
                 with torch.no_grad():
                     features = maps.queries(q[:, :, start:end], start, end)
             else:
-                leaf, query_feat = maps.with_grad(maps.query_fn, q, start, end)
+                leaf, query_feat = maps.with_grad(maps.query_fn, q[:, :, start:end], start, end)
                 features = query_feat.detach()
             rows_den = den[:, :, start:end]
             out = _normalized(features @ context, rows_den)
             d_num, d_den = _normalizer_grads(grad_out[:, :, start:end], out, rows_den)
             if analytic:  # d_feat = d_num @ context^T + d_den norm^T, left as factors
                 left, right = _with_column(d_num, d_den), _with_column(context, norm)
-                grad_q[:, :, start:end] = maps.pull_back_factored(0, q, start, end, left, right)
+                grad_q[:, :, start:end] = maps.pull_back_factored(0, q[:, :, start:end], start, end, left, right)
             else:
                 d_feat = d_num @ context.transpose(-2, -1) + d_den[..., None] * norm[..., None, :]
                 grad_q[:, :, start:end] = maps.pull_back(leaf, query_feat, d_feat)
@@ -259,9 +273,9 @@ class _Bidirectional(torch.autograd.Function):
                     key_feat = maps.keys(k[:, :, start:end], start, end)
                 grad_v[:, :, start:end] = key_feat @ d_context
                 left, right = _with_column(v_chunk, v_chunk.new_ones(())), _with_column(d_context, d_norm)
-                grad_k[:, :, start:end] = maps.pull_back_factored(1, k, start, end, left, right)
+                grad_k[:, :, start:end] = maps.pull_back_factored(1, k[:, :, start:end], start, end, left, right)
                 continue
-            leaf, logits = maps.with_grad(maps.key_fn, k, start, end)
+            leaf, logits = maps.with_grad(maps.key_fn, k[:, :, start:end], start, end)
             key_feat = _exp_(logits.detach().clone(), running, ctx.signed)
             grad_v[:, :, start:end] = key_feat @ d_context
             d_feat = v_chunk @ d_context.transpose(-2, -1) + d_norm[..., None, :]
@@ -269,123 +283,210 @@ class _Bidirectional(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None, None, None, *maps.grads
 
 
+def _groups(length: int, chunk: int, per_group: int) -> list[tuple[int, int, int, int]]:
+    """``(start, end, chunks, rows per chunk)`` of each group of the causal scan: ``per_group`` whole chunks at a
+    time, and a last chunk shorter than ``chunk`` as a group of its own."""
+    whole = length // chunk * chunk
+    step = per_group * chunk
+    groups = [(start, min(start + step, whole)) for start in range(0, whole, step)]
+    groups = [(start, end, (end - start) // chunk, chunk) for start, end in groups]
+    return groups + ([(whole, length, 1, length - whole)] if whole < length else [])
+
+
+def chunks_per_group(batch: int, heads: int, chunk: int, num_features: int, closed_form: bool) -> int:
+    """How many causal chunks one group takes: as many as :data:`GROUP_ELEMENTS` allow of what the backward pass
+    holds at once per group: a few ``(rows, m)`` tensors (two with closed-form gradients, three through autograd:
+    features, the graph's saved copy, their gradient) and two ``(C, C)`` blocks per chunk."""
+    live = 2 if closed_form else 3
+    return max(1, GROUP_ELEMENTS // (batch * heads * chunk * (live * num_features + 2 * chunk)))
+
+
+def _split(rows: torch.Tensor, chunks: int, size: int) -> torch.Tensor:
+    """``(B, H, chunks * size, ...)`` rows of a group as ``(B, H, chunks, size, ...)``: every chunk at once."""
+    return rows.unflatten(2, (chunks, size))
+
+
+def _chunk_scales(logits: torch.Tensor, running: torch.Tensor, signed: bool) -> torch.Tensor:
+    """``(B, H, g)``: the key stabilizer each chunk of a group uses, the running maximum over the chunks so far."""
+    if signed:
+        return logits.new_zeros(logits.shape[:3])
+    chunk_max = logits.detach().amax(dim=(-2, -1)).clamp_min(torch.finfo(logits.dtype).min)
+    return torch.maximum(running[..., None], chunk_max.cummax(dim=-1).values)
+
+
+def _earlier_weights(scales: torch.Tensor) -> torch.Tensor:
+    """``(B, H, g, g)``: entry ``(c, c')`` rescales chunk ``c'``'s summary to chunk ``c``'s stabilizer where
+    ``c' < c`` (``exp(scale_c' - scale_c) <= 1``), zero elsewhere; the transpose does so for later chunks."""
+    return (scales[..., None, :] - scales[..., :, None]).tril_(-1).exp_().tril_(-1)
+
+
+def _prefixes(
+    carried: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    summary: torch.Tensor,
+    summary_norm: torch.Tensor,
+    scales: torch.Tensor,
+    weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each chunk of a group sees of the others (``weights``: which, rescaled) and of the summary ``carried``
+    over from the groups before or after it (with the stabilizer it is relative to): ``(B, H, g, m, Dh)``, ``(B, H,
+    g, m)``, each relative to its chunk's stabilizer. One product with a ``(g, g)`` matrix, not a loop."""
+    seen = (weights @ summary.flatten(-2)).unflatten(-1, summary.shape[-2:])
+    seen_norm = weights @ summary_norm
+    if carried is not None:
+        state, norm, scale = carried
+        decay = torch.exp(-(scales - scale[..., None]).abs())  # carried towards each chunk's (larger) stabilizer
+        seen += decay[..., None, None] * state[:, :, None]
+        seen_norm += decay[..., None] * norm[:, :, None]
+    return seen, seen_norm
+
+
+def _carried(
+    seen: torch.Tensor, seen_norm: torch.Tensor, summary: torch.Tensor, summary_norm: torch.Tensor, scales, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The summary including chunk ``chunk`` of a group (its last going forward, its first going back), with the
+    stabilizer it is relative to: what the next group takes as ``carried``."""
+    return (
+        seen[:, :, chunk] + summary[:, :, chunk],
+        seen_norm[:, :, chunk] + summary_norm[:, :, chunk],
+        scales[..., chunk],
+    )
+
+
 class _Causal(torch.autograd.Function):
+    """Chunks of ``chunk`` rows, in groups: inside a group every chunk at once (batched products, each chunk's view
+    of the earlier ones as one ``(g, g)`` product), across groups a summary carried in a loop. Groups hold at most
+    :data:`GROUP_ELEMENTS` feature and pair elements, so memory stays O(n) at any length."""
+
     @staticmethod
-    def forward(ctx, q, k, v, maps: _Maps, num_features: int, chunk: int, signed: bool, *parameters):
-        seq = v.shape[2]
+    def forward(ctx, q, k, v, maps: _Maps, num_features: int, chunk: int, per_group: int, signed: bool, *parameters):
+        batch, heads, seq, _ = v.shape
         out = torch.empty_like(v)
         den = v.new_empty(v.shape[:3])
-        chunks = _row_chunks(seq, chunk)
-        stabilizers = v.new_empty(*v.shape[:2], 1, len(chunks))  # the key stabilizer each query chunk used
+        stabilizers = v.new_empty(batch, heads, -(-seq // chunk))  # the key stabilizer each query chunk used
         with torch.no_grad():
-            state, norm, running = _zero_state(v, num_features)
-            for number, (start, end) in enumerate(chunks):
-                query_feat = maps.queries(q[:, :, start:end], start, end)
-                logits = maps.keys(k[:, :, start:end], start, end)
-                new_running = torch.maximum(running, _stabilizer(logits, signed))
-                state, norm = _rescale(state, norm, running, new_running)
-                running = stabilizers[..., number : number + 1] = new_running
-                key_feat = _exp_(logits, running, signed)
-                v_chunk = v[:, :, start:end]
-                if maps.pair_fn is None:  # (B, H, C, C): causal inside the chunk
+            carried, running = None, v.new_full((batch, heads), torch.finfo(v.dtype).min)
+            for start, end, chunks, size in _groups(seq, chunk, per_group):
+                first = start // chunk
+                query_feat = _split(maps.queries(q[:, :, start:end], start, end), chunks, size)
+                logits = _split(maps.keys(k[:, :, start:end], start, end), chunks, size)
+                scales = stabilizers[..., first : first + chunks] = _chunk_scales(logits, running, signed)
+                key_feat = _exp_(logits, scales[..., None, None], signed)
+                v_rows = _split(v[:, :, start:end], chunks, size)
+                summary, summary_norm = key_feat.transpose(-2, -1) @ v_rows, key_feat.sum(dim=-2)
+                seen, seen_norm = _prefixes(carried, summary, summary_norm, scales, _earlier_weights(scales))
+                if maps.pair_fn is None:  # (B, H, g, C, C): causal inside each chunk
                     within = (query_feat @ key_feat.transpose(-2, -1)).tril_()
                 else:
-                    within = maps.pairs(q, k, start, end)
-                den[:, :, start:end] = (query_feat @ norm[..., None]).squeeze(-1) + within.sum(dim=-1)
-                out[:, :, start:end] = _normalized(query_feat @ state + within @ v_chunk, den[:, :, start:end])
-                state += key_feat.transpose(-2, -1) @ v_chunk
-                norm += key_feat.sum(dim=-2)
+                    q_rows, k_rows = (_split(t[:, :, start:end], chunks, size) for t in (q, k))
+                    within = maps.pairs(q_rows, k_rows, start, end)
+                rows_den = (query_feat @ seen_norm[..., None]).squeeze(-1) + within.sum(dim=-1)
+                den[:, :, start:end] = rows_den.flatten(2)
+                out[:, :, start:end] = _normalized(query_feat @ seen + within @ v_rows, rows_den).flatten(2, 3)
+                running = scales[..., -1]
+                carried = _carried(seen, seen_norm, summary, summary_norm, scales, -1)
         # Keeps out: rebuilding it costs the first backward pass two (C, m) products per chunk, 10% of performer's
         # causal training step, for one q-sized tensor per layer.
         ctx.save_for_backward(q, k, v, out, den, stabilizers)
         ctx.maps = maps
-        ctx.num_features, ctx.chunk, ctx.signed = num_features, chunk, signed
+        ctx.chunk, ctx.per_group, ctx.signed = chunk, per_group, signed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, den, stabilizers = ctx.saved_tensors
         maps = ctx.maps.for_backward()
-        chunks = _row_chunks(v.shape[2], ctx.chunk)
+        groups = _groups(v.shape[2], ctx.chunk, ctx.per_group)
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
-        def chunk_grads(start: int, end: int):
-            return _normalizer_grads(grad_out[:, :, start:end], out[:, :, start:end], den[:, :, start:end])
+        def group_grads(start: int, end: int, chunks: int, size: int):
+            d_num, d_den = _normalizer_grads(grad_out[:, :, start:end], out[:, :, start:end], den[:, :, start:end])
+            return _split(d_num, chunks, size), _split(d_den, chunks, size)
 
         # Closed forms (signed features with closed-form pairs): each feature gradient goes to them as two factors,
         # and the first loop needs no query features.
         analytic = maps.analytic is not None
         # Forward order: a chunk's queries need the summary of the keys before it (rebuilt, never stored).
-        state, norm, previous = _zero_state(v, ctx.num_features)
-        for number, (start, end) in enumerate(chunks):
-            scale = stabilizers[..., number : number + 1]
-            state, norm = _rescale(state, norm, previous, scale)
+        carried = None
+        for start, end, chunks, size in groups:
+            scales = stabilizers[..., start // ctx.chunk : start // ctx.chunk + chunks]
             with torch.no_grad():
-                key_feat = _exp_(maps.keys(k[:, :, start:end], start, end), scale, ctx.signed)
-            v_chunk = v[:, :, start:end]
-            d_num, d_den = chunk_grads(start, end)
-            if analytic:  # the chunk's own pairs: in the reverse loop
-                left, right = _with_column(d_num, d_den), _with_column(state, norm)
-                grad_q[:, :, start:end] = maps.pull_back_factored(0, q, start, end, left, right)
+                logits = _split(maps.keys(k[:, :, start:end], start, end), chunks, size)
+                key_feat = _exp_(logits, scales[..., None, None], ctx.signed)
+            v_rows = _split(v[:, :, start:end], chunks, size)
+            summary, summary_norm = key_feat.transpose(-2, -1) @ v_rows, key_feat.sum(dim=-2)
+            seen, seen_norm = _prefixes(carried, summary, summary_norm, scales, _earlier_weights(scales))
+            carried = _carried(seen, seen_norm, summary, summary_norm, scales, -1)
+            d_num, d_den = group_grads(start, end, chunks, size)
+            if analytic:  # the chunks' own pairs: in the reverse loop
+                del logits, key_feat
+                left, right = _with_column(d_num, d_den), _with_column(seen, seen_norm)
+                q_rows = _split(q[:, :, start:end], chunks, size)
+                grad_q[:, :, start:end] = maps.pull_back_factored(0, q_rows, start, end, left, right).flatten(2, 3)
             else:
-                leaf, query_feat = maps.with_grad(maps.query_fn, q, start, end)
-                d_feat = d_num @ state.transpose(-2, -1) + d_den[..., None] * norm[..., None, :]
-                if maps.pair_fn is None:  # else the reverse loop pulls the chunk's own pairs back to q and k at once
-                    d_within = (d_num @ v_chunk.transpose(-2, -1) + d_den[..., None]).tril_()  # d(weight_ij), j <= i
-                    d_feat += d_within @ key_feat
-                grad_q[:, :, start:end] = maps.pull_back(leaf, query_feat, d_feat)
-            state += key_feat.transpose(-2, -1) @ v_chunk
-            norm += key_feat.sum(dim=-2)
-            previous = scale
-        # Reverse order: a chunk's keys need what the queries of this and later chunks pulled from them.
-        pulled, pulled_norm, _ = _zero_state(v, ctx.num_features)
-        later = None
-        for number in reversed(range(len(chunks))):
-            start, end = chunks[number]
-            scale = stabilizers[..., number : number + 1]
-            if number < len(chunks) - 1:  # later chunks saw these keys relative to larger stabilizers
-                pulled, pulled_norm = _rescale(pulled, pulled_norm, scale, later)
-            d_num, d_den = chunk_grads(start, end)
-            v_chunk = v[:, :, start:end]
-            with torch.no_grad():
-                query_feat = maps.queries(q[:, :, start:end], start, end)
-                if analytic:  # signed: the key features are the logits
-                    key_feat, within = maps.keys(k[:, :, start:end], start, end), maps.pairs(q, k, start, end)
-            if not analytic:
-                leaf, logits = maps.with_grad(maps.key_fn, k, start, end)
-                key_feat = _exp_(logits.detach().clone(), scale, ctx.signed)
-                if maps.pair_fn is None:
-                    within = (query_feat @ key_feat.transpose(-2, -1)).tril_()
-                else:  # the chunk's own pairs from q and k rows, q as a leaf too
-                    query_leaf = q[:, :, start:end].detach().requires_grad_()
-                    with torch.enable_grad():
-                        pairs = maps.pair_fn(query_leaf, leaf, start, end, *maps.leaves)
-                    # In place: the output itself is not saved for the backward (a pair function whose last op
-                    # saves it, like exp, would make autograd.grad raise, not err silently); the upper half gets
-                    # no gradient.
-                    within = pairs.detach().tril_()
-            d_within = (d_num @ v_chunk.transpose(-2, -1) + d_den[..., None]).tril_()
-            grad_v[:, :, start:end] = key_feat @ pulled + within.transpose(-2, -1) @ d_num
-            if analytic:
-                left, right = _with_column(v_chunk, v_chunk.new_ones(())), _with_column(pulled, pulled_norm)
-                dq, dk = maps.pull_back_pairs(q, k, start, end, d_within)
-                grad_k[:, :, start:end] = dk + maps.pull_back_factored(1, k, start, end, left, right)
-                grad_q[:, :, start:end] += dq
-            else:
-                d_feat = v_chunk @ pulled.transpose(-2, -1) + pulled_norm[..., None, :]
-                if maps.pair_fn is None:
-                    d_feat += d_within.transpose(-2, -1) @ query_feat
-                    grad_k[:, :, start:end] = maps.pull_back(
-                        leaf, logits, d_feat if ctx.signed else d_feat.mul_(key_feat)
-                    )
+                left, right = _with_column(d_num, d_den), _with_column(seen, seen_norm)
+                if maps.pair_fn is None:  # else the reverse loop pulls the chunks' own pairs back to q and k at once
+                    d_within = (d_num @ v_rows.transpose(-2, -1) + d_den[..., None]).tril_()  # d(weight_ij), j <= i
+                    d_feat = _add_product(d_within @ key_feat, left, right)
                 else:
-                    dk, dq = maps.pull_back_all([leaf, query_leaf], [logits, pairs], [d_feat, d_within])
-                    grad_k[:, :, start:end] = dk
-                    grad_q[:, :, start:end] += dq
-            pulled += query_feat.transpose(-2, -1) @ d_num
-            pulled_norm += (query_feat * d_den[..., None]).sum(dim=-2)
-            later = scale
-        return grad_q, grad_k, grad_v, None, None, None, None, *maps.grads
+                    d_feat = left @ right.transpose(-2, -1)
+                del logits, key_feat
+                leaf, query_feat = maps.with_grad(maps.query_fn, q[:, :, start:end], start, end)
+                grad_q[:, :, start:end] = maps.pull_back(leaf, query_feat, d_feat.flatten(2, 3))
+        # Reverse order: a chunk's keys need what the queries of this and later chunks pulled from them. Ordered
+        # so that few (rows, m) tensors are alive at once: a group's are the kernel's largest.
+        carried = None
+        for start, end, chunks, size in reversed(groups):
+            scales = stabilizers[..., start // ctx.chunk : start // ctx.chunk + chunks]
+            d_num, d_den = group_grads(start, end, chunks, size)
+            v_rows = _split(v[:, :, start:end], chunks, size)
+            q_rows, k_rows = (_split(t[:, :, start:end], chunks, size) for t in (q, k))
+            with torch.no_grad():
+                query_feat = _split(maps.queries(q[:, :, start:end], start, end), chunks, size)
+            # What the queries of the later chunks pulled from these keys, each relative to its chunk's stabilizer.
+            summary = query_feat.transpose(-2, -1) @ d_num
+            summary_norm = (d_den[..., None, :] @ query_feat).squeeze(-2)
+            later_weights = _earlier_weights(scales).transpose(-2, -1)
+            pulled, pulled_norm = _prefixes(carried, summary, summary_norm, scales, later_weights)
+            carried = _carried(pulled, pulled_norm, summary, summary_norm, scales, 0)
+            d_within = (d_num @ v_rows.transpose(-2, -1) + d_den[..., None]).tril_()
+            if analytic:  # signed: the key features are the logits
+                del query_feat
+                with torch.no_grad():
+                    rows_grad_v = _split(maps.keys(k[:, :, start:end], start, end), chunks, size) @ pulled
+                    rows_grad_v += maps.pairs(q_rows, k_rows, start, end).transpose(-2, -1) @ d_num
+                grad_v[:, :, start:end] = rows_grad_v.flatten(2, 3)
+                left, right = _with_column(v_rows, v_rows.new_ones(())), _with_column(pulled, pulled_norm)
+                dq, dk = maps.pull_back_pairs(q_rows, k_rows, start, end, d_within)
+                dk = dk + maps.pull_back_factored(1, k_rows, start, end, left, right)
+                grad_k[:, :, start:end] = dk.flatten(2, 3)
+                grad_q[:, :, start:end] += dq.flatten(2, 3)
+                continue
+            leaf, logits = maps.with_grad(maps.key_fn, k[:, :, start:end], start, end)
+            key_feat = _exp_(_split(logits.detach().clone(), chunks, size), scales[..., None, None], ctx.signed)
+            if maps.pair_fn is None:
+                within = (query_feat @ key_feat.transpose(-2, -1)).tril_()
+            else:  # the chunks' own pairs from q and k rows, q as a leaf too
+                query_leaf = q_rows.detach().requires_grad_()
+                with torch.enable_grad():
+                    pairs = maps.pair_fn(query_leaf, _split(leaf, chunks, size), start, end, *maps.leaves)
+                # In place: the output itself is not saved for the backward (a pair function whose last op
+                # saves it, like exp, would make autograd.grad raise, not err silently); the upper half gets
+                # no gradient.
+                within = pairs.detach().tril_()
+            grad_v[:, :, start:end] = (key_feat @ pulled + within.transpose(-2, -1) @ d_num).flatten(2, 3)
+            del within
+            if maps.pair_fn is None:
+                d_feat = d_within.transpose(-2, -1) @ query_feat
+                del query_feat
+                _add_product(d_feat, v_rows, pulled).add_(pulled_norm[..., None, :])
+                d_logits = d_feat if ctx.signed else d_feat.mul_(key_feat)
+                grad_k[:, :, start:end] = maps.pull_back(leaf, logits, d_logits.flatten(2, 3))
+            else:
+                d_feat = v_rows @ pulled.transpose(-2, -1) + pulled_norm[..., None, :]
+                dk, dq = maps.pull_back_all([leaf, query_leaf], [logits, pairs], [d_feat.flatten(2, 3), d_within])
+                grad_k[:, :, start:end] = dk
+                grad_q[:, :, start:end] += dq.flatten(2, 3)
+        return grad_q, grad_k, grad_v, None, None, None, None, None, *maps.grads
 
 
 def linear_attention(
@@ -422,5 +523,6 @@ def linear_attention(
         raise ValueError("analytic gradients need signed=True, and causally a pair_scores too")
     maps = _Maps(query_features, key_logits, parameters, pair_scores if causal else None, analytic)
     if causal:
-        return _Causal.apply(q, k, v, maps, num_features, chunk, signed, *parameters)
+        per_group = chunks_per_group(*v.shape[:2], chunk, num_features, analytic is not None)
+        return _Causal.apply(q, k, v, maps, num_features, chunk, per_group, signed, *parameters)
     return _Bidirectional.apply(q, k, v, maps, num_features, signed, *parameters)

@@ -123,8 +123,9 @@ class BasedAttention(FeatureMapAttention):
         symmetric = symmetric.transpose(-2, -1).flatten(-3, -2)  # rows (b, e), column c
         outer = (x[..., :, None] * left[..., None, :]).flatten(-2)  # (B, H, rows, d * e): x_b left_e
         linear = left @ right[..., 1 : 1 + d, :].transpose(-2, -1)  # the features x / d^1/4
-        grad = torch.baddbmm(linear.flatten(0, 1), outer.flatten(0, 1), symmetric.flatten(0, 1), beta=d**-0.25)
-        return grad.unflatten(0, x.shape[:2])
+        batch = x.shape[:-2]  # (B, H), or (B, H, g) for a group of causal chunks
+        grad = torch.baddbmm(linear.flatten(0, -3), outer.flatten(0, -3), symmetric.flatten(0, -3), beta=d**-0.25)
+        return grad.unflatten(0, batch)
 
     def pair_scores_vjp(self, q, k, grad):
         scaled_q = q / math.sqrt(self.feature_dim)
