@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 import variants
-from variants._feature_map import FeatureMapAttention
+from variants._feature_map import CAUSAL_CHUNK, FeatureMapAttention
 from variants.local import LocalAttention
 
 WINDOW = "window."  # prefix of the window branch's entries in the decoding state
@@ -76,7 +76,7 @@ class BasedAttention(FeatureMapAttention):
     family = "kernel"
     signed_features = True
 
-    def __init__(self, *, feature_dim: int = 16, window: int = 64, chunk_size: int = 128, **common) -> None:
+    def __init__(self, *, feature_dim: int = 16, window: int = 64, chunk_size: int = CAUSAL_CHUNK, **common) -> None:
         super().__init__(**common)
         variants.check_range("feature_dim", feature_dim, low=1)
         variants.check_range("chunk_size", chunk_size, low=1)

@@ -21,7 +21,7 @@ import math
 import torch
 
 import variants
-from variants._feature_map import FeatureMapAttention
+from variants._feature_map import CAUSAL_CHUNK, FeatureMapAttention
 
 
 def reweighting(start: int, end: int, horizon: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +55,7 @@ class CosformerAttention(FeatureMapAttention):
     family = "kernel"
     needs_max_seq_len = True  # the causal horizon M
 
-    def __init__(self, *, chunk_size: int = 128, **common) -> None:
+    def __init__(self, *, chunk_size: int = CAUSAL_CHUNK, **common) -> None:
         super().__init__(**common)
         variants.check_range("chunk_size", chunk_size, low=1)
         self.chunk_size = chunk_size

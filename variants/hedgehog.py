@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import variants
-from variants._feature_map import FeatureMapAttention
+from variants._feature_map import CAUSAL_CHUNK, FeatureMapAttention
 
 
 @variants.register("hedgehog")
@@ -28,7 +28,7 @@ class HedgehogAttention(FeatureMapAttention):
     family = "kernel"
     supports_cross = True  # position-free learned features: queries over keys of another length
 
-    def __init__(self, *, chunk_size: int = 128, **common) -> None:
+    def __init__(self, *, chunk_size: int = CAUSAL_CHUNK, **common) -> None:
         super().__init__(**common)
         variants.check_range("chunk_size", chunk_size, low=1)
         self.chunk_size = chunk_size

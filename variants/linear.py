@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import variants
-from variants._feature_map import FeatureMapAttention
+from variants._feature_map import CAUSAL_CHUNK, FeatureMapAttention
 
 
 def elu_features(x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,7 @@ class LinearAttention(FeatureMapAttention):
     family = "kernel"
     supports_cross = True  # position-free features: queries over keys of another length
 
-    def __init__(self, *, chunk_size: int = 128, **common) -> None:
+    def __init__(self, *, chunk_size: int = CAUSAL_CHUNK, **common) -> None:
         super().__init__(**common)
         variants.check_range("chunk_size", chunk_size, low=1)
         self.chunk_size = chunk_size
