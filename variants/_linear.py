@@ -44,7 +44,9 @@ import torch
 
 CHUNK_ELEMENTS = 2**17  # feature-matrix elements per chunk in the bidirectional passes (0.5 MiB in fp32) ...
 MIN_ROWS = 256  # ... but at least this many rows: performer's 256 features in chunks of 64 rows trained 25% slower
-GROUP_ELEMENTS = 2**21  # elements a group of causal chunks holds at once in the backward pass (8 MiB in fp32)
+GROUP_ELEMENTS = 2**21  # elements a group of causal chunks holds at once in the backward pass (8 MiB in fp32) ...
+GROUP_INPUTS = 8  # ... and at most this many q-sized tensors: at n = 384 a group of 8 MiB took causal performer's
+# whole-model peak from 1.15x to 1.63x full's
 TINY = 1e-30  # normalizers below this are clamped: a row whose features all underflowed gives zeros
 
 FeatureFn = Callable[..., torch.Tensor]  # (rows, start, end, *parameters) -> (B, H, rows, features)
@@ -293,12 +295,16 @@ def _groups(length: int, chunk: int, per_group: int) -> list[tuple[int, int, int
     return groups + ([(whole, length, 1, length - whole)] if whole < length else [])
 
 
-def chunks_per_group(batch: int, heads: int, chunk: int, num_features: int, closed_form: bool) -> int:
-    """How many causal chunks one group takes: as many as :data:`GROUP_ELEMENTS` allow of what the backward pass
-    holds at once per group: a few ``(rows, m)`` tensors (two with closed-form gradients, three through autograd:
-    features, the graph's saved copy, their gradient) and two ``(C, C)`` blocks per chunk."""
+def chunks_per_group(
+    batch: int, heads: int, length: int, dim: int, chunk: int, num_features: int, closed_form: bool
+) -> int:
+    """How many causal chunks one group takes: as many as fit in what the backward pass holds at once per group,
+    a few ``(rows, m)`` tensors (two with closed-form gradients, three through autograd: features, the graph's
+    saved copy, their gradient) and two ``(C, C)`` blocks per chunk, within :data:`GROUP_ELEMENTS` and
+    :data:`GROUP_INPUTS` q-sized tensors."""
     live = 2 if closed_form else 3
-    return max(1, GROUP_ELEMENTS // (batch * heads * chunk * (live * num_features + 2 * chunk)))
+    budget = min(GROUP_ELEMENTS, GROUP_INPUTS * batch * heads * length * dim)
+    return max(1, budget // (batch * heads * chunk * (live * num_features + 2 * chunk)))
 
 
 def _split(rows: torch.Tensor, chunks: int, size: int) -> torch.Tensor:
@@ -523,6 +529,6 @@ def linear_attention(
         raise ValueError("analytic gradients need signed=True, and causally a pair_scores too")
     maps = _Maps(query_features, key_logits, parameters, pair_scores if causal else None, analytic)
     if causal:
-        per_group = chunks_per_group(*v.shape[:2], chunk, num_features, analytic is not None)
+        per_group = chunks_per_group(*v.shape, chunk, num_features, analytic is not None)
         return _Causal.apply(q, k, v, maps, num_features, chunk, per_group, signed, *parameters)
     return _Bidirectional.apply(q, k, v, maps, num_features, signed, *parameters)
