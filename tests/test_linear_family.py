@@ -226,38 +226,30 @@ def test_based_triangle_and_square_features_give_the_same_taylor_kernel():
     torch.testing.assert_close(taylor_features_square(x) @ taylor_features_square(y).T, expected)
 
 
-def test_closed_form_pairs_need_signed_features():
+REFUSED = {  # the kernel's refusals: (what the message must say, the arguments that earn it)
+    "closed-form pairs without signed features": (
+        "signed=True",
+        {"pair_scores": lambda xq, xk, start, end: xq @ xk.transpose(-2, -1)},
+    ),
+    "closed-form gradients without signed features": (
+        "analytic gradients need signed=True",
+        {"signed": False, "analytic": variants._linear.AnalyticGradients(queries=None, keys=None, pairs=None)},
+    ),
+    "closed-form gradients, causal, without closed-form pairs": (
+        "analytic gradients need signed=True",
+        {"signed": True, "analytic": variants._linear.AnalyticGradients(queries=None, keys=None, pairs=None)},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_kernel_refuses_closed_forms_it_cannot_use(case):
+    message, arguments = REFUSED[case]
     q, k, v = qkv(1, 8)
     features = lambda x, start, end: x.exp()  # noqa: E731
-    with pytest.raises(ValueError, match="signed=True"):
+    with pytest.raises(ValueError, match=message):
         variants._linear.linear_attention(
-            q,
-            k,
-            v,
-            query_features=features,
-            key_logits=features,
-            num_features=q.shape[-1],
-            causal=True,
-            pair_scores=lambda xq, xk, start, end: xq @ xk.transpose(-2, -1),
-        )
-
-
-@pytest.mark.parametrize("signed", [False, True])  # True: causal, but no pair_scores
-def test_closed_form_gradients_need_signed_features_and_causally_closed_form_pairs(signed):
-    q, k, v = qkv(1, 8)
-    features = lambda x, start, end: x  # noqa: E731
-    analytic = variants._linear.AnalyticGradients(queries=None, keys=None, pairs=None)
-    with pytest.raises(ValueError, match="analytic gradients need signed=True"):
-        variants._linear.linear_attention(
-            q,
-            k,
-            v,
-            query_features=features,
-            key_logits=features,
-            num_features=q.shape[-1],
-            causal=True,
-            signed=signed,
-            analytic=analytic,
+            q, k, v, query_features=features, key_logits=features, num_features=q.shape[-1], causal=True, **arguments
         )
 
 

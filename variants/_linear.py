@@ -60,12 +60,13 @@ def _row_chunks(length: int, rows: int) -> list[tuple[int, int]]:
 
 
 def _stabilizer(logits: torch.Tensor, signed: bool) -> torch.Tensor:
-    """Max over rows and features per (batch, head), ``(B, H, 1, 1)``; finite even when every key is masked.
+    """Max over rows and features per (batch, head), ``(B, H, 1, 1)`` (per chunk of a causal group: ``(B, H, g, 1,
+    1)``); finite even when every key is masked.
 
     Zero for signed features, which are used as they are.
     """
     if signed:
-        return logits.new_zeros(*logits.shape[:2], 1, 1)
+        return logits.new_zeros(*logits.shape[:-2], 1, 1)
     return logits.detach().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(logits.dtype).min)
 
 
@@ -312,12 +313,14 @@ def _split(rows: torch.Tensor, chunks: int, size: int) -> torch.Tensor:
     return rows.unflatten(2, (chunks, size))
 
 
-def _chunk_scales(logits: torch.Tensor, running: torch.Tensor, signed: bool) -> torch.Tensor:
-    """``(B, H, g)``: the key stabilizer each chunk of a group uses, the running maximum over the chunks so far."""
+def _chunk_scales(logits: torch.Tensor, running: torch.Tensor | None, signed: bool) -> torch.Tensor:
+    """``(B, H, g)``: the key stabilizer each chunk of a group uses, the running maximum over the chunks so far
+    (``running``: the last one of the groups before, ``None`` for the first group)."""
+    chunk_max = _stabilizer(logits, signed)[..., 0, 0]
     if signed:
-        return logits.new_zeros(logits.shape[:3])
-    chunk_max = logits.detach().amax(dim=(-2, -1)).clamp_min(torch.finfo(logits.dtype).min)
-    return torch.maximum(running[..., None], chunk_max.cummax(dim=-1).values)
+        return chunk_max
+    scales = chunk_max.cummax(dim=-1).values
+    return scales if running is None else torch.maximum(running[..., None], scales)
 
 
 def _earlier_weights(scales: torch.Tensor) -> torch.Tensor:
@@ -326,16 +329,25 @@ def _earlier_weights(scales: torch.Tensor) -> torch.Tensor:
     return (scales[..., None, :] - scales[..., :, None]).tril_(-1).exp_().tril_(-1)
 
 
-def _prefixes(
-    carried: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
-    summary: torch.Tensor,
-    summary_norm: torch.Tensor,
+Carried = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # a summary, its normalizer, the stabilizer they are in
+
+
+def _scan_group(
+    features: torch.Tensor,
+    values: torch.Tensor,
+    row_weights: torch.Tensor | None,
     scales: torch.Tensor,
-    weights: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """What each chunk of a group sees of the others (``weights``: which, rescaled) and of the summary ``carried``
-    over from the groups before or after it (with the stabilizer it is relative to): ``(B, H, g, m, Dh)``, ``(B, H,
-    g, m)``, each relative to its chunk's stabilizer. One product with a ``(g, g)`` matrix, not a loop."""
+    carried: Carried | None,
+    reverse: bool,
+) -> tuple[torch.Tensor, torch.Tensor, Carried]:
+    """One group's step of a scan over chunk summaries ``features^T values`` (and ``row_weights^T features``, or
+    the feature sums): what each chunk sees of the group's earlier chunks (``reverse``: later ones) and of the
+    summary ``carried`` from the groups before (after) it, each relative to its chunk's stabilizer, ``(B, H, g, m,
+    Dh)`` and ``(B, H, g, m)``, as one product with a ``(g, g)`` matrix, not a loop; and what to carry on."""
+    summary = features.transpose(-2, -1) @ values
+    summary_norm = features.sum(dim=-2) if row_weights is None else (row_weights[..., None, :] @ features).squeeze(-2)
+    weights = _earlier_weights(scales)
+    weights = weights.transpose(-2, -1) if reverse else weights
     seen = (weights @ summary.flatten(-2)).unflatten(-1, summary.shape[-2:])
     seen_norm = weights @ summary_norm
     if carried is not None:
@@ -343,25 +355,15 @@ def _prefixes(
         decay = torch.exp(-(scales - scale[..., None]).abs())  # carried towards each chunk's (larger) stabilizer
         seen += decay[..., None, None] * state[:, :, None]
         seen_norm += decay[..., None] * norm[:, :, None]
-    return seen, seen_norm
-
-
-def _carried(
-    seen: torch.Tensor, seen_norm: torch.Tensor, summary: torch.Tensor, summary_norm: torch.Tensor, scales, chunk: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The summary including chunk ``chunk`` of a group (its last going forward, its first going back), with the
-    stabilizer it is relative to: what the next group takes as ``carried``."""
-    return (
-        seen[:, :, chunk] + summary[:, :, chunk],
-        seen_norm[:, :, chunk] + summary_norm[:, :, chunk],
-        scales[..., chunk],
-    )
+    edge = 0 if reverse else -1  # the chunk next to the following group
+    onward = seen[:, :, edge] + summary[:, :, edge], seen_norm[:, :, edge] + summary_norm[:, :, edge], scales[..., edge]
+    return seen, seen_norm, onward
 
 
 class _Causal(torch.autograd.Function):
     """Chunks of ``chunk`` rows, in groups: inside a group every chunk at once (batched products, each chunk's view
-    of the earlier ones as one ``(g, g)`` product), across groups a summary carried in a loop. Groups hold at most
-    :data:`GROUP_ELEMENTS` feature and pair elements, so memory stays O(n) at any length."""
+    of the earlier ones as one ``(g, g)`` product), across groups a summary carried in a loop. Groups are bounded
+    by :func:`chunks_per_group`, so memory stays O(n) at any length."""
 
     @staticmethod
     def forward(ctx, q, k, v, maps: _Maps, num_features: int, chunk: int, per_group: int, signed: bool, *parameters):
@@ -370,16 +372,16 @@ class _Causal(torch.autograd.Function):
         den = v.new_empty(v.shape[:3])
         stabilizers = v.new_empty(batch, heads, -(-seq // chunk))  # the key stabilizer each query chunk used
         with torch.no_grad():
-            carried, running = None, v.new_full((batch, heads), torch.finfo(v.dtype).min)
+            carried = None
             for start, end, chunks, size in _groups(seq, chunk, per_group):
                 first = start // chunk
                 query_feat = _split(maps.queries(q[:, :, start:end], start, end), chunks, size)
                 logits = _split(maps.keys(k[:, :, start:end], start, end), chunks, size)
+                running = None if carried is None else carried[2]
                 scales = stabilizers[..., first : first + chunks] = _chunk_scales(logits, running, signed)
                 key_feat = _exp_(logits, scales[..., None, None], signed)
                 v_rows = _split(v[:, :, start:end], chunks, size)
-                summary, summary_norm = key_feat.transpose(-2, -1) @ v_rows, key_feat.sum(dim=-2)
-                seen, seen_norm = _prefixes(carried, summary, summary_norm, scales, _earlier_weights(scales))
+                seen, seen_norm, carried = _scan_group(key_feat, v_rows, None, scales, carried, reverse=False)
                 if maps.pair_fn is None:  # (B, H, g, C, C): causal inside each chunk
                     within = (query_feat @ key_feat.transpose(-2, -1)).tril_()
                 else:
@@ -388,8 +390,6 @@ class _Causal(torch.autograd.Function):
                 rows_den = (query_feat @ seen_norm[..., None]).squeeze(-1) + within.sum(dim=-1)
                 den[:, :, start:end] = rows_den.flatten(2)
                 out[:, :, start:end] = _normalized(query_feat @ seen + within @ v_rows, rows_den).flatten(2, 3)
-                running = scales[..., -1]
-                carried = _carried(seen, seen_norm, summary, summary_norm, scales, -1)
         # Keeps out: rebuilding it costs the first backward pass two (C, m) products per chunk, 10% of performer's
         # causal training step, for one q-sized tensor per layer.
         ctx.save_for_backward(q, k, v, out, den, stabilizers)
@@ -419,17 +419,14 @@ class _Causal(torch.autograd.Function):
                 logits = _split(maps.keys(k[:, :, start:end], start, end), chunks, size)
                 key_feat = _exp_(logits, scales[..., None, None], ctx.signed)
             v_rows = _split(v[:, :, start:end], chunks, size)
-            summary, summary_norm = key_feat.transpose(-2, -1) @ v_rows, key_feat.sum(dim=-2)
-            seen, seen_norm = _prefixes(carried, summary, summary_norm, scales, _earlier_weights(scales))
-            carried = _carried(seen, seen_norm, summary, summary_norm, scales, -1)
+            seen, seen_norm, carried = _scan_group(key_feat, v_rows, None, scales, carried, reverse=False)
             d_num, d_den = group_grads(start, end, chunks, size)
+            left, right = _with_column(d_num, d_den), _with_column(seen, seen_norm)
             if analytic:  # the chunks' own pairs: in the reverse loop
                 del logits, key_feat
-                left, right = _with_column(d_num, d_den), _with_column(seen, seen_norm)
                 q_rows = _split(q[:, :, start:end], chunks, size)
                 grad_q[:, :, start:end] = maps.pull_back_factored(0, q_rows, start, end, left, right).flatten(2, 3)
             else:
-                left, right = _with_column(d_num, d_den), _with_column(seen, seen_norm)
                 if maps.pair_fn is None:  # else the reverse loop pulls the chunks' own pairs back to q and k at once
                     d_within = (d_num @ v_rows.transpose(-2, -1) + d_den[..., None]).tril_()  # d(weight_ij), j <= i
                     d_feat = _add_product(d_within @ key_feat, left, right)
@@ -449,11 +446,7 @@ class _Causal(torch.autograd.Function):
             with torch.no_grad():
                 query_feat = _split(maps.queries(q[:, :, start:end], start, end), chunks, size)
             # What the queries of the later chunks pulled from these keys, each relative to its chunk's stabilizer.
-            summary = query_feat.transpose(-2, -1) @ d_num
-            summary_norm = (d_den[..., None, :] @ query_feat).squeeze(-2)
-            later_weights = _earlier_weights(scales).transpose(-2, -1)
-            pulled, pulled_norm = _prefixes(carried, summary, summary_norm, scales, later_weights)
-            carried = _carried(pulled, pulled_norm, summary, summary_norm, scales, 0)
+            pulled, pulled_norm, carried = _scan_group(query_feat, d_num, d_den, scales, carried, reverse=True)
             d_within = (d_num @ v_rows.transpose(-2, -1) + d_den[..., None]).tril_()
             if analytic:  # signed: the key features are the logits
                 del query_feat
