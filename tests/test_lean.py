@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from helpers import build_variant, padding_mask, qkv, values_and_grads
@@ -9,7 +11,6 @@ from helpers import build_variant, padding_mask, qkv, values_and_grads
 import variants._blocks
 import variants._linear
 from variants.full_math import softmax_attention_probs
-from variants.performer import key_logits, query_features
 
 
 def local_pattern(seq: int, window: int, causal: bool) -> torch.Tensor:
@@ -103,8 +104,11 @@ def test_blocked_gradcheck_in_float64(case, dropout, monkeypatch):
 def performer_dense(attn, q, k, v, mask):
     """Performer with the (n, n) weights phi(q) phi(k)^T formed explicitly, differentiated by plain autograd."""
     features = attn.features.to(q.dtype)
-    query_feat = query_features(q @ features.T)
-    logits = key_logits(k @ features.T, k, mask)
+    query_logits = q @ features.T
+    query_feat = torch.exp(query_logits - query_logits.amax(dim=-1, keepdim=True).detach())
+    logits = k @ features.T - k.square().sum(dim=-1, keepdim=True) / (2 * math.sqrt(k.shape[-1]))
+    if mask is not None:
+        logits = logits.masked_fill(~mask[:, None, :, None], float("-inf"))
     key_feat = torch.exp(logits - logits.amax(dim=(-2, -1), keepdim=True))
     weights = query_feat @ key_feat.transpose(-2, -1)
     if attn.causal:

@@ -22,6 +22,7 @@ import torch
 
 import variants
 from variants._feature_map import FeatureMapAttention
+from variants._linear import exp_
 
 
 def orthogonal_gaussian_features(nb_features: int, dim: int) -> torch.Tensor:
@@ -34,21 +35,60 @@ def orthogonal_gaussian_features(nb_features: int, dim: int) -> torch.Tensor:
     return norms * torch.cat(blocks)
 
 
-def query_features(x_proj: torch.Tensor) -> torch.Tensor:
-    """Positive query features; the per-query shift (and ``-|q|^2/2``) cancel in the ratio.
+class _QueryFeatures(torch.autograd.Function):
+    """``exp(x W^T - max)`` per row, the max a per-row constant; backward ``((grad * features) @ W)``: one product and
+    one elementwise pass, where autograd ran four passes over the ``(rows, m)`` gradient (the exp's, exp2's
+    ``ln 2``, the ``log2 e`` factor's)."""
 
-    In place on ``x_proj`` (a fresh matmul output): one ``(n, m)`` buffer, not three.
-    """
-    return x_proj.sub_(x_proj.amax(dim=-1, keepdim=True).detach()).exp_()
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        logits = x @ weight.T
+        features = exp_(logits.sub_(logits.amax(dim=-1, keepdim=True)))  # in place: one (rows, m) buffer
+        ctx.save_for_backward(x, weight, features)
+        return features
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, features = ctx.saved_tensors
+        grad = grad * features
+        return grad @ weight, _weight_grad(ctx, grad, x)
 
 
-def key_logits(x_proj: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+class _KeyLogits(torch.autograd.Function):
+    """``x W^T - |x|^2 / 2`` (inputs pre-scaled); backward ``grad @ W - x * sum(grad)``, where autograd negated the
+    whole ``(rows, m)`` gradient to sum it for the norm."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return (x @ weight.T).sub_(x.square().sum(dim=-1, keepdim=True) * _norm_scale(x))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = torch.addcmul(grad @ weight, x, grad.sum(dim=-1, keepdim=True), value=-2 * _norm_scale(x))
+        return grad_x, _weight_grad(ctx, grad, x)
+
+
+def _norm_scale(x: torch.Tensor) -> float:
+    return 0.5 / math.sqrt(x.shape[-1])  # the inputs are scaled by d^-1/4 inside W: |x|^2 / 2 scales by d^-1/2
+
+
+def _weight_grad(ctx, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+    """``grad^T x`` summed over rows, for a projection that is trained (the random features are a buffer)."""
+    return grad.flatten(0, -2).T @ x.flatten(0, -2) if ctx.needs_input_grad[1] else None
+
+
+def query_features(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Positive query features ``exp(W x)`` of rows ``(..., d)``, ``(..., m)``; the per-query shift by their max (and
+    ``-|q|^2/2``) cancel in the ratio."""
+    return _QueryFeatures.apply(x, weight)
+
+
+def key_logits(x: torch.Tensor, weight: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """``W k - |k|^2 / 2`` per key and feature, ``-inf`` at padded keys."""
-    sq_norm = keys.square().sum(dim=-1, keepdim=True) * (0.5 / math.sqrt(keys.shape[-1]))
-    logits = x_proj.sub_(sq_norm)  # in place on a fresh matmul output
-    if valid is not None:
-        logits.masked_fill_(~valid[:, None, :, None], float("-inf"))
-    return logits
+    logits = _KeyLogits.apply(x, weight)
+    return logits if valid is None else logits.masked_fill(~valid[:, None, :, None], float("-inf"))
 
 
 @variants.register("performer")
@@ -90,10 +130,10 @@ class PerformerAttention(FeatureMapAttention):
         self.features.copy_(fresh.to(self.features.device))
 
     def query_feature_rows(self, q, start, end):  # exp() of random projections: computed in fp32 (the base class)
-        return query_features(q @ self.features.to(q.dtype).T)
+        return query_features(q, self.features.to(q.dtype))
 
     def key_logit_rows(self, k, start, end):
-        return key_logits(k @ self.features.to(k.dtype).T, k, None)
+        return key_logits(k, self.features.to(k.dtype), None)
 
     def on_train_step(self, step: int) -> None:
         if self.redraw_interval and step > 0 and step % self.redraw_interval == 0:
