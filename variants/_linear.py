@@ -338,35 +338,28 @@ def _earlier_weights(scales: torch.Tensor) -> torch.Tensor:
     return (scales[..., None, :] - scales[..., :, None]).tril_(-1).exp_().tril_(-1)
 
 
-Carried = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # a summary, its normalizer, the stabilizer they are in
+Carried = tuple[torch.Tensor, torch.Tensor]  # a summary with its normalizer column, the stabilizer it is in
 
 
 def _scan_group(
-    features: torch.Tensor,
-    values: torch.Tensor,
-    row_weights: torch.Tensor | None,
-    scales: torch.Tensor,
-    carried: Carried | None,
-    reverse: bool,
-) -> tuple[torch.Tensor, torch.Tensor, Carried]:
-    """One group's step of a scan over chunk summaries ``features^T values`` (and ``row_weights^T features``, or
-    the feature sums): what each chunk sees of the group's earlier chunks (``reverse``: later ones) and of the
-    summary ``carried`` from the groups before (after) it, each relative to its chunk's stabilizer, ``(B, H, g, m,
-    Dh)`` and ``(B, H, g, m)``, as one product with a ``(g, g)`` matrix, not a loop; and what to carry on."""
+    features: torch.Tensor, values: torch.Tensor, scales: torch.Tensor, carried: Carried | None, reverse: bool
+) -> tuple[torch.Tensor, Carried]:
+    """One group's step of a scan over chunk summaries ``features^T values``: what each chunk sees of the group's
+    earlier chunks (``reverse``: later ones) and of the summary ``carried`` from the groups before (after) it, each
+    relative to its chunk's stabilizer, ``(B, H, g, m, Dh + 1)``, as one product with a ``(g, g)`` matrix, not a
+    loop; and what to carry on. ``values`` ``(B, H, g, C, Dh + 1)`` end in the normalizer's column (ones, or the
+    rows' weights), so the normalizer is one more column of the same products, not a sum and a matrix-vector
+    product of its own (MKL's are slow: a ``(rows, m) @ (m, 1)`` took as long as ``(rows, m) @ (m, 16)``)."""
     summary = features.transpose(-2, -1) @ values
-    summary_norm = features.sum(dim=-2) if row_weights is None else (row_weights[..., None, :] @ features).squeeze(-2)
     weights = _earlier_weights(scales)
     weights = weights.transpose(-2, -1) if reverse else weights
     seen = (weights @ summary.flatten(-2)).unflatten(-1, summary.shape[-2:])
-    seen_norm = weights @ summary_norm
     if carried is not None:
-        state, norm, scale = carried
+        state, scale = carried
         decay = torch.exp(-(scales - scale[..., None]).abs())  # carried towards each chunk's (larger) stabilizer
-        seen += decay[..., None, None] * state[:, :, None]
-        seen_norm += decay[..., None] * norm[:, :, None]
+        seen.addcmul_(decay[..., None, None], state[:, :, None])
     edge = 0 if reverse else -1  # the chunk next to the following group
-    onward = seen[:, :, edge] + summary[:, :, edge], seen_norm[:, :, edge] + summary_norm[:, :, edge], scales[..., edge]
-    return seen, seen_norm, onward
+    return seen, (seen[:, :, edge] + summary[:, :, edge], scales[..., edge])
 
 
 class _Causal(torch.autograd.Function):
@@ -386,19 +379,19 @@ class _Causal(torch.autograd.Function):
                 first = start // chunk
                 query_feat = _split(maps.queries(q[:, :, start:end], start, end), chunks, size)
                 logits = _split(maps.keys(k[:, :, start:end], start, end), chunks, size)
-                running = None if carried is None else carried[2]
+                running = None if carried is None else carried[1]
                 scales = stabilizers[..., first : first + chunks] = _chunk_scales(logits, running, signed)
                 key_feat = _exp_(logits, scales[..., None, None], signed)
-                v_rows = _split(v[:, :, start:end], chunks, size)
-                seen, seen_norm, carried = _scan_group(key_feat, v_rows, None, scales, carried, reverse=False)
+                values = _with_column(_split(v[:, :, start:end], chunks, size), v.new_ones(()))
+                seen, carried = _scan_group(key_feat, values, scales, carried, reverse=False)
                 if maps.pair_fn is None:  # (B, H, g, C, C): causal inside each chunk
                     within = (query_feat @ key_feat.transpose(-2, -1)).tril_()
                 else:
                     q_rows, k_rows = (_split(t[:, :, start:end], chunks, size) for t in (q, k))
                     within = maps.pairs(q_rows, k_rows, start, end)
-                rows_den = (query_feat @ seen_norm[..., None]).squeeze(-1) + within.sum(dim=-1)
-                den[:, :, start:end] = rows_den.flatten(2)
-                out[:, :, start:end] = _normalized(query_feat @ seen + within @ v_rows, rows_den).flatten(2, 3)
+                read = _add_product(query_feat @ seen, within, values.transpose(-2, -1))  # numerators, normalizer
+                den[:, :, start:end] = read[..., -1].flatten(2)
+                out[:, :, start:end] = _normalized(read[..., :-1], read[..., -1]).flatten(2, 3)
         # Keeps out: rebuilding it costs the first backward pass two (C, m) products per chunk, 10% of performer's
         # causal training step, for one q-sized tensor per layer.
         ctx.save_for_backward(q, k, v, out, den, stabilizers)
@@ -413,9 +406,12 @@ class _Causal(torch.autograd.Function):
         groups = _groups(v.shape[2], ctx.chunk, ctx.per_group)
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
-        def group_grads(start: int, end: int, chunks: int, size: int):
+        def group_rows(start: int, end: int, chunks: int, size: int):
+            """The gradients of the rows' numerators and normalizers as one factor ``(B, H, g, C, Dh + 1)``, and
+            the rows' values with a column of ones, its partner in every product."""
             d_num, d_den = _normalizer_grads(grad_out[:, :, start:end], out[:, :, start:end], den[:, :, start:end])
-            return _split(d_num, chunks, size), _split(d_den, chunks, size)
+            values = _with_column(v[:, :, start:end], v.new_ones(()))
+            return _split(_with_column(d_num, d_den), chunks, size), _split(values, chunks, size)
 
         # Closed forms (signed features with closed-form pairs): each feature gradient goes to them as two factors,
         # and the first loop needs no query features.
@@ -427,20 +423,18 @@ class _Causal(torch.autograd.Function):
             with torch.no_grad():
                 logits = _split(maps.keys(k[:, :, start:end], start, end), chunks, size)
                 key_feat = _exp_(logits, scales[..., None, None], ctx.signed)
-            v_rows = _split(v[:, :, start:end], chunks, size)
-            seen, seen_norm, carried = _scan_group(key_feat, v_rows, None, scales, carried, reverse=False)
-            d_num, d_den = group_grads(start, end, chunks, size)
-            left, right = _with_column(d_num, d_den), _with_column(seen, seen_norm)
+            d_rows, values = group_rows(start, end, chunks, size)
+            seen, carried = _scan_group(key_feat, values, scales, carried, reverse=False)  # d_feat = d_rows seen^T
             if analytic:  # the chunks' own pairs: in the reverse loop
                 del logits, key_feat
                 q_rows = _split(q[:, :, start:end], chunks, size)
-                grad_q[:, :, start:end] = maps.pull_back_factored(0, q_rows, start, end, left, right).flatten(2, 3)
+                grad_q[:, :, start:end] = maps.pull_back_factored(0, q_rows, start, end, d_rows, seen).flatten(2, 3)
             else:
                 if maps.pair_fn is None:  # else the reverse loop pulls the chunks' own pairs back to q and k at once
-                    d_within = (d_num @ v_rows.transpose(-2, -1) + d_den[..., None]).tril_()  # d(weight_ij), j <= i
-                    d_feat = _add_product(d_within @ key_feat, left, right)
+                    d_within = (d_rows @ values.transpose(-2, -1)).tril_()  # d(weight_ij), j <= i
+                    d_feat = _add_product(d_within @ key_feat, d_rows, seen)
                 else:
-                    d_feat = left @ right.transpose(-2, -1)
+                    d_feat = d_rows @ seen.transpose(-2, -1)
                 del logits, key_feat
                 leaf, query_feat = maps.with_grad(maps.query_fn, q[:, :, start:end], start, end)
                 grad_q[:, :, start:end] = maps.pull_back(leaf, query_feat, d_feat.flatten(2, 3))
@@ -449,23 +443,23 @@ class _Causal(torch.autograd.Function):
         carried = None
         for start, end, chunks, size in reversed(groups):
             scales = stabilizers[..., start // ctx.chunk : start // ctx.chunk + chunks]
-            d_num, d_den = group_grads(start, end, chunks, size)
-            v_rows = _split(v[:, :, start:end], chunks, size)
+            d_rows, values = group_rows(start, end, chunks, size)
+            d_num = d_rows[..., :-1]
             q_rows, k_rows = (_split(t[:, :, start:end], chunks, size) for t in (q, k))
             with torch.no_grad():
                 query_feat = _split(maps.queries(q[:, :, start:end], start, end), chunks, size)
-            # What the queries of the later chunks pulled from these keys, each relative to its chunk's stabilizer.
-            pulled, pulled_norm, carried = _scan_group(query_feat, d_num, d_den, scales, carried, reverse=True)
-            d_within = (d_num @ v_rows.transpose(-2, -1) + d_den[..., None]).tril_()
+            # What the queries of the later chunks pulled from these keys, each relative to its chunk's stabilizer:
+            # d_feat of the keys = values pulled^T.
+            pulled, carried = _scan_group(query_feat, d_rows, scales, carried, reverse=True)
+            d_within = (d_rows @ values.transpose(-2, -1)).tril_()
             if analytic:  # signed: the key features are the logits
                 del query_feat
                 with torch.no_grad():
-                    rows_grad_v = _split(maps.keys(k[:, :, start:end], start, end), chunks, size) @ pulled
+                    rows_grad_v = _split(maps.keys(k[:, :, start:end], start, end), chunks, size) @ pulled[..., :-1]
                     rows_grad_v += maps.pairs(q_rows, k_rows, start, end).transpose(-2, -1) @ d_num
                 grad_v[:, :, start:end] = rows_grad_v.flatten(2, 3)
-                left, right = _with_column(v_rows, v_rows.new_ones(())), _with_column(pulled, pulled_norm)
                 dq, dk = maps.pull_back_pairs(q_rows, k_rows, start, end, d_within)
-                dk = dk + maps.pull_back_factored(1, k_rows, start, end, left, right)
+                dk = dk + maps.pull_back_factored(1, k_rows, start, end, values, pulled)
                 grad_k[:, :, start:end] = dk.flatten(2, 3)
                 grad_q[:, :, start:end] += dq.flatten(2, 3)
                 continue
@@ -481,16 +475,16 @@ class _Causal(torch.autograd.Function):
                 # saves it, like exp, would make autograd.grad raise, not err silently); the upper half gets
                 # no gradient.
                 within = pairs.detach().tril_()
-            grad_v[:, :, start:end] = (key_feat @ pulled + within.transpose(-2, -1) @ d_num).flatten(2, 3)
+            rows_grad_v = _add_product(key_feat @ pulled[..., :-1], within.transpose(-2, -1), d_num.transpose(-2, -1))
+            grad_v[:, :, start:end] = rows_grad_v.flatten(2, 3)
             del within
             if maps.pair_fn is None:
-                d_feat = d_within.transpose(-2, -1) @ query_feat
+                d_feat = _add_product(d_within.transpose(-2, -1) @ query_feat, values, pulled)
                 del query_feat
-                _add_product(d_feat, v_rows, pulled).add_(pulled_norm[..., None, :])
                 d_logits = d_feat if ctx.signed else d_feat.mul_(key_feat)
                 grad_k[:, :, start:end] = maps.pull_back(leaf, logits, d_logits.flatten(2, 3))
             else:
-                d_feat = v_rows @ pulled.transpose(-2, -1) + pulled_norm[..., None, :]
+                d_feat = values @ pulled.transpose(-2, -1)
                 dk, dq = maps.pull_back_all([leaf, query_leaf], [logits, pairs], [d_feat.flatten(2, 3), d_within])
                 grad_k[:, :, start:end] = dk
                 grad_q[:, :, start:end] += dq.flatten(2, 3)
