@@ -164,3 +164,17 @@ def accuracy_records(variant, accs, *, n=384, direction="bidirectional", fp="cpu
         }
         for seed, acc in enumerate(accs)
     ]
+
+
+# The lean feature-map kernel in small pieces, so a short sequence still spans several chunks and groups; causally
+# with the backward pass in one loop (the forward keeps each group's key summary) or two (autograd maps take either).
+DIRECTIONS_AND_PASSES = [(False, 2), (True, 1), (True, 2)]
+
+
+def feature_kernel_in_small_pieces(monkeypatch, *, chunk_elements: int = 1000, passes: int = 2) -> None:
+    import variants._linear as kernel
+
+    monkeypatch.setattr(kernel, "CHUNK_ELEMENTS", chunk_elements)  # several chunks in the bidirectional passes
+    monkeypatch.setattr(kernel, "MIN_ROWS", 1)
+    monkeypatch.setattr(kernel, "chunks_per_group", lambda *shape: 2)  # causal: carried across groups
+    monkeypatch.setattr(kernel, "one_backward_pass", lambda *shape: passes == 1)

@@ -6,7 +6,14 @@ import math
 
 import pytest
 import torch
-from helpers import build_variant, padding_mask, qkv, values_and_grads
+from helpers import (
+    DIRECTIONS_AND_PASSES,
+    build_variant,
+    feature_kernel_in_small_pieces,
+    padding_mask,
+    qkv,
+    values_and_grads,
+)
 
 import variants._blocks
 import variants._linear
@@ -117,11 +124,9 @@ def performer_dense(attn, q, k, v, mask):
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
-@pytest.mark.parametrize("causal", [False, True])
-def test_performer_values_and_gradients_match_dense_weights(causal, with_mask, monkeypatch):
-    monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 1000)  # several chunks in the bidirectional passes
-    monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
-    monkeypatch.setattr(variants._linear, "chunks_per_group", lambda *shape: 2)  # causal: carried across groups
+@pytest.mark.parametrize(("causal", "passes"), DIRECTIONS_AND_PASSES)
+def test_performer_values_and_gradients_match_dense_weights(causal, with_mask, passes, monkeypatch):
+    feature_kernel_in_small_pieces(monkeypatch, chunk_elements=1000, passes=passes)
     torch.manual_seed(0)
     attn = build_variant("performer", causal=causal, nb_features=24, chunk_size=16).double()
     seq = 75  # chunks of 16 with a ragged end
@@ -134,11 +139,9 @@ def test_performer_values_and_gradients_match_dense_weights(causal, with_mask, m
         torch.testing.assert_close(mine, reference, atol=1e-10, rtol=1e-8, msg=name)
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_performer_gradcheck_in_float64(causal, monkeypatch):
-    monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 50)
-    monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
-    monkeypatch.setattr(variants._linear, "chunks_per_group", lambda *shape: 2)  # causal: carried across groups
+@pytest.mark.parametrize(("causal", "passes"), DIRECTIONS_AND_PASSES)
+def test_performer_gradcheck_in_float64(causal, passes, monkeypatch):
+    feature_kernel_in_small_pieces(monkeypatch, chunk_elements=50, passes=passes)
     torch.manual_seed(0)
     attn = build_variant("performer", causal=causal, nb_features=6, chunk_size=4, heads=1, dim_head=4).double()
     mask = torch.ones(2, 11, dtype=torch.bool)
@@ -147,13 +150,11 @@ def test_performer_gradcheck_in_float64(causal, monkeypatch):
     assert torch.autograd.gradcheck(lambda q, k, v: attn(q, k, v, mask), inputs, eps=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("causal", "passes"), DIRECTIONS_AND_PASSES)
 @pytest.mark.parametrize("name", ["based", "hedgehog"])
-def test_learned_feature_maps_gradcheck_in_float64_parameters_included(name, causal, monkeypatch):
+def test_learned_feature_maps_gradcheck_in_float64_parameters_included(name, causal, passes, monkeypatch):
     """The kernel projects q and k chunk by chunk and pulls back the projection's gradient too (no autograd copy)."""
-    monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 50)
-    monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
-    monkeypatch.setattr(variants._linear, "chunks_per_group", lambda *shape: 2)  # causal: carried across groups
+    feature_kernel_in_small_pieces(monkeypatch, chunk_elements=50, passes=passes)
     torch.manual_seed(0)
     extra = {"feature_dim": 3, "window": 4} if name == "based" else {}
     attn = build_variant(name, causal=causal, chunk_size=4, heads=1, dim_head=4, **extra).double()

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same, build_variant, padding_mask, qkv, values_and_grads
+from helpers import (
+    DIRECTIONS_AND_PASSES,
+    assert_same,
+    build_variant,
+    feature_kernel_in_small_pieces,
+    padding_mask,
+    qkv,
+    values_and_grads,
+)
 
 import variants._linear
 from variants._masks import dense_allowed
@@ -96,12 +104,10 @@ def perturbed(attn):
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("causal", "passes"), DIRECTIONS_AND_PASSES)
 @pytest.mark.parametrize("name", list(REFERENCES))
-def test_matches_its_materialized_definition(name, causal, with_mask, monkeypatch):
-    monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 1000)  # several chunks in the bidirectional passes
-    monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
-    monkeypatch.setattr(variants._linear, "chunks_per_group", lambda *shape: 2)  # causal: carried across groups
+def test_matches_its_materialized_definition(name, causal, with_mask, passes, monkeypatch):
+    feature_kernel_in_small_pieces(monkeypatch, chunk_elements=1000, passes=passes)
     reference, hparams = REFERENCES[name]
     attn = perturbed(build_variant(name, causal=causal, **hparams))
     q, k, v = qkv(2, SEQ, scale=1.5)
@@ -112,14 +118,12 @@ def test_matches_its_materialized_definition(name, causal, with_mask, monkeypatc
     assert_same(ours, dense, mask)
 
 
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("causal", "passes"), DIRECTIONS_AND_PASSES)
 @pytest.mark.parametrize("name", ["based", "hedgehog"])  # the ones whose maps learn
-def test_learned_maps_get_the_gradient_of_their_definition(name, causal, monkeypatch):
+def test_learned_maps_get_the_gradient_of_their_definition(name, causal, passes, monkeypatch):
     """The feature maps' own parameters (Based's projection, Hedgehog's MLP), pulled back chunk by chunk by
     autograd or by closed forms (Based), get the gradient of the materialized definition."""
-    monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 1000)
-    monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
-    monkeypatch.setattr(variants._linear, "chunks_per_group", lambda *shape: 2)  # causal: carried across groups
+    feature_kernel_in_small_pieces(monkeypatch, chunk_elements=1000, passes=passes)
     reference, hparams = REFERENCES[name]
     attn = perturbed(build_variant(name, causal=causal, **hparams))
     q, k, v = qkv(2, SEQ, scale=1.5)
@@ -137,10 +141,9 @@ def test_learned_maps_get_the_gradient_of_their_definition(name, causal, monkeyp
 
 
 @pytest.mark.parametrize("name", list(REFERENCES))
-def test_gradcheck_in_float64(name, monkeypatch):
-    monkeypatch.setattr(variants._linear, "CHUNK_ELEMENTS", 50)
-    monkeypatch.setattr(variants._linear, "MIN_ROWS", 1)
-    monkeypatch.setattr(variants._linear, "chunks_per_group", lambda *shape: 2)  # causal: carried across groups
+@pytest.mark.parametrize("passes", [1, 2])
+def test_gradcheck_in_float64(name, passes, monkeypatch):
+    feature_kernel_in_small_pieces(monkeypatch, chunk_elements=50, passes=passes)
     hparams = {key: 4 for key in REFERENCES[name][1]}  # chunks and windows of 4
     attn = perturbed(build_variant(name, causal=True, heads=1, dim_head=4, **hparams)).double()
     mask = torch.ones(2, 11, dtype=torch.bool)

@@ -48,6 +48,7 @@ GROUP_ELEMENTS = 2**21  # elements a group of causal chunks holds at once in the
 GROUP_INPUTS = 8  # ... and at most this many q-sized tensors: at n = 384 a group of 8 MiB took causal performer's
 # whole-model peak from 1.15x to 1.63x full's
 LOG2E = 1.4426950408889634  # exp(x) = exp2(x log2(e))
+BOUNDARY_INPUTS = 1.25  # the causal backward's one pass keeps summaries of at most this many q-sized tensors
 TINY = 1e-30  # normalizers below this are clamped: a row whose features all underflowed gives zeros
 
 FeatureFn = Callable[..., torch.Tensor]  # (rows, start, end, *parameters) -> (B, H, rows, features)
@@ -362,21 +363,39 @@ def _scan_group(
     return seen, (seen[:, :, edge] + summary[:, :, edge], scales[..., edge])
 
 
+def one_backward_pass(
+    batch: int, heads: int, length: int, dim: int, chunk: int, per_group: int, num_features: int
+) -> bool:
+    """Whether the causal backward pass of an autograd feature map takes one loop over the groups, not two: the
+    forward then keeps the key summary before each group, ``(m, Dh + 1)`` per group, while they take at most
+    :data:`BOUNDARY_INPUTS` q-sized tensors (at the default sweep's n = 2048, batch 2: Performer's 1.06)."""
+    groups = len(_groups(length, chunk, per_group))
+    return groups * num_features * (dim + 1) <= BOUNDARY_INPUTS * length * dim
+
+
 class _Causal(torch.autograd.Function):
     """Chunks of ``chunk`` rows, in groups: inside a group every chunk at once (batched products, each chunk's view
     of the earlier ones as one ``(g, g)`` product), across groups a summary carried in a loop. Groups are bounded
     by :func:`chunks_per_group`, so memory stays O(n) at any length."""
 
     @staticmethod
-    def forward(ctx, q, k, v, maps: _Maps, num_features: int, chunk: int, per_group: int, signed: bool, *parameters):
+    def forward(
+        ctx, q, k, v, maps: _Maps, num_features: int, chunk: int, per_group: int, signed: bool, one_pass: bool, *params
+    ):
         batch, heads, seq, _ = v.shape
         out = torch.empty_like(v)
         den = v.new_empty(v.shape[:3])
         stabilizers = v.new_empty(batch, heads, -(-seq // chunk))  # the key stabilizer each query chunk used
+        groups = _groups(seq, chunk, per_group)
+        # One backward pass: the key summary before each group (the first: none), in the stabilizer of the chunk
+        # before it.
+        boundaries = v.new_zeros(batch, heads, len(groups), num_features, v.shape[-1] + 1) if one_pass else None
         with torch.no_grad():
             carried = None
-            for start, end, chunks, size in _groups(seq, chunk, per_group):
+            for index, (start, end, chunks, size) in enumerate(groups):
                 first = start // chunk
+                if carried is not None and boundaries is not None:
+                    boundaries[:, :, index] = carried[0]
                 query_feat = _split(maps.queries(q[:, :, start:end], start, end), chunks, size)
                 logits = _split(maps.keys(k[:, :, start:end], start, end), chunks, size)
                 running = None if carried is None else carried[1]
@@ -392,16 +411,16 @@ class _Causal(torch.autograd.Function):
                 read = _add_product(query_feat @ seen, within, values.transpose(-2, -1))  # numerators, normalizer
                 den[:, :, start:end] = read[..., -1].flatten(2)
                 out[:, :, start:end] = _normalized(read[..., :-1], read[..., -1]).flatten(2, 3)
-        # Keeps out: rebuilding it costs the first backward pass two (C, m) products per chunk, 10% of performer's
-        # causal training step, for one q-sized tensor per layer.
-        ctx.save_for_backward(q, k, v, out, den, stabilizers)
+        # Keeps out: rebuilding it costs the backward pass a (C, m) product per chunk (one pass, interleaved: causal
+        # performer's whole model 0.98x full keeping it, 0.93x rebuilding), for one q-sized tensor per layer.
+        ctx.save_for_backward(q, k, v, out, den, stabilizers, boundaries)
         ctx.maps = maps
         ctx.chunk, ctx.per_group, ctx.signed = chunk, per_group, signed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, den, stabilizers = ctx.saved_tensors
+        q, k, v, out, den, stabilizers, boundaries = ctx.saved_tensors
         maps = ctx.maps.for_backward()
         groups = _groups(v.shape[2], ctx.chunk, ctx.per_group)
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -413,82 +432,141 @@ class _Causal(torch.autograd.Function):
             values = _with_column(v[:, :, start:end], v.new_ones(()))
             return _split(_with_column(d_num, d_den), chunks, size), _split(values, chunks, size)
 
-        # Closed forms (signed features with closed-form pairs): each feature gradient goes to them as two factors,
-        # and the first loop needs no query features.
-        analytic = maps.analytic is not None
-        # Forward order: a chunk's queries need the summary of the keys before it (rebuilt, never stored).
-        carried = None
-        for start, end, chunks, size in groups:
-            scales = stabilizers[..., start // ctx.chunk : start // ctx.chunk + chunks]
-            with torch.no_grad():
-                logits = _split(maps.keys(k[:, :, start:end], start, end), chunks, size)
-                key_feat = _exp_(logits, scales[..., None, None], ctx.signed)
-            d_rows, values = group_rows(start, end, chunks, size)
-            seen, carried = _scan_group(key_feat, values, scales, carried, reverse=False)  # d_feat = d_rows seen^T
-            if analytic:  # the chunks' own pairs: in the reverse loop
-                del logits, key_feat
-                q_rows = _split(q[:, :, start:end], chunks, size)
-                grad_q[:, :, start:end] = maps.pull_back_factored(0, q_rows, start, end, d_rows, seen).flatten(2, 3)
+        if boundaries is not None:
+            _one_pass(ctx, maps, groups, group_rows, q, k, stabilizers, boundaries, grad_q, grad_k, grad_v)
+        else:
+            _two_passes(ctx, maps, groups, group_rows, q, k, stabilizers, grad_q, grad_k, grad_v)
+        return grad_q, grad_k, grad_v, None, None, None, None, None, None, *maps.grads
+
+
+def _two_passes(ctx, maps: _Maps, groups, group_rows, q, k, stabilizers, grad_q, grad_k, grad_v) -> None:
+    """The causal backward pass in two loops over the groups: forward order for the queries' gradients (the key
+    summaries rebuilt on the way), reverse order for the keys' and values'. Closed-form gradients always take it:
+    their key features are cheap to rebuild, and the summaries of :func:`_one_pass` took causal Based's whole-model
+    peak from 1.10x full's to 1.15x for no speed."""
+    # Closed forms (signed features with closed-form pairs): each feature gradient goes to them as two factors,
+    # and the first loop needs no query features.
+    analytic = maps.analytic is not None
+    # Forward order: a chunk's queries need the summary of the keys before it (rebuilt, never stored).
+    carried = None
+    for start, end, chunks, size in groups:
+        scales = stabilizers[..., start // ctx.chunk : start // ctx.chunk + chunks]
+        with torch.no_grad():
+            logits = _split(maps.keys(k[:, :, start:end], start, end), chunks, size)
+            key_feat = _exp_(logits, scales[..., None, None], ctx.signed)
+        d_rows, values = group_rows(start, end, chunks, size)
+        seen, carried = _scan_group(key_feat, values, scales, carried, reverse=False)  # d_feat = d_rows seen^T
+        if analytic:  # the chunks' own pairs: in the reverse loop
+            del logits, key_feat
+            q_rows = _split(q[:, :, start:end], chunks, size)
+            grad_q[:, :, start:end] = maps.pull_back_factored(0, q_rows, start, end, d_rows, seen).flatten(2, 3)
+        else:
+            if maps.pair_fn is None:  # else the reverse loop pulls the chunks' own pairs back to q and k at once
+                d_within = (d_rows @ values.transpose(-2, -1)).tril_()  # d(weight_ij), j <= i
+                d_feat = _add_product(d_within @ key_feat, d_rows, seen)
             else:
-                if maps.pair_fn is None:  # else the reverse loop pulls the chunks' own pairs back to q and k at once
-                    d_within = (d_rows @ values.transpose(-2, -1)).tril_()  # d(weight_ij), j <= i
-                    d_feat = _add_product(d_within @ key_feat, d_rows, seen)
-                else:
-                    d_feat = d_rows @ seen.transpose(-2, -1)
-                del logits, key_feat
-                leaf, query_feat = maps.with_grad(maps.query_fn, q[:, :, start:end], start, end)
-                grad_q[:, :, start:end] = maps.pull_back(leaf, query_feat, d_feat.flatten(2, 3))
-        # Reverse order: a chunk's keys need what the queries of this and later chunks pulled from them. Ordered
-        # so that few (rows, m) tensors are alive at once: a group's are the kernel's largest.
-        carried = None
-        for start, end, chunks, size in reversed(groups):
-            scales = stabilizers[..., start // ctx.chunk : start // ctx.chunk + chunks]
-            d_rows, values = group_rows(start, end, chunks, size)
-            d_num = d_rows[..., :-1]
-            q_rows, k_rows = (_split(t[:, :, start:end], chunks, size) for t in (q, k))
+                d_feat = d_rows @ seen.transpose(-2, -1)
+            del logits, key_feat
+            leaf, query_feat = maps.with_grad(maps.query_fn, q[:, :, start:end], start, end)
+            grad_q[:, :, start:end] = maps.pull_back(leaf, query_feat, d_feat.flatten(2, 3))
+    # Reverse order: a chunk's keys need what the queries of this and later chunks pulled from them. Ordered
+    # so that few (rows, m) tensors are alive at once: a group's are the kernel's largest.
+    carried = None
+    for start, end, chunks, size in reversed(groups):
+        scales = stabilizers[..., start // ctx.chunk : start // ctx.chunk + chunks]
+        d_rows, values = group_rows(start, end, chunks, size)
+        d_num = d_rows[..., :-1]
+        q_rows, k_rows = (_split(t[:, :, start:end], chunks, size) for t in (q, k))
+        with torch.no_grad():
+            query_feat = _split(maps.queries(q[:, :, start:end], start, end), chunks, size)
+        # What the queries of the later chunks pulled from these keys, each relative to its chunk's stabilizer:
+        # d_feat of the keys = values pulled^T.
+        pulled, carried = _scan_group(query_feat, d_rows, scales, carried, reverse=True)
+        d_within = (d_rows @ values.transpose(-2, -1)).tril_()
+        if analytic:  # signed: the key features are the logits
+            del query_feat
             with torch.no_grad():
-                query_feat = _split(maps.queries(q[:, :, start:end], start, end), chunks, size)
-            # What the queries of the later chunks pulled from these keys, each relative to its chunk's stabilizer:
-            # d_feat of the keys = values pulled^T.
-            pulled, carried = _scan_group(query_feat, d_rows, scales, carried, reverse=True)
-            d_within = (d_rows @ values.transpose(-2, -1)).tril_()
-            if analytic:  # signed: the key features are the logits
-                del query_feat
-                with torch.no_grad():
-                    rows_grad_v = _split(maps.keys(k[:, :, start:end], start, end), chunks, size) @ pulled[..., :-1]
-                    rows_grad_v += maps.pairs(q_rows, k_rows, start, end).transpose(-2, -1) @ d_num
-                grad_v[:, :, start:end] = rows_grad_v.flatten(2, 3)
-                dq, dk = maps.pull_back_pairs(q_rows, k_rows, start, end, d_within)
-                dk = dk + maps.pull_back_factored(1, k_rows, start, end, values, pulled)
-                grad_k[:, :, start:end] = dk.flatten(2, 3)
-                grad_q[:, :, start:end] += dq.flatten(2, 3)
-                continue
-            leaf, logits = maps.with_grad(maps.key_fn, k[:, :, start:end], start, end)
-            key_feat = _exp_(_split(logits.detach().clone(), chunks, size), scales[..., None, None], ctx.signed)
-            if maps.pair_fn is None:
-                within = (query_feat @ key_feat.transpose(-2, -1)).tril_()
-            else:  # the chunks' own pairs from q and k rows, q as a leaf too
-                query_leaf = q_rows.detach().requires_grad_()
-                with torch.enable_grad():
-                    pairs = maps.pair_fn(query_leaf, _split(leaf, chunks, size), start, end, *maps.leaves)
-                # In place: the output itself is not saved for the backward (a pair function whose last op
-                # saves it, like exp, would make autograd.grad raise, not err silently); the upper half gets
-                # no gradient.
-                within = pairs.detach().tril_()
-            rows_grad_v = _add_product(key_feat @ pulled[..., :-1], within.transpose(-2, -1), d_num.transpose(-2, -1))
+                rows_grad_v = _split(maps.keys(k[:, :, start:end], start, end), chunks, size) @ pulled[..., :-1]
+                rows_grad_v += maps.pairs(q_rows, k_rows, start, end).transpose(-2, -1) @ d_num
             grad_v[:, :, start:end] = rows_grad_v.flatten(2, 3)
-            del within
-            if maps.pair_fn is None:
-                d_feat = _add_product(d_within.transpose(-2, -1) @ query_feat, values, pulled)
-                del query_feat
-                d_logits = d_feat if ctx.signed else d_feat.mul_(key_feat)
-                grad_k[:, :, start:end] = maps.pull_back(leaf, logits, d_logits.flatten(2, 3))
-            else:
-                d_feat = values @ pulled.transpose(-2, -1)
-                dk, dq = maps.pull_back_all([leaf, query_leaf], [logits, pairs], [d_feat.flatten(2, 3), d_within])
-                grad_k[:, :, start:end] = dk
-                grad_q[:, :, start:end] += dq.flatten(2, 3)
-        return grad_q, grad_k, grad_v, None, None, None, None, None, *maps.grads
+            dq, dk = maps.pull_back_pairs(q_rows, k_rows, start, end, d_within)
+            dk = dk + maps.pull_back_factored(1, k_rows, start, end, values, pulled)
+            grad_k[:, :, start:end] = dk.flatten(2, 3)
+            grad_q[:, :, start:end] += dq.flatten(2, 3)
+            continue
+        leaf, logits = maps.with_grad(maps.key_fn, k[:, :, start:end], start, end)
+        key_feat = _exp_(_split(logits.detach().clone(), chunks, size), scales[..., None, None], ctx.signed)
+        if maps.pair_fn is None:
+            within = (query_feat @ key_feat.transpose(-2, -1)).tril_()
+        else:  # the chunks' own pairs from q and k rows, q as a leaf too
+            query_leaf = q_rows.detach().requires_grad_()
+            with torch.enable_grad():
+                pairs = maps.pair_fn(query_leaf, _split(leaf, chunks, size), start, end, *maps.leaves)
+            # In place: the output itself is not saved for the backward (a pair function whose last op
+            # saves it, like exp, would make autograd.grad raise, not err silently); the upper half gets
+            # no gradient.
+            within = pairs.detach().tril_()
+        rows_grad_v = _add_product(key_feat @ pulled[..., :-1], within.transpose(-2, -1), d_num.transpose(-2, -1))
+        grad_v[:, :, start:end] = rows_grad_v.flatten(2, 3)
+        del within
+        if maps.pair_fn is None:
+            d_feat = _add_product(d_within.transpose(-2, -1) @ query_feat, values, pulled)
+            del query_feat
+            d_logits = d_feat if ctx.signed else d_feat.mul_(key_feat)
+            grad_k[:, :, start:end] = maps.pull_back(leaf, logits, d_logits.flatten(2, 3))
+        else:
+            d_feat = values @ pulled.transpose(-2, -1)
+            dk, dq = maps.pull_back_all([leaf, query_leaf], [logits, pairs], [d_feat.flatten(2, 3), d_within])
+            grad_k[:, :, start:end] = dk
+            grad_q[:, :, start:end] += dq.flatten(2, 3)
+
+
+def _one_pass(ctx, maps: _Maps, groups, group_rows, q, k, stabilizers, boundaries, grad_q, grad_k, grad_v) -> None:
+    """The causal backward pass (autograd feature maps) in one loop, reverse order, each group's key summary rebuilt
+    from the one the forward kept before it: every group's query and key features are built once, not twice
+    (interleaved, whole model n = 2048: causal performer 0.85x full -> 0.98x, hedgehog 1.92x -> 2.13x)."""
+    carried = None
+    for index, (start, end, chunks, size) in reversed(list(enumerate(groups))):
+        first = start // ctx.chunk
+        scales = stabilizers[..., first : first + chunks]
+        before = None if index == 0 else (boundaries[:, :, index], stabilizers[..., first - 1])
+        d_rows, values = group_rows(start, end, chunks, size)
+        d_num = d_rows[..., :-1]
+        key_leaf, logits = maps.with_grad(maps.key_fn, k[:, :, start:end], start, end)
+        key_feat = _exp_(_split(logits.detach().clone(), chunks, size), scales[..., None, None], ctx.signed)
+        seen, _ = _scan_group(
+            key_feat, values, scales, before, reverse=False
+        )  # queries' feature gradient: d_rows seen^T
+        query_leaf, query_graph = maps.with_grad(maps.query_fn, q[:, :, start:end], start, end)
+        query_feat = _split(query_graph.detach(), chunks, size)
+        # What the queries of this and later chunks pulled from these keys: keys' feature gradient values pulled^T.
+        pulled, carried = _scan_group(query_feat, d_rows, scales, carried, reverse=True)
+        if maps.pair_fn is None:  # (B, H, g, C, C): causal inside each chunk
+            within = (query_feat @ key_feat.transpose(-2, -1)).tril_()
+        else:  # the chunks' own pairs from q and k rows, q as a leaf of its own
+            pair_leaf = _split(q[:, :, start:end], chunks, size).detach().requires_grad_()
+            with torch.enable_grad():
+                pairs = maps.pair_fn(pair_leaf, _split(key_leaf, chunks, size), start, end, *maps.leaves)
+            within = pairs.detach().tril_()  # in place, as in _two_passes
+        rows_grad_v = _add_product(key_feat @ pulled[..., :-1], within.transpose(-2, -1), d_num.transpose(-2, -1))
+        grad_v[:, :, start:end] = rows_grad_v.flatten(2, 3)
+        del within
+        d_within = (d_rows @ values.transpose(-2, -1)).tril_()  # d(weight_ij), j <= i
+        # Keys, then queries: the key features are the last (rows, m) tensor both need.
+        d_feat = values @ pulled.transpose(-2, -1)
+        if maps.pair_fn is None:
+            _add_product(d_feat, d_within.transpose(-2, -1), query_feat.transpose(-2, -1))
+            d_feat = d_feat if ctx.signed else d_feat.mul_(key_feat)
+            grad_k[:, :, start:end] = maps.pull_back(key_leaf, logits, d_feat.flatten(2, 3))
+            d_feat = _add_product(d_within @ key_feat, d_rows, seen)
+            del key_feat, logits
+            grad_q[:, :, start:end] = maps.pull_back(query_leaf, query_graph, d_feat.flatten(2, 3))
+        else:
+            dk, dq = maps.pull_back_all([key_leaf, pair_leaf], [logits, pairs], [d_feat.flatten(2, 3), d_within])
+            del key_feat, logits
+            grad_k[:, :, start:end] = dk
+            d_feat = d_rows @ seen.transpose(-2, -1)
+            grad_q[:, :, start:end] = dq.flatten(2, 3) + maps.pull_back(query_leaf, query_graph, d_feat.flatten(2, 3))
 
 
 def linear_attention(
@@ -526,5 +604,6 @@ def linear_attention(
     maps = _Maps(query_features, key_logits, parameters, pair_scores if causal else None, analytic)
     if causal:
         per_group = chunks_per_group(*v.shape, chunk, num_features, analytic is not None)
-        return _Causal.apply(q, k, v, maps, num_features, chunk, per_group, signed, *parameters)
+        one_pass = analytic is None and one_backward_pass(*v.shape, chunk, per_group, num_features)
+        return _Causal.apply(q, k, v, maps, num_features, chunk, per_group, signed, one_pass, *parameters)
     return _Bidirectional.apply(q, k, v, maps, num_features, signed, *parameters)
