@@ -44,11 +44,14 @@ import torch
 
 CHUNK_ELEMENTS = 2**17  # feature-matrix elements per chunk in the bidirectional passes (0.5 MiB in fp32) ...
 MIN_ROWS = 256  # ... but at least this many rows: performer's 256 features in chunks of 64 rows trained 25% slower
-GROUP_ELEMENTS = 2**21  # elements a group of causal chunks holds at once in the backward pass (8 MiB in fp32) ...
+# Elements a group of causal chunks holds at once in the backward pass, per (batch, head): 2^18 (8 MiB in fp32 at the
+# default sweep's batch 2 x 4 heads; per head, not in all, so a larger batch does not make groups of fewer rows: at
+# batch 4, n = 2048, causal performer trained 0.83x full with 2^21 elements in all, 0.93x with 2^18 per head) ...
+GROUP_ELEMENTS = 2**18
 GROUP_INPUTS = 8  # ... and at most this many q-sized tensors: at n = 384 a group of 8 MiB took causal performer's
 # whole-model peak from 1.15x to 1.63x full's
 LOG2E = 1.4426950408889634  # exp(x) = exp2(x log2(e))
-BOUNDARY_INPUTS = 1.25  # the causal backward's one pass keeps summaries of at most this many q-sized tensors
+BOUNDARY_INPUTS = 2.5  # the causal backward's one pass keeps summaries of at most this many q-sized tensors
 TINY = 1e-30  # normalizers below this are clamped: a row whose features all underflowed gives zeros
 
 FeatureFn = Callable[..., torch.Tensor]  # (rows, start, end, *parameters) -> (B, H, rows, features)
@@ -314,8 +317,8 @@ def chunks_per_group(
     saved copy, their gradient) and two ``(C, C)`` blocks per chunk, within :data:`GROUP_ELEMENTS` and
     :data:`GROUP_INPUTS` q-sized tensors."""
     live = 2 if closed_form else 3
-    budget = min(GROUP_ELEMENTS, GROUP_INPUTS * batch * heads * length * dim)
-    return max(1, budget // (batch * heads * chunk * (live * num_features + 2 * chunk)))
+    budget = min(GROUP_ELEMENTS, GROUP_INPUTS * length * dim)  # per (batch, head)
+    return max(1, budget // (chunk * (live * num_features + 2 * chunk)))
 
 
 def _split(rows: torch.Tensor, chunks: int, size: int) -> torch.Tensor:
@@ -368,7 +371,8 @@ def one_backward_pass(
 ) -> bool:
     """Whether the causal backward pass of an autograd feature map takes one loop over the groups, not two: the
     forward then keeps the key summary before each group, ``(m, Dh + 1)`` per group, while they take at most
-    :data:`BOUNDARY_INPUTS` q-sized tensors (at the default sweep's n = 2048, batch 2: Performer's 1.06)."""
+    :data:`BOUNDARY_INPUTS` q-sized tensors (Performer's at n = 2048: 1.06 at batch 2, 2.1 at batch 4, 4.6 at n = 384;
+    the whole model's peak with them at n >= 1024: 1.10-1.13x full's)."""
     groups = len(_groups(length, chunk, per_group))
     return groups * num_features * (dim + 1) <= BOUNDARY_INPUTS * length * dim
 
