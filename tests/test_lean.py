@@ -17,6 +17,7 @@ from helpers import (
 
 import variants._blocks
 import variants._linear
+from variants._feature_map import FeatureMapAttention
 from variants.full_math import softmax_attention_probs
 
 
@@ -210,5 +211,7 @@ def test_lean_variants_save_only_inputs_output_and_row_statistics(name, causal):
     q, k, v = qkv(2, seq, requires_grad=True)
     one = q.numel() * q.element_size()  # one (B, H, N, Dh) tensor
     saved = saved_bytes(lambda: attn(q, k, v))
-    # q, k, v and the output, plus O(n) row statistics and O(1) state: far below one (n, window) score matrix.
-    assert saved <= 5 * one, f"{name} saved {saved / one:.2f}x an input's size"
+    # q, k, v and the output, plus O(n) row statistics and O(1) state: far below one (n, window) score matrix. A
+    # causal feature map's one-pass backward also keeps the key summary before each group, O(n) and bounded.
+    summaries = variants._linear.BOUNDARY_INPUTS if causal and isinstance(attn, FeatureMapAttention) else 0
+    assert saved <= (5 + summaries) * one, f"{name} saved {saved / one:.2f}x an input's size"
