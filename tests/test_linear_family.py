@@ -227,6 +227,8 @@ def test_based_triangle_and_square_features_give_the_same_taylor_kernel():
     assert taylor_features(x).shape[-1] == 153 and taylor_features_square(x).shape[-1] == 273
     torch.testing.assert_close(taylor_features(x) @ taylor_features(y).T, expected)
     torch.testing.assert_close(taylor_features_square(x) @ taylor_features_square(y).T, expected)
+    # Written into one buffer without autograd, concatenated with it: the same numbers.
+    assert torch.equal(taylor_features_square(x), taylor_features_square(x.requires_grad_()).detach())
 
 
 REFUSED = {  # the kernel's refusals: (what the message must say, the arguments that earn it)

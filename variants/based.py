@@ -59,11 +59,21 @@ def taylor_features_square(x: torch.Tensor) -> torch.Tensor:
     wider state products do. Whole model, n = 2048, in one process, interleaved with full: causal 1.24x faster
     (0.77x full against 0.62x), bidirectional 1.30x and 1.23x in two runs (1.34x / 1.44x full against 1.03x /
     1.17x), the same peak memory (42.2 MiB against 42.1).
+
+    Written into one buffer, not concatenated (half the time: 160 us against 320 us for 2 x 4 heads x 384 rows),
+    where no gradient is asked for: the kernel's closed forms build features without autograd.
     """
     dim = x.shape[-1]
-    scaled = x / math.sqrt(math.sqrt(dim))
-    square = (scaled[..., :, None] * (scaled / math.sqrt(2))[..., None, :]).flatten(-2)  # each pair twice, halved
-    return torch.cat([torch.ones_like(x[..., :1]), scaled, square], dim=-1)
+    if torch.is_grad_enabled() and x.requires_grad:  # out= does not differentiate
+        scaled = x / math.sqrt(math.sqrt(dim))
+        square = (scaled[..., :, None] * (scaled / math.sqrt(2))[..., None, :]).flatten(-2)  # each pair twice, halved
+        return torch.cat([torch.ones_like(x[..., :1]), scaled, square], dim=-1)
+    features = x.new_empty(*x.shape[:-1], 1 + dim + dim * dim)
+    features[..., 0] = 1.0
+    scaled = torch.div(x, math.sqrt(math.sqrt(dim)), out=features[..., 1 : 1 + dim])
+    square = features[..., 1 + dim :].unflatten(-1, (dim, dim))
+    torch.mul(scaled[..., :, None], (scaled / math.sqrt(2))[..., None, :], out=square)  # each pair twice, halved
+    return features
 
 
 @variants.register("based")
