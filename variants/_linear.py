@@ -6,9 +6,11 @@ Attention is ``phi(q_i) . sum_j phi(k_j) v_j^T`` normalized by
 the head dimension, so plain autograd, which keeps them for the backward pass,
 needs several times the memory of the inputs. :func:`linear_attention` is a
 custom autograd function that keeps only q, k, v, the row normalizers, the
-``(m, Dh)`` key summary (and causally the output), and recomputes features
-chunk by chunk in the backward pass; the gradients of the feature maps
-themselves come from autograd on one chunk at a time (or closed forms).
+key summary (causally: the output, and for autograd feature maps the summary
+before each group while those are small, :data:`BOUNDARY_INPUTS`, so the
+backward is one pass), and recomputes features chunk by chunk in the backward
+pass; the gradients of the feature maps themselves come from autograd on one
+chunk at a time (or closed forms).
 
 The causal scan takes its chunks in groups (:data:`GROUP_ELEMENTS`): every
 chunk of a group at once, as batched products over a chunk dimension, each
@@ -309,9 +311,7 @@ def _groups(length: int, chunk: int, per_group: int) -> list[tuple[int, int, int
     return groups + ([(whole, length, 1, length - whole)] if whole < length else [])
 
 
-def chunks_per_group(
-    batch: int, heads: int, length: int, dim: int, chunk: int, num_features: int, closed_form: bool
-) -> int:
+def chunks_per_group(length: int, dim: int, chunk: int, num_features: int, closed_form: bool) -> int:
     """How many causal chunks one group takes: as many as fit in what the backward pass holds at once per group,
     a few ``(rows, m)`` tensors (two with closed-form gradients, three through autograd: features, the graph's
     saved copy, their gradient) and two ``(C, C)`` blocks per chunk, within :data:`GROUP_ELEMENTS` and
@@ -370,9 +370,7 @@ def _scan_group(
     return seen.transpose(-2, -1), (seen[:, :, edge] + summary[:, :, edge], scales[..., edge])
 
 
-def one_backward_pass(
-    batch: int, heads: int, length: int, dim: int, chunk: int, per_group: int, num_features: int
-) -> bool:
+def one_backward_pass(length: int, dim: int, chunk: int, per_group: int, num_features: int) -> bool:
     """Whether the causal backward pass of an autograd feature map takes one loop over the groups, not two: the
     forward then keeps the key summary before each group, ``(Dh + 1, m)`` per group, while they take at most
     :data:`BOUNDARY_INPUTS` q-sized tensors (Performer's at n = 2048: 1.06 at batch 2, 2.1 at batch 4, 4.6 at n = 384;
@@ -613,7 +611,8 @@ def linear_attention(
         raise ValueError("analytic gradients need signed=True, and causally a pair_scores too")
     maps = _Maps(query_features, key_logits, parameters, pair_scores if causal else None, analytic)
     if causal:
-        per_group = chunks_per_group(*v.shape, chunk, num_features, analytic is not None)
-        one_pass = analytic is None and one_backward_pass(*v.shape, chunk, per_group, num_features)
+        length, dim = v.shape[-2:]  # budgets are per (batch, head): a larger batch keeps groups of as many rows
+        per_group = chunks_per_group(length, dim, chunk, num_features, analytic is not None)
+        one_pass = analytic is None and one_backward_pass(length, dim, chunk, per_group, num_features)
         return _Causal.apply(q, k, v, maps, num_features, chunk, per_group, signed, one_pass, *parameters)
     return _Bidirectional.apply(q, k, v, maps, num_features, signed, *parameters)
