@@ -373,8 +373,9 @@ def _scan_group(
 def one_backward_pass(length: int, dim: int, chunk: int, per_group: int, num_features: int) -> bool:
     """Whether the causal backward pass of an autograd feature map takes one loop over the groups, not two: the
     forward then keeps the key summary before each group, ``(Dh + 1, m)`` per group, while they take at most
-    :data:`BOUNDARY_INPUTS` q-sized tensors (Performer's at n = 2048: 1.06 at batch 2, 2.1 at batch 4, 4.6 at n = 384;
-    the whole model's peak with them at n >= 1024: 1.10-1.13x full's)."""
+    :data:`BOUNDARY_INPUTS` q-sized tensors (Performer's, the same at any batch now that groups are sized per batch
+    and head: 2.1 at n = 1024, 1.06 at 2048, below 1 from 4096; 8.5 at n = 384, which takes two passes; the whole
+    model's peak with them at n >= 1024: 1.10-1.13x full's)."""
     groups = len(_groups(length, chunk, per_group))
     return groups * num_features * (dim + 1) <= BOUNDARY_INPUTS * length * dim
 
