@@ -298,3 +298,30 @@ def test_profile_core_counts_the_steps_matmul_flops_and_ranks_operators_by_self_
     rows = result["operators"]
     assert 0 < len(rows) <= 5 and all(row["calls"] > 0 for row in rows)
     assert [row["self_ms"] for row in rows] == sorted((row["self_ms"] for row in rows), reverse=True)
+
+
+def test_profile_core_reports_the_profiled_steps_time_and_page_faults_beside_the_unprofiled_ones():
+    from runners.measure.core_profile import profile_core
+
+    result = profile_core(
+        variant="full", impl="ours", causal=False, hparams={}, seq_len=64, batch=1, heads=2, dim_head=8, top=5
+    )
+    assert result["profiled_ms"] > 0
+    for key in ("page_faults_per_step", "profiled_page_faults_per_step"):
+        assert result[key] is None or result[key] >= 0
+
+
+def test_a_profile_that_strayed_from_the_unprofiled_step_says_so_and_one_that_did_not_stays_quiet():
+    from runners.measure.core_profile import format_profile
+
+    base = {"fwd_bwd_ms": 50.0, "fwd_bwd_flops": 1e9, "gflops_per_s": 20.0, "operators": []}
+    quiet = base | {"profiled_ms": 55.0, "page_faults_per_step": 200.0, "profiled_page_faults_per_step": 300.0}
+    assert "caution" not in format_profile("x", 64, quiet, 100.0)
+    faulted = quiet | {"profiled_ms": 120.0, "profiled_page_faults_per_step": 20_000.0}
+    text = format_profile("x", 64, faulted, 100.0)
+    assert "caution: profiled, the step took 120.0 ms (50.0 ms unprofiled)" in text
+    assert "20,000 page faults per step (200 unprofiled)" in text and "upper bounds" in text
+    slower = quiet | {"profiled_ms": 90.0}
+    assert "called many times" in format_profile("x", 64, slower, 100.0)
+    uncounted = slower | {"page_faults_per_step": None, "profiled_page_faults_per_step": None}  # no resource module
+    assert "caution" in format_profile("x", 64, uncounted, 100.0)
