@@ -220,51 +220,50 @@ def _normalizer_grads(
     return d_num, d_den.masked_fill(den < TINY, 0.0)
 
 
-def _zero_state(v: torch.Tensor, num_features: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Empty key summary ``(B, H, m, Dh)``, normalizer ``(B, H, m)`` and stabilizer ``(B, H, 1, 1)``."""
+def _empty_summary(v: torch.Tensor, num_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty key summary ``(B, H, Dh + 1, m)`` (the values' columns, then the normalizer's) and stabilizer
+    ``(B, H, 1, 1)``."""
     batch, heads, _, dim = v.shape
     running = v.new_full((batch, heads, 1, 1), torch.finfo(v.dtype).min)
-    return v.new_zeros(batch, heads, num_features, dim), v.new_zeros(batch, heads, num_features), running
-
-
-def _rescale(state: torch.Tensor, norm: torch.Tensor, old: torch.Tensor, new: torch.Tensor):
-    """Express a summary kept relative to stabilizer ``old`` relative to ``new`` (``new >= old``)."""
-    decay = torch.exp(old - new)
-    return state * decay, norm * decay[..., 0]
+    return v.new_zeros(batch, heads, dim + 1, num_features), running
 
 
 class _Bidirectional(torch.autograd.Function):
+    """Every query over every key: one key summary ``values^T features`` with the normalizer as one more row, as in
+    the causal scan (:func:`_scan_group`): each read of it, and each feature gradient, is one product, not a
+    product beside a matrix-vector product and a broadcast sum over ``(rows, m)``."""
+
     @staticmethod
     def forward(ctx, q, k, v, maps: _Maps, num_features: int, signed: bool, *parameters):
         batch, heads, keys, _ = v.shape
         queries = q.shape[2]  # cross-attention: another length than the keys'
         rows = max(MIN_ROWS, CHUNK_ELEMENTS // (batch * heads * num_features))
         with torch.no_grad():
-            context, norm, running = _zero_state(v, num_features)
-            for start, end in _row_chunks(keys, rows):  # keys: the (m, Dh) summary, stabilized online
+            summary, running = _empty_summary(v, num_features)
+            for start, end in _row_chunks(keys, rows):  # keys: the summary, stabilized online
                 logits = maps.keys(k[:, :, start:end], start, end)
                 new_running = torch.maximum(running, _stabilizer(logits, signed))
-                context, norm = _rescale(context, norm, running, new_running)
+                summary.mul_(torch.exp(running - new_running))
                 key_feat = _exp_(logits, new_running, signed)
-                context += key_feat.transpose(-2, -1) @ v[:, :, start:end]
-                norm += key_feat.sum(dim=-2)
+                values = _with_column(v[:, :, start:end], v.new_ones(()))
+                _add_product(summary, values.transpose(-2, -1), key_feat.transpose(-2, -1))
                 running = new_running
             out = v.new_empty(batch, heads, queries, v.shape[-1])
             den = v.new_empty(batch, heads, queries)
             for start, end in _row_chunks(queries, rows):  # queries
-                query_feat = maps.queries(q[:, :, start:end], start, end)
-                den[:, :, start:end] = (query_feat @ norm[..., None]).squeeze(-1)
-                out[:, :, start:end] = _normalized(query_feat @ context, den[:, :, start:end])
-        ctx.save_for_backward(q, k, v, den, context, norm, running)  # not out: each chunk's is one product away
+                read = maps.queries(q[:, :, start:end], start, end) @ summary.transpose(-2, -1)
+                den[:, :, start:end] = read[..., -1]
+                out[:, :, start:end] = _normalized(read[..., :-1], read[..., -1])
+        ctx.save_for_backward(q, k, v, den, summary, running)  # not out: each chunk's is one product away
         ctx.maps, ctx.rows, ctx.signed = maps, rows, signed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, den, context, norm, running = ctx.saved_tensors
+        q, k, v, den, summary, running = ctx.saved_tensors
         maps = ctx.maps.for_backward()
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        d_context, d_norm = torch.zeros_like(context), torch.zeros_like(norm)
+        d_summary = torch.zeros_like(summary)
         analytic = maps.analytic is not None
         for start, end in _row_chunks(q.shape[2], ctx.rows):  # queries: dq, and the gradient of the key summary
             if analytic:
@@ -274,29 +273,27 @@ class _Bidirectional(torch.autograd.Function):
                 leaf, query_feat = maps.with_grad(maps.query_fn, q[:, :, start:end], start, end)
                 features = query_feat.detach()
             rows_den = den[:, :, start:end]
-            out = _normalized(features @ context, rows_den)
-            d_num, d_den = _normalizer_grads(grad_out[:, :, start:end], out, rows_den)
-            if analytic:  # d_feat = d_num @ context^T + d_den norm^T, left as factors
-                left, right = _with_column(d_num, d_den), _with_column(context, norm)
-                grad_q[:, :, start:end] = maps.pull_back_factored(0, q[:, :, start:end], start, end, left, right)
+            out = _normalized(features @ summary[..., :-1, :].transpose(-2, -1), rows_den)
+            d_rows = _with_column(*_normalizer_grads(grad_out[:, :, start:end], out, rows_den))  # (rows, Dh + 1)
+            if analytic:  # the features' gradient d_rows @ summary, left as factors
+                rows_grad = maps.pull_back_factored(0, q[:, :, start:end], start, end, d_rows, summary.mT)
             else:
-                d_feat = d_num @ context.transpose(-2, -1) + d_den[..., None] * norm[..., None, :]
-                grad_q[:, :, start:end] = maps.pull_back(leaf, query_feat, d_feat)
-            d_context += features.transpose(-2, -1) @ d_num
-            d_norm += (features * d_den[..., None]).sum(dim=-2)
+                rows_grad = maps.pull_back(leaf, query_feat, d_rows @ summary)
+            grad_q[:, :, start:end] = rows_grad
+            _add_product(d_summary, d_rows.transpose(-2, -1), features.transpose(-2, -1))
         for start, end in _row_chunks(k.shape[2], ctx.rows):  # keys: dk and dv
-            v_chunk = v[:, :, start:end]
+            values = _with_column(v[:, :, start:end], v.new_ones(()))
             if analytic:  # signed: the key features are the logits
                 with torch.no_grad():
                     key_feat = maps.keys(k[:, :, start:end], start, end)
-                grad_v[:, :, start:end] = key_feat @ d_context
-                left, right = _with_column(v_chunk, v_chunk.new_ones(())), _with_column(d_context, d_norm)
-                grad_k[:, :, start:end] = maps.pull_back_factored(1, k[:, :, start:end], start, end, left, right)
+                grad_v[:, :, start:end] = key_feat @ d_summary[..., :-1, :].transpose(-2, -1)
+                rows_grad = maps.pull_back_factored(1, k[:, :, start:end], start, end, values, d_summary.mT)
+                grad_k[:, :, start:end] = rows_grad
                 continue
             leaf, logits = maps.with_grad(maps.key_fn, k[:, :, start:end], start, end)
             key_feat = _exp_(logits.detach().clone(), running, ctx.signed)
-            grad_v[:, :, start:end] = key_feat @ d_context
-            d_feat = v_chunk @ d_context.transpose(-2, -1) + d_norm[..., None, :]
+            grad_v[:, :, start:end] = key_feat @ d_summary[..., :-1, :].transpose(-2, -1)
+            d_feat = values @ d_summary
             grad_k[:, :, start:end] = maps.pull_back(leaf, logits, d_feat if ctx.signed else d_feat.mul_(key_feat))
         return grad_q, grad_k, grad_v, None, None, None, *maps.grads
 
