@@ -98,9 +98,11 @@ def profile_core(
         dtype=dtype,
     )
     _, step = core_steps(module, call, q, k, v, grad_out)
+    step()  # warm-up, outside the fault count: its first allocations are not a step's
+    synchronize(device_)
     before = minor_page_faults()
-    step_s = time_calls(step, device=device_, warmup=1, repeats=steps).median_s  # unprofiled
-    faults = _faults_per_step(before, minor_page_faults(), steps + 1)  # the warm-up call included
+    timing = time_calls(step, device=device_, warmup=0, repeats=steps)  # unprofiled
+    step_s, faults = timing.median_s, _faults_per_step(before, minor_page_faults(), timing.repeats)
     on_cuda = device_.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
     with profile(activities=activities, with_flops=True) as profiler:
