@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
-import statistics
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from omegaconf import OmegaConf
 import variants
 from runners.hydra_glue.configs import attention_config
 from runners.measure.failures import PointFailed
-from runners.measure.memory import timing_env
 from runners.measure.speed_probe import speed_probe
 from runners.measure.worker import measure_isolated, run_isolated
 from runners.results import store
@@ -214,56 +212,52 @@ def test_two_processes_writing_into_one_store_at_once_lose_nothing(tmp_path):
     assert not list((tmp_path / "points").glob(".*.tmp"))
 
 
-PLAIN_LOOP = """
-import json, statistics, sys, time
-import torch
-from runners.measure.speed_probe import build_model
-
-seq, batch, model_cfg, threads = json.loads(sys.argv[1])
-torch.set_num_threads(threads)
-torch.manual_seed(0)
-model = build_model(model_cfg=model_cfg, attention={"name": "full_math"}, vocab_size=128, seq_len=seq, causal=False)
-model.eval()
-tokens = torch.randint(0, 128, (batch, seq))
-times = []
-with torch.inference_mode():
-    for i in range(25):
-        start = time.perf_counter()
-        model(tokens)
-        if i >= 5:
-            times.append(time.perf_counter() - start)
-print(batch * seq / statistics.median(times))
-"""
+SLEEP_S = 0.05  # per attention call: the rest of the tiny model's training step is ~8 ms (Zen 4), its forward ~3 ms
 
 
-def test_recorded_inference_throughput_matches_a_plain_timing_loop(tmp_path, sweep_config):
-    """Measurement honesty: full_math at seq 1024, the sweep's number vs a loop written here.
+@pytest.fixture
+def sleeping_variant():
+    """A variant whose every call takes a known time, so a throughput's true value is known without a clock race."""
 
-    The loop runs in a fresh interpreter with the same malloc settings as the
-    sweep's probe (``timing_env``): glibc's adaptive thresholds otherwise put a
-    process in a fast or a slow regime, 2x apart, for this allocation-heavy model.
+    @variants.register("sleep_then_values")
+    class SleepThenValues(variants.Attention):
+        supports_causal = False
+
+        def attend(self, q, k, v, mask):
+            time.sleep(SLEEP_S)
+            return v + 0 * q
+
+    yield
+    variants.unregister("sleep_then_values")
+
+
+def test_the_probe_counts_every_token_over_the_time_a_whole_step_takes(sleeping_variant):
+    """Measurement honesty: tokens/s is the batch's tokens over one step's median time, no more and not much less.
+
+    Each step of this model sleeps ``layers x SLEEP_S`` inside its forward pass, so its throughput cannot exceed
+    ``tokens / (layers x SLEEP_S)``: a probe that counted tokens twice, timed a part of the step or divided by the
+    wrong number of calls breaks that ceiling, and one that timed more than the step (the warm-up, the set-up)
+    falls far below it. Sleeping rather than computing keeps the bound independent of the CPU's speed and load.
     """
-    seq, batch = 1024, 2
-    cfg = sweep_config(
-        "attention=full_math",
-        "model=small",  # compute-bound: a tiny model's timing swings with malloc between processes
-        f"sweep.seq_lens=[{seq}]",
-        "sweep.accuracy=null",
-        f"sweep.batch_size={batch}",
-        "sweep.repeats=20",
-        "sweep.warmup=5",
-        "force=true",
+    seq, batch, layers = 64, 2, 2
+    result = speed_probe(
+        model_cfg={"dim": 32, "layers": layers, "heads": 2, "ff_mult": 2},
+        attention={"name": "sleep_then_values"},
+        seq_len=seq,
+        batch_size=batch,
+        causal=False,
+        device="cpu",
+        warmup=2,
+        repeats=5,
+        parts=["time"],
     )
-    for _attempt in range(3):  # this machine is shared: a paired re-measurement, never a wider tolerance
-        run_sweep(cfg)
-        recorded = max(store.read_records(tmp_path / "store"), key=lambda r: r["finished_at"])["infer_tokens_per_s"]
-        spec = json.dumps([seq, batch, dict(cfg.model), cfg.hardware.threads])
-        command = [sys.executable, "-c", PLAIN_LOOP, spec]
-        runs = [subprocess.run(command, capture_output=True, text=True, check=True, env=timing_env()) for _ in range(3)]
-        plain = statistics.median(float(done.stdout.strip().splitlines()[-1]) for done in runs)  # 3 processes
-        if recorded == pytest.approx(plain, rel=0.15):
-            break
-    assert recorded == pytest.approx(plain, rel=0.15)
+    ceiling = batch * seq / (layers * SLEEP_S)
+    for step in ("train", "infer"):
+        assert 0.6 * ceiling < result[f"{step}_tokens_per_s"] <= ceiling, (step, result, ceiling)
+        assert (
+            result[f"{step}_tokens_per_s_min"] <= result[f"{step}_tokens_per_s"] <= result[f"{step}_tokens_per_s_max"]
+        )
+    assert result["timed_repeats"] >= 5 and result["infer_timed_repeats"] >= 5
 
 
 def test_isolated_probe_reports_failures_with_their_status():

@@ -28,7 +28,6 @@ allocator avoids.
 from __future__ import annotations
 
 import ctypes
-import os
 import re
 import statistics
 from collections.abc import Callable
@@ -50,22 +49,6 @@ def _status_kib(field: str) -> int:
     if match is None:
         raise RuntimeError(f"{field} not found in {_STATUS}")
     return int(match.group(1))
-
-
-def timing_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for a fresh interpreter that times: glibc malloc thresholds fixed high, as the workers fix them.
-
-    (:func:`runners.measure.worker.fix_malloc_for_timing` does the same in a forked worker.)
-
-    glibc adapts its mmap and trim thresholds as blocks are freed, and a fresh
-    process lands in one of two regimes (large tensors reused from the heap, or
-    mapped and page-faulted on every call); we measured the same forward pass
-    at 190k and 440k tokens/s in otherwise identical processes. Fixed
-    thresholds keep large blocks on the heap, so every process times the same
-    regime. The memory probe re-pins them low afterwards (see above).
-    """
-    env = dict(os.environ if base is None else base)
-    return env | {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 def cpu_peak_supported() -> bool:
