@@ -58,7 +58,7 @@ MEMORY_METHODS = {
 
 def memory_method_sentence(speed: pd.DataFrame) -> str:
     """What the peak-memory figures of these points count; a warning where a store mixes methods."""
-    methods = speed.get("memory_method", pd.Series(index=speed.index, dtype=object)).fillna(RESIDENT_SET)
+    methods = speed.get("memory_method", pd.Series(index=speed.index, dtype=object)).astype(object).fillna(RESIDENT_SET)
     present = [method for method in MEMORY_METHODS if (methods == method).any()]
     if len(present) == 1:
         return f"Peak memory is {MEMORY_METHODS[present[0]]}."

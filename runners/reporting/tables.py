@@ -182,7 +182,7 @@ def load_results(path: Path) -> pd.DataFrame:
             frame[column] = [[] for _ in range(len(frame))]
         elif column not in frame.columns:
             frame[column] = np.nan
-    frame["hparams"] = frame["hparams"].fillna("") if "hparams" in frame else ""
+    frame["hparams"] = frame["hparams"].astype(object).fillna("") if "hparams" in frame else ""
     return frame
 
 
@@ -269,7 +269,9 @@ def interval_cells(frame: pd.DataFrame, value: str, *, ratio: bool, fmt: str) ->
     else:
         numbers = ok.pivot_table(index="variant", columns="seq_len", values=value, aggfunc="last")
     lo, hi = paired_table(ok, base, "lo"), paired_table(ok, base, "hi")
-    flags = ok.assign(flag=ok.get("unstable", False).fillna(False).astype(bool)) if "unstable" in ok else None
+    flags = None
+    if "unstable" in ok:
+        flags = ok.assign(flag=ok["unstable"].astype(object).fillna(False).astype(bool))
 
     def cell(variant: str, seq_len: int) -> str:
         number = numbers.at[variant, seq_len] if seq_len in numbers.columns else np.nan
