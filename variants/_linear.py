@@ -198,6 +198,11 @@ def _with_column(x: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, column[..., None].expand(*x.shape[:-1], 1)], dim=-1)
 
 
+def _with_ones(values: torch.Tensor) -> torch.Tensor:
+    """Values with a column of ones: one product with the features then gives the summary and its normalizer row."""
+    return _with_column(values, values.new_ones(()))
+
+
 def _add_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``out += a @ b^T`` in place, with no ``out``-sized temporary (``out`` a fresh, contiguous ``(..., r, m)``)."""
     if not out.is_contiguous():
@@ -245,7 +250,7 @@ class _Bidirectional(torch.autograd.Function):
                 new_running = torch.maximum(running, _stabilizer(logits, signed))
                 summary.mul_(torch.exp(running - new_running))
                 key_feat = _exp_(logits, new_running, signed)
-                values = _with_column(v[:, :, start:end], v.new_ones(()))
+                values = _with_ones(v[:, :, start:end])
                 _add_product(summary, values.transpose(-2, -1), key_feat.transpose(-2, -1))
                 running = new_running
             out = v.new_empty(batch, heads, queries, v.shape[-1])
@@ -282,13 +287,14 @@ class _Bidirectional(torch.autograd.Function):
             grad_q[:, :, start:end] = rows_grad
             _add_product(d_summary, d_rows.transpose(-2, -1), features.transpose(-2, -1))
         for start, end in _row_chunks(k.shape[2], ctx.rows):  # keys: dk and dv
-            values = _with_column(v[:, :, start:end], v.new_ones(()))
+            values = _with_ones(v[:, :, start:end])
             if analytic:  # signed: the key features are the logits
                 with torch.no_grad():
                     key_feat = maps.keys(k[:, :, start:end], start, end)
                 grad_v[:, :, start:end] = key_feat @ d_summary[..., :-1, :].transpose(-2, -1)
-                rows_grad = maps.pull_back_factored(1, k[:, :, start:end], start, end, values, d_summary.mT)
-                grad_k[:, :, start:end] = rows_grad
+                grad_k[:, :, start:end] = maps.pull_back_factored(
+                    1, k[:, :, start:end], start, end, values, d_summary.mT
+                )
                 continue
             leaf, logits = maps.with_grad(maps.key_fn, k[:, :, start:end], start, end)
             key_feat = _exp_(logits.detach().clone(), running, ctx.signed)
@@ -405,7 +411,7 @@ class _Causal(torch.autograd.Function):
                 running = None if carried is None else carried[1]
                 scales = stabilizers[..., first : first + chunks] = _chunk_scales(logits, running, signed)
                 key_feat = _exp_(logits, scales[..., None, None], signed)
-                values = _with_column(_split(v[:, :, start:end], chunks, size), v.new_ones(()))
+                values = _with_ones(_split(v[:, :, start:end], chunks, size))
                 seen, carried = _scan_group(key_feat, values, scales, carried, reverse=False)
                 if maps.pair_fn is None:  # (B, H, g, C, C): causal inside each chunk
                     within = (query_feat @ key_feat.transpose(-2, -1)).tril_()
@@ -435,7 +441,7 @@ class _Causal(torch.autograd.Function):
             """The gradients of the rows' numerators and normalizers as one factor ``(B, H, g, C, Dh + 1)``, and
             the rows' values with a column of ones, its partner in every product."""
             d_num, d_den = _normalizer_grads(grad_out[:, :, start:end], out[:, :, start:end], den[:, :, start:end])
-            values = _with_column(v[:, :, start:end], v.new_ones(()))
+            values = _with_ones(v[:, :, start:end])
             return _split(_with_column(d_num, d_den), chunks, size), _split(values, chunks, size)
 
         if boundaries is not None:
